@@ -1,0 +1,68 @@
+"""The `longtail` command line: one subcommand per module in `longtail/commands/`.
+
+Each command module defines HELP (one line), DESCRIPTION, `add_arguments(parser)` and
+`run(args) -> int`; heavy imports happen inside `run` so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from longtail import __version__
+from longtail.errors import LongtailError
+
+COMMANDS = (
+    "stats",
+    "features",
+    "probe",
+    "eval",
+    "report",
+    "demo",
+    "fit",
+    "soup",
+    "monosoup",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longtail",
+        description=(
+            "Long-tailed image classification on vision foundation models: data statistics, "
+            "frozen features, long-tail-aware probes, parameter-efficient fine-tuning, "
+            "model soups, and head/medium/tail evaluation reports."
+        ),
+        epilog="Run 'longtail COMMAND --help' for the options of one command.",
+    )
+    parser.add_argument("--version", action="version", version=f"longtail {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"longtail.commands.{name}")
+        cmd = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", module.HELP),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except LongtailError as err:
+        print(f"longtail {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"longtail {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""CLI subcommands, one module each (see longtail/cli.py for the contract)."""

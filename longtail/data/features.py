@@ -1,0 +1,219 @@
+"""The feature-file format (also the bring-your-own-embeddings format) and its validation.
+
+A feature file is an `.npz` (or `.safetensors`) holding:
+  features (N x d float), labels (N int), and optionally class_names (C strings),
+  prototypes (C x d float), prototype_bias (C float) and meta (a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longtail.errors import DataError
+from longtail.io import atomic_write
+
+SUFFIXES = (".npz", ".safetensors")
+
+
+@dataclass
+class FeatureSet:
+    """Features with integer labels; `num_classes` comes from class_names when present."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str] | None = None
+    prototypes: np.ndarray | None = None
+    prototype_bias: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        self.features = np.asarray(self.features)
+        self.labels = np.asarray(self.labels)
+        if self.class_names is not None:
+            self.class_names = [str(c) for c in self.class_names]
+        self.validate()
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        if self.class_names is not None:
+            return len(self.class_names)
+        if self.prototypes is not None:
+            return int(self.prototypes.shape[0])
+        return int(self.labels.max()) + 1 if self.labels.size else 0
+
+    def class_counts(self, num_classes: int | None = None) -> np.ndarray:
+        """Number of samples per class (length `num_classes`, default self.num_classes)."""
+        return np.bincount(self.labels, minlength=num_classes or self.num_classes)
+
+    def names(self) -> list[str]:
+        """Class names, or 'class_<i>' when the file has none."""
+        return self.class_names or [f"class_{i}" for i in range(self.num_classes)]
+
+    def with_arrays(self, features: np.ndarray, labels: np.ndarray) -> FeatureSet:
+        """A copy with other samples but the same classes, prototypes and meta."""
+        return replace(self, features=features, labels=labels)
+
+    def validate(self) -> None:
+        """Raise DataError (one line) on any shape, dtype or value problem."""
+        src = self.source
+        f, y = self.features, self.labels
+        if f.ndim != 2:
+            raise DataError(f"{src}: features must be a 2-D array (N x d), got shape {f.shape}")
+        if not np.issubdtype(f.dtype, np.floating):
+            raise DataError(f"{src}: features must be floating point, got {f.dtype}")
+        if y.ndim != 1:
+            raise DataError(f"{src}: labels must be a 1-D array, got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+                self.labels = y = y.astype(np.int64)
+            else:
+                raise DataError(f"{src}: labels must be integers, got {y.dtype}")
+        if f.shape[0] != y.shape[0]:
+            raise DataError(
+                f"{src}: features and labels differ in length ({f.shape[0]} vs {y.shape[0]})"
+            )
+        if f.shape[0] == 0:
+            raise DataError(f"{src}: the file holds no samples")
+        bad = ~np.isfinite(f)
+        if bad.any():
+            rows = np.unique(np.nonzero(bad)[0])
+            raise DataError(
+                f"{src}: features contain NaN or inf in {rows.size} rows (first: row {rows[0]})"
+            )
+        if y.min() < 0:
+            raise DataError(f"{src}: negative label {int(y.min())}")
+        c = self.num_classes
+        if self.class_names is not None and y.max() >= c:
+            raise DataError(
+                f"{src}: label {int(y.max())} out of range for {c} class names"
+            )
+        if self.prototypes is not None:
+            p = np.asarray(self.prototypes)
+            if p.ndim != 2 or p.shape[1] != f.shape[1] or p.shape[0] != c or y.max() >= p.shape[0]:
+                raise DataError(
+                    f"{src}: prototypes must have shape ({c}, {f.shape[1]}), got {p.shape}"
+                )
+            if not np.all(np.isfinite(p)):
+                raise DataError(f"{src}: prototypes contain NaN or inf")
+        if self.prototype_bias is not None:
+            b = np.asarray(self.prototype_bias)
+            if self.prototypes is None:
+                raise DataError(f"{src}: prototype_bias given without prototypes")
+            if b.shape != (c,):
+                raise DataError(f"{src}: prototype_bias must have shape ({c},), got {b.shape}")
+            if not np.all(np.isfinite(b)):
+                raise DataError(f"{src}: prototype_bias contains NaN or inf")
+
+
+def check_compatible(train: FeatureSet, other: FeatureSet) -> None:
+    """Raise DataError unless `other` (test/val) has the train set's dimension and classes."""
+    if other.dim != train.dim:
+        raise DataError(
+            f"{other.source}: feature dimension {other.dim} differs from training ({train.dim})"
+        )
+    if other.class_names is not None and train.class_names is not None:
+        if other.class_names != train.class_names:
+            raise DataError(f"{other.source}: class names differ from the training file's")
+    if int(other.labels.max()) >= train.num_classes:
+        raise DataError(
+            f"{other.source}: label {int(other.labels.max())} out of range for "
+            f"{train.num_classes} training classes"
+        )
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    """Load and validate a `.npz` or `.safetensors` feature file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"feature file not found: {path}")
+    if path.suffix not in SUFFIXES:
+        raise DataError(f"{path}: unsupported feature file type (use {' or '.join(SUFFIXES)})")
+    try:
+        arrays, meta = _read_safetensors(path) if path.suffix == ".safetensors" else _read_npz(path)
+    except DataError:
+        raise
+    except Exception as err:  # corrupt archive, unreadable file, ...
+        raise DataError(f"{path}: cannot read feature file ({type(err).__name__}: {err})") from err
+    for key in ("features", "labels"):
+        if key not in arrays:
+            raise DataError(f"{path}: missing array '{key}'")
+    names = arrays.get("class_names")
+    if names is None and "class_names" in meta:
+        names = meta.pop("class_names")
+    return FeatureSet(
+        features=arrays["features"],
+        labels=arrays["labels"],
+        class_names=None if names is None else [str(n) for n in names],
+        prototypes=arrays.get("prototypes"),
+        prototype_bias=arrays.get("prototype_bias"),
+        meta=meta,
+        source=str(path),
+    )
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise DataError(f"{path}: not a valid .npz file ({err})") from err
+    meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
+    return arrays, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as handle:
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+        header = handle.metadata() or {}
+    meta = json.loads(header.get("meta", "{}"))
+    if "class_names" in header:
+        meta["class_names"] = json.loads(header["class_names"])
+    return arrays, meta
+
+
+def save_features(fs: FeatureSet, path: str | Path) -> Path:
+    """Atomically write `fs` as `.npz` (default) or `.safetensors`, by the path's suffix."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {
+        "features": np.ascontiguousarray(fs.features),
+        "labels": np.ascontiguousarray(fs.labels.astype(np.int64)),
+    }
+    if fs.prototypes is not None:
+        arrays["prototypes"] = np.ascontiguousarray(fs.prototypes, dtype=fs.features.dtype)
+    if fs.prototype_bias is not None:
+        arrays["prototype_bias"] = np.ascontiguousarray(fs.prototype_bias, dtype=fs.features.dtype)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        header = {"meta": json.dumps(fs.meta)}
+        if fs.class_names is not None:
+            header["class_names"] = json.dumps(fs.class_names)
+        return atomic_write(path, lambda p: save_file(arrays, str(p), metadata=header))
+    if path.suffix != ".npz":
+        raise DataError(f"{path}: unsupported feature file type (use {' or '.join(SUFFIXES)})")
+    if fs.class_names is not None:
+        arrays["class_names"] = np.asarray(fs.class_names, dtype=np.str_)
+    arrays["meta"] = np.asarray(json.dumps(fs.meta))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # np.savez would append '.npz' to a str path
+            np.savez(handle, **arrays)
+
+    return atomic_write(path, write)

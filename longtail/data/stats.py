@@ -1,0 +1,148 @@
+"""Class-count statistics of a long-tailed training set: imbalance, head-tail ratio, shot groups."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from longtail.errors import DataError
+
+MANY_THRESHOLD = 100  # many-shot: n_c > 100 training images
+FEW_THRESHOLD = 20  # few-shot: n_c < 20; medium: 20 <= n_c <= 100
+GROUPS = ("many", "medium", "few")
+
+
+def assign_groups(
+    counts: np.ndarray, many_threshold: int = MANY_THRESHOLD, few_threshold: int = FEW_THRESHOLD
+) -> np.ndarray:
+    """Shot group of each class: 'many' (> many), 'few' (< few), else 'medium'."""
+    counts = np.asarray(counts)
+    groups = np.full(counts.shape, "medium", dtype=object)
+    groups[counts > many_threshold] = "many"
+    groups[counts < few_threshold] = "few"
+    return groups.astype(str)
+
+
+@dataclass(frozen=True)
+class ClassStats:
+    """Statistics of per-class training counts (see METHODS.md sections 0, 2.2 and 7)."""
+
+    counts: np.ndarray
+    class_names: tuple[str, ...]
+    groups: np.ndarray
+    many_threshold: int = MANY_THRESHOLD
+    few_threshold: int = FEW_THRESHOLD
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.counts.size)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def n_max(self) -> int:
+        return int(self.counts.max())
+
+    @property
+    def n_min(self) -> int:
+        return int(self.counts.min())
+
+    @property
+    def imbalance_ratio(self) -> float:
+        """rho = n_max / n_min (inf when a class is empty)."""
+        return float(self.n_max / self.n_min) if self.n_min > 0 else float("inf")
+
+    @property
+    def head_tail_ratio(self) -> float:
+        """eta = H / T with H = #classes with > many_threshold images, T = C - H (inf if T = 0)."""
+        head = int((self.counts > self.many_threshold).sum())
+        tail = self.num_classes - head
+        return head / tail if tail > 0 else float("inf")
+
+    @property
+    def empty_classes(self) -> list[str]:
+        return [self.class_names[i] for i in np.flatnonzero(self.counts == 0)]
+
+    def group_sizes(self) -> dict[str, int]:
+        return {g: int((self.groups == g).sum()) for g in GROUPS}
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (written to data_stats.json)."""
+        return {
+            "num_classes": self.num_classes,
+            "total": self.total,
+            "n_max": self.n_max,
+            "n_min": self.n_min,
+            "imbalance_ratio": self.imbalance_ratio,
+            "head_tail_ratio": self.head_tail_ratio,
+            "many_threshold": self.many_threshold,
+            "few_threshold": self.few_threshold,
+            "group_sizes": self.group_sizes(),
+            "empty_classes": self.empty_classes,
+            "class_names": list(self.class_names),
+            "counts": self.counts.tolist(),
+            "groups": self.groups.tolist(),
+        }
+
+    def summary_lines(self) -> list[str]:
+        """Human-readable lines for `longtail stats`."""
+        sizes = self.group_sizes()
+        lines = [
+            f"classes           {self.num_classes}",
+            f"training samples  {self.total}",
+            f"largest / smallest class  {self.n_max} / {self.n_min}",
+            f"imbalance ratio   {self.imbalance_ratio:.2f}",
+            f"head-tail ratio   {self.head_tail_ratio:.3f}"
+            f"  (head = classes with > {self.many_threshold} images)",
+        ]
+        for g in GROUPS:
+            note = "" if sizes[g] else "  (empty)"
+            lines.append(f"{g:<7} classes   {sizes[g]}{note}")
+        if self.empty_classes:
+            lines.append(f"EMPTY classes: {', '.join(self.empty_classes[:10])}")
+        return lines
+
+
+def class_stats(
+    counts: np.ndarray,
+    class_names: list[str] | None = None,
+    *,
+    group_counts: np.ndarray | None = None,
+    many_threshold: int = MANY_THRESHOLD,
+    few_threshold: int = FEW_THRESHOLD,
+) -> ClassStats:
+    """Build ClassStats; `group_counts` assigns groups from other counts (LIFT's CIFAR IR-100 rule)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise DataError(f"class counts must be a non-empty 1-D array, got shape {counts.shape}")
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(counts.size)]
+    if len(class_names) != counts.size:
+        raise DataError(
+            f"{len(class_names)} class names given for {counts.size} classes"
+        )
+    reference = counts if group_counts is None else np.asarray(group_counts)
+    if reference.shape != counts.shape:
+        raise DataError(
+            f"group_counts has {reference.size} classes, the data has {counts.size}"
+        )
+    return ClassStats(
+        counts=counts,
+        class_names=tuple(class_names),
+        groups=assign_groups(reference, many_threshold, few_threshold),
+        many_threshold=many_threshold,
+        few_threshold=few_threshold,
+    )
+
+
+def require_nonempty(counts: np.ndarray, class_names: list[str] | None = None) -> None:
+    """Raise DataError naming the first class with no training samples."""
+    empty = np.flatnonzero(np.asarray(counts) == 0)
+    if empty.size:
+        name = class_names[empty[0]] if class_names else f"class_{empty[0]}"
+        raise DataError(
+            f"class '{name}' has no training samples ({empty.size} empty classes in total)"
+        )
