@@ -33,6 +33,7 @@ class ClassStats:
     groups: np.ndarray
     many_threshold: int = MANY_THRESHOLD
     few_threshold: int = FEW_THRESHOLD
+    group_counts: np.ndarray | None = None  # counts the groups were assigned from, if overridden
 
     @property
     def num_classes(self) -> int:
@@ -85,6 +86,7 @@ class ClassStats:
             "class_names": list(self.class_names),
             "counts": self.counts.tolist(),
             "groups": self.groups.tolist(),
+            "group_counts": None if self.group_counts is None else self.group_counts.tolist(),
         }
 
     def summary_lines(self) -> list[str]:
@@ -135,6 +137,7 @@ def class_stats(
         groups=assign_groups(reference, many_threshold, few_threshold),
         many_threshold=many_threshold,
         few_threshold=few_threshold,
+        group_counts=None if group_counts is None else reference.astype(np.int64),
     )
 
 

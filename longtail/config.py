@@ -1,0 +1,39 @@
+"""`key=value` overrides for dataclass configs (CLI), with errors that list the valid keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import yaml
+
+from longtail.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ['epochs=1', 'lr=0.02', 'name=abc'] into typed values (YAML scalars)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got '{pair}'")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def update_dataclass(cfg: T, overrides: dict[str, Any]) -> T:
+    """A copy of dataclass `cfg` with `overrides`; unknown keys raise ConfigError listing valid ones."""
+    valid = [f.name for f in dataclasses.fields(cfg)]
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    return dataclasses.replace(cfg, **overrides)

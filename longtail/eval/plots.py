@@ -1,0 +1,131 @@
+"""Matplotlib figures for run reports: per-class accuracy vs training count, group bars,
+reliability diagram, and their multi-run comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
+GROUPS = ("many", "medium", "few")
+
+
+def _per_class_arrays(metrics: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = [r for r in metrics["per_class"] if r.get("accuracy") is not None]
+    counts = np.array([r["train_count"] for r in rows], dtype=float)
+    acc = np.array([r["accuracy"] for r in rows], dtype=float)
+    groups = np.array([r["group"] for r in rows])
+    return counts, acc, groups
+
+
+def per_class_accuracy(metrics: dict[str, Any], title: str = "") -> plt.Figure:
+    """Scatter of each class's test accuracy against its training count (log x), by group."""
+    counts, acc, groups = _per_class_arrays(metrics)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for g in GROUPS:
+        sel = groups == g
+        if sel.any():
+            ax.scatter(counts[sel], 100 * acc[sel], s=18, alpha=0.8, label=g, color=GROUP_COLORS[g])
+    if counts.size > 2 and np.ptp(np.log(counts)) > 0:
+        order = np.argsort(counts)
+        window = max(3, counts.size // 10)
+        smooth = np.convolve(acc[order], np.ones(window) / window, mode="valid")
+        ax.plot(counts[order][window // 2 : window // 2 + smooth.size], 100 * smooth, "k-", lw=1.5, label=f"moving mean ({window})")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title or "Per-class accuracy vs training count")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def group_bars(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
+    """Grouped bars of all / many / medium / few accuracy for one or several runs."""
+    keys = ("all", "class_mean", "many", "medium", "few")
+    labels = ("all", "class mean", "many", "medium", "few")
+    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(keys) * max(1, len(runs)) * 0.45), 3.8))
+    width = 0.8 / max(1, len(runs))
+    x = np.arange(len(keys))
+    for i, (name, m) in enumerate(runs):
+        vals = [m.get(k) for k in keys]
+        heights = [100 * v if v is not None else 0.0 for v in vals]
+        bars = ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name)
+        for bar, v in zip(bars, vals):
+            text = "n/a" if v is None else f"{100 * v:.1f}"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Accuracy by shot group (empty groups: n/a)")
+    if len(runs) > 1:
+        ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(metrics: dict[str, Any], title: str = "") -> plt.Figure:
+    """Reliability diagram: accuracy vs confidence per bin, with the bin's sample share."""
+    rel = metrics["reliability"]
+    conf = np.array([np.nan if c is None else c for c in rel["confidence"]], dtype=float)
+    acc = np.array([np.nan if a is None else a for a in rel["accuracy"]], dtype=float)
+    count = np.array(rel["count"], dtype=float)
+    m = count.size
+    edges = np.linspace(0, 1, m + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ok = count > 0
+    ax.bar(centers[ok], acc[ok], width=1 / m, edgecolor="k", alpha=0.75, label="accuracy")
+    ax.bar(centers[ok], conf[ok] - acc[ok], bottom=acc[ok], width=1 / m, color="#d62728", alpha=0.35, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_ylabel("accuracy")
+    ece = metrics.get("ece")
+    ax.set_title(title or f"Reliability (ECE {100 * ece:.2f}%, {m} bins)" if ece is not None else "Reliability")
+    ax.legend(fontsize=8, loc="upper left")
+    ax2.bar(centers, count / max(count.sum(), 1), width=1 / m, color="gray")
+    ax2.set_xlabel("confidence")
+    ax2.set_ylabel("share")
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(counts: Sequence[int], groups: Sequence[str] | None = None, title: str = "") -> plt.Figure:
+    """Training images per class, sorted descending (log y), coloured by shot group."""
+    counts = np.asarray(counts)
+    order = np.argsort(-counts, kind="stable")
+    colors = [GROUP_COLORS.get(groups[i], "gray") for i in order] if groups is not None else "gray"
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.bar(np.arange(counts.size), np.maximum(counts[order], 0.8), color=colors, width=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("classes, sorted by training count")
+    ax.set_ylabel("training images (log)")
+    ax.set_title(title or "Training distribution")
+    fig.tight_layout()
+    return fig
+
+
+def per_class_comparison(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
+    """Per-class accuracy of several runs, classes sorted by training count (head left)."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
+    for name, m in runs:
+        counts, acc, _ = _per_class_arrays(m)
+        order = np.argsort(-counts, kind="stable")
+        window = max(1, counts.size // 15)
+        smooth = np.convolve(acc[order], np.ones(window) / window, mode="same")
+        ax.plot(np.arange(counts.size), 100 * smooth, lw=1.5, label=name)
+    ax.set_xlabel("classes, sorted by training count (head → tail)")
+    ax.set_ylabel("test accuracy (%, smoothed)")
+    ax.set_title("Per-class accuracy across runs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
