@@ -1,0 +1,196 @@
+"""CLIP backbones on Hugging Face `transformers.CLIPModel`: presets, hub/folder loading, tiny_clip.
+
+The feature is the post-LayerNorm CLS token before the visual projection (`pooler_output`,
+METHODS.md 1.1). `.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from longtail.errors import ConfigError
+from longtail.models.backbone import BACKBONES, HF_MODEL_TYPES, Backbone
+from longtail.models.preprocess import EvalTransform
+from longtail.models.templates import fill_templates
+
+PRESETS = {
+    "clip_vit_b16": "openai/clip-vit-base-patch16",
+    "clip_vit_b32": "openai/clip-vit-base-patch32",
+    "clip_vit_l14": "openai/clip-vit-large-patch14",
+    "clip_vit_l14_laion2b": "laion/CLIP-ViT-L-14-laion2B-s32B-b82K",
+}
+"""Preset name -> Hugging Face hub id (loaded with `from_pretrained`, never in tests)."""
+
+TEXT_BATCH = 256  # prompts per text-encoder forward; bounds memory for 8142 classes x 60 templates
+
+
+class CLIPBackbone(Backbone):
+    """A CLIP model whose image features are the vision tower's `pooler_output`."""
+
+    has_text = True
+    feature_kind = "pooler_output"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any | None,
+        transform: EvalTransform,
+        name: str,
+        model_id: str,
+        revision: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.transform = transform
+        self.name = name
+        self.model_id = model_id
+        self.revision = revision
+        self.feature_dim = int(model.config.vision_config.hidden_size)
+        self.requires_grad_(False)  # frozen by default; fine-tuning code unfreezes what it trains
+        self.eval()
+
+    def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels).pooler_output
+
+    @torch.no_grad()
+    def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """METHODS.md 1.1: mean of unit text embeddings over templates, @ visual_projection.weight,
+        normalised -> (C, feature_dim) float32 on the model's device."""
+        if self.tokenizer is None:
+            raise ConfigError(f"backbone '{self.name}' has no tokenizer; cannot embed class names")
+        if not class_names:
+            raise ConfigError("no class names to embed")
+        bad = [t for t in templates if "{}" not in t]
+        if not templates or bad:
+            raise ConfigError(f"every template needs a '{{}}' for the class name, got {bad or 'none'}")
+        prompts = [p for c in class_names for p in fill_templates(c, templates)]
+        tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
+        tokens = {k: v.to(self.device) for k, v in tokens.items()}
+        chunks = []
+        for start in range(0, len(prompts), TEXT_BATCH):
+            batch = {k: v[start : start + TEXT_BATCH] for k, v in tokens.items()}
+            out = self.model.get_text_features(**batch)
+            # transformers >= 5 returns a model output whose pooler_output is projected
+            emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+            chunks.append(F.normalize(emb.float(), dim=-1))
+        per_class = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
+        weights = per_class @ self.model.visual_projection.weight.float()
+        return F.normalize(weights, dim=-1)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write model, tokenizer and image-processor config; `load_backbone(folder)` reads it."""
+        from transformers import CLIPImageProcessor
+
+        folder = Path(folder)
+        self.model.save_pretrained(folder)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+        t = self.transform
+        size = {"shortest_edge": t.size} if isinstance(t.size, int) else dict(zip(("height", "width"), t.size))
+        CLIPImageProcessor(
+            size=size,
+            do_center_crop=t.crop_size is not None,
+            crop_size=dict(zip(("height", "width"), t.crop_size or (0, 0))),
+            image_mean=list(t.mean),
+            image_std=list(t.std),
+            resample=Image.Resampling[t.resample.upper()],
+        ).save_pretrained(folder)
+        return folder
+
+
+def from_pretrained(
+    name_or_path: str, revision: str | None = None, name: str | None = None, **model_kw: Any
+) -> CLIPBackbone:
+    """Load a CLIP checkpoint (hub id or local folder) with its tokenizer and preprocessing."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    try:
+        model = CLIPModel.from_pretrained(name_or_path, revision=revision, **model_kw)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load CLIP '{name_or_path}': {str(err).splitlines()[0]}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
+    except (OSError, ValueError):
+        tokenizer = None  # a vision-only save: text_embeddings will say so
+    try:
+        proc, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, revision=revision)
+        transform = EvalTransform.from_image_processor(proc)
+    except OSError:  # no preprocessor_config.json: CLIP's standard eval transform at the model size
+        size = int(model.config.vision_config.image_size)
+        transform = EvalTransform(size=size, crop_size=(size, size))
+    local = Path(name_or_path).is_dir()
+    model_id = str(Path(name_or_path).resolve()) if local else name_or_path
+    resolved = getattr(model.config, "_commit_hash", None) if not local else None
+    return CLIPBackbone(model, tokenizer, transform, name or model_id, model_id, resolved or revision)
+
+
+HF_MODEL_TYPES.register("clip", from_pretrained)
+for _preset, _hub_id in PRESETS.items():
+    BACKBONES.register(_preset, partial(from_pretrained, _hub_id, name=_preset))
+
+
+# --- tiny_clip: a small random CLIP for tests and offline demos ------------------------------
+
+
+def tiny_tokenizer(max_length: int = 77) -> Any:
+    """An offline CLIP tokenizer: byte-level BPE over the 256 byte symbols, no merges."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(ByteLevel.alphabet())
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def tiny_clip(
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    projection_dim: int = 16,
+    num_layers: int = 2,
+    revision: str | None = None,
+) -> CLIPBackbone:
+    """A randomly initialised (seeded, deterministic) CLIP with a working offline tokenizer."""
+    from transformers import CLIPConfig, CLIPModel
+
+    if revision is not None:
+        raise ConfigError("tiny_clip is built in code and has no revisions")
+    tokenizer = tiny_tokenizer()
+    common = dict(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        projection_dim=projection_dim,
+    )
+    text = dict(
+        common,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(common, image_size=image_size, patch_size=patch_size)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    transform = EvalTransform(size=image_size, crop_size=(image_size, image_size))
+    recipe = f"tiny_clip(seed={seed},image={image_size},patch={patch_size},hidden={hidden_size},proj={projection_dim},layers={num_layers})"
+    return CLIPBackbone(model, tokenizer, transform, "tiny_clip", recipe)
+
+
+BACKBONES.register("tiny_clip", tiny_clip)
