@@ -1,0 +1,326 @@
+"""Adapter configs, the adapter registry and the handle that `inject_adapter` returns.
+
+Adapters are injected into a Hugging Face CLIP vision tower in place, with submodules and
+forward hooks, so HF's own forward (and the backbone's state-dict keys) stay untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from longtail.errors import ConfigError, DataError
+from longtail.registry import Registry
+
+ADAPTERS: Registry = Registry("adapter")
+
+
+def register_adapter(name: str) -> Callable[[type], type]:
+    """Class decorator: register an AdapterConfig subclass under `name` and record the name on it."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        ADAPTERS.register(name, cls)
+        return cls
+
+    return deco
+
+
+def lift_bottleneck(num_classes: int, num_layers: int) -> int:
+    """LIFT's bottleneck rule r = 2^max(0, floor(log2(C / (2L)))), in exact integer arithmetic."""
+    if num_classes < 1 or num_layers < 1:
+        raise ConfigError(f"lift_bottleneck needs num_classes >= 1 and num_layers >= 1, got {num_classes}, {num_layers}")
+    # For x = C/(2L) >= 1, floor(log2 x) == floor(log2 floor(x)) because powers of two are integers.
+    ratio = num_classes // (2 * num_layers)
+    return 1 << (ratio.bit_length() - 1) if ratio >= 1 else 1
+
+
+@dataclass(frozen=True)
+class VisionParts:
+    """The pieces of an HF CLIP vision tower that adapters attach to."""
+
+    tower: nn.Module  # has .embeddings, .pre_layrnorm, .encoder.layers, .post_layernorm
+    layers: nn.ModuleList
+    hidden_size: int
+    layer_norm_eps: float
+    patch_size: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+def locate_vision(model: nn.Module) -> VisionParts:
+    """Find the CLIP vision tower in a CLIPVisionModel, CLIPModel or CLIPModel.vision_model."""
+    tower = model
+    if not hasattr(tower, "encoder") and hasattr(tower, "vision_model"):
+        tower = tower.vision_model  # CLIPModel, or CLIPVisionModel in transformers 4.x
+    layers = getattr(getattr(tower, "encoder", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList) or not hasattr(tower, "embeddings"):
+        raise ConfigError(
+            f"adapters need a Hugging Face CLIP vision model (CLIPVisionModel or CLIPModel.vision_model), got {type(model).__name__}"
+        )
+    cfg = tower.config
+    return VisionParts(tower, layers, cfg.hidden_size, cfg.layer_norm_eps, cfg.patch_size)
+
+
+def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
+    """Turn CLI strings into the type of the field's default ("8" -> 8, "q_proj,v_proj" -> tuple)."""
+    if not isinstance(value, str) or isinstance(default, str) and default != "auto":
+        return tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+    text = value.strip()
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
+                raise ValueError(text)
+            return text.lower() in {"true", "1", "yes"}
+        if isinstance(default, tuple):
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        if isinstance(default, int) or default == "auto":
+            return text if text == "auto" else int(text)
+        if isinstance(default, float) or default is None:  # None defaults are optional numbers
+            return None if text.lower() == "none" else float(text)
+    except ValueError:
+        raise ConfigError(f"adapter '{name}': option {key}={value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+@dataclass
+class AdapterConfig:
+    """Base of every adapter config: plain fields with defaults; subclasses implement `inject`."""
+
+    name: ClassVar[str] = ""
+    can_disable: ClassVar[bool] = True  # False when the adapter edits backbone weights in place
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range field (override in subclasses)."""
+
+    def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
+        """Add modules/hooks to `parts` (registering them on `handle`) and mark trainable params."""
+        raise NotImplementedError
+
+    def handle_class(self) -> type[AdapterHandle]:
+        return AdapterHandle
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config for run metadata (config.yaml)."""
+        return {"name": self.name, **dataclasses.asdict(self)}
+
+    def _check(self, ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"adapter '{self.name}': {message}")
+
+    def _check_r(self, r: int | str) -> None:
+        self._check(r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1),
+                    f"r must be 'auto' or a positive integer, got {r!r}")
+
+
+def resolve_r(r: int | str, num_classes: int, num_layers: int) -> int:
+    """A bottleneck width: the LIFT rule for "auto", else the given integer."""
+    return lift_bottleneck(num_classes, num_layers) if r == "auto" else int(r)
+
+
+def make_adapter_config(name: str, **overrides: Any) -> AdapterConfig:
+    """Build the named adapter's config; unknown options raise a ConfigError listing valid ones."""
+    cls = ADAPTERS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        valid = ", ".join(fields) or "(none)"
+        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for adapter '{name}'; valid: {valid}")
+    values = {}
+    for key, value in overrides.items():
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        values[key] = _coerce(name, key, value, default)
+    return cls(**values)
+
+
+@dataclass
+class AdapterState:
+    """Runtime state shared by an adapter's hooks: on/off switch and the SG text vector."""
+
+    enabled: bool = True
+    text: Tensor | None = None
+    text_dim: int | None = None  # set by adapters that consume a text vector
+
+
+class AdapterHandle:
+    """What `inject_adapter` returns: the adapter's trainable tensors, checkpoint I/O and undo."""
+
+    def __init__(self, model: nn.Module, config: AdapterConfig, requires_grad_before: dict[str, bool]) -> None:
+        self.model = model
+        self.config = config
+        self.state = AdapterState()
+        self._hooks: list[RemovableHandle] = []
+        self._added: list[tuple[nn.Module, str]] = []
+        self._requires_grad_before = requires_grad_before
+        self._trainable_names: tuple[str, ...] = ()
+        self._removed = False
+
+    # ---- used by adapter families while injecting ----
+    def add_module(self, parent: nn.Module, attr: str, module: nn.Module) -> nn.Module:
+        """Attach `module` as `parent.<attr>` so .to()/.train()/state_dict see it; undone by remove()."""
+        if hasattr(parent, attr):
+            raise ConfigError(f"{type(parent).__name__} already has '{attr}': remove the previous adapter first")
+        ref = next(iter(parent.parameters()), None)
+        if ref is not None:  # trainable adapter weights stay float32 even on a half-precision backbone
+            module.to(device=ref.device)
+        parent.add_module(attr, module)
+        self._added.append((parent, attr))
+        return module
+
+    def add_hook(self, removable: RemovableHandle) -> None:
+        self._hooks.append(removable)
+
+    def _finalize(self) -> None:
+        self._trainable_names = tuple(n for n, p in self.model.named_parameters() if p.requires_grad)
+
+    # ---- public API ----
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The adapter's trainable parameters (the classifier belongs to the trainer)."""
+        params = dict(self.model.named_parameters())
+        return [params[n] for n in self._trainable_names]
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        params = dict(self.model.named_parameters())
+        return ((n, params[n]) for n in self._trainable_names)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Only what must be checkpointed, keyed by parameter name inside the vision model."""
+        return {n: p.detach() for n, p in self.named_trainable_parameters()}
+
+    def load_trainable_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Strict load: the key set and every shape must match `trainable_state_dict()`."""
+        expected = dict(self.named_trainable_parameters())
+        missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise DataError(
+                f"adapter '{self.config.name}' checkpoint does not match: {len(missing)} missing "
+                f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            )
+        for key, param in expected.items():
+            if tuple(state_dict[key].shape) != tuple(param.shape):
+                raise DataError(
+                    f"adapter '{self.config.name}' checkpoint: '{key}' has shape {tuple(state_dict[key].shape)}, expected {tuple(param.shape)}"
+                )
+        with torch.no_grad():
+            for key, param in expected.items():
+                param.copy_(state_dict[key])
+
+    def set_text_vector(self, w_bar: Tensor | None) -> None:
+        """SG-Adapter: the current mean classifier row (d,), set before every forward; no-op otherwise.
+
+        Gradients flow from the adapter output into `w_bar` unless the config says detach_text.
+        """
+        if self.state.text_dim is None:
+            return
+        if w_bar is not None and tuple(w_bar.shape) != (self.state.text_dim,):
+            raise DataError(f"text vector must have shape ({self.state.text_dim},), got {tuple(w_bar.shape)}")
+        self.state.text = w_bar
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the vision model as the frozen backbone (e.g. Sage's zero-shot pass) inside this block."""
+        if not self.config.can_disable:
+            raise ConfigError(f"adapter '{self.config.name}' edits backbone weights in place and cannot be disabled")
+        self._set_enabled(False)
+        try:
+            yield
+        finally:
+            self._set_enabled(True)
+
+    def _set_enabled(self, flag: bool) -> None:
+        self.state.enabled = flag
+
+    def remove(self) -> None:
+        """Undo the injection: drop hooks and added modules, restore requires_grad flags.
+
+        In-place methods (BitFit, LN tuning, partial/full) keep their trained values.
+        """
+        if self._removed:
+            return
+        for hook in self._hooks:
+            hook.remove()
+        for parent, attr in reversed(self._added):
+            delattr(parent, attr)
+        self._restore_requires_grad()
+        self.state.text = None  # drop the reference to the classifier's graph
+        self._removed = True
+
+    def _restore_requires_grad(self) -> None:
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(self._requires_grad_before.get(name, False))
+
+
+def inject_adapter(vision_model: nn.Module, cfg: AdapterConfig | str, num_classes: int) -> AdapterHandle:
+    """Freeze `vision_model`, inject the adapter in place, and return its handle.
+
+    `vision_model`: HF CLIPVisionModel (or CLIPModel / CLIPModel.vision_model). `num_classes`
+    feeds the LIFT bottleneck rule for adapters whose r is "auto".
+    """
+    if isinstance(cfg, str):
+        cfg = make_adapter_config(cfg)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    parts = locate_vision(vision_model)
+    before = {n: p.requires_grad for n, p in vision_model.named_parameters()}
+    vision_model.requires_grad_(False)
+    handle = cfg.handle_class()(vision_model, cfg, before)
+    try:
+        cfg.inject(parts, num_classes, handle)
+    except Exception:
+        handle.remove()
+        raise
+    handle._finalize()
+    return handle
+
+
+class ParallelToMLP:
+    """Adds `adapter(f_tilde)` to a CLIP block's MLP output, with f_tilde the stream after attention.
+
+    HF's CLIPEncoderLayer computes out = f_tilde + mlp(layer_norm2(f_tilde)). A pre-hook on
+    layer_norm2 sees f_tilde and a forward hook on mlp adds the adapter branch, giving
+    out = f_tilde + MLP(LN2(f_tilde)) + a without copying HF's block code. Gradient
+    checkpointing re-runs both hooks in the same order, so the hand-over stays consistent.
+    """
+
+    def __init__(self, adapter: nn.Module, state: AdapterState) -> None:
+        self.adapter = adapter
+        self.state = state
+        self._f_tilde: Tensor | None = None
+
+    def attach(self, layer: nn.Module, handle: AdapterHandle, attr: str = "adapter") -> None:
+        handle.add_module(layer, attr, self.adapter)
+        handle.add_hook(layer.layer_norm2.register_forward_pre_hook(self._capture))
+        handle.add_hook(layer.mlp.register_forward_hook(self._add))
+
+    def _capture(self, module: nn.Module, args: tuple) -> None:
+        self._f_tilde = args[0]
+
+    def _add(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+        f_tilde, self._f_tilde = self._f_tilde, None  # release the activation straight away
+        if not self.state.enabled:
+            return None
+        if f_tilde is None:
+            raise RuntimeError("adapter hook: the MLP ran without layer_norm2 before it (not a CLIP block?)")
+        return output + self.adapter(f_tilde).to(output.dtype)
+
+
+def kaiming_down_(linear: nn.Linear) -> None:
+    """LIFT's down-projection init: Kaiming-normal, a = sqrt(5), fan-in (std = 1/sqrt(3 d_in)); bias 0."""
+    nn.init.kaiming_normal_(linear.weight, a=5**0.5)
+    nn.init.zeros_(linear.bias)

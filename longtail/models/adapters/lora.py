@@ -1,0 +1,77 @@
+"""LoRA on the CLIP vision tower's linear layers, injected with peft (no hand-written LoRA)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from peft import LoraConfig as PeftLoraConfig
+from peft import LoraModel
+
+from longtail.models.adapters.base import (
+    AdapterConfig,
+    AdapterHandle,
+    VisionParts,
+    register_adapter,
+    resolve_r,
+)
+
+# Linear layers of an HF CLIPEncoderLayer that LoRA may target (matched by name suffix).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+class LoraHandle(AdapterHandle):
+    """Keeps peft's LoraModel so that disabling and removal use peft's own switches."""
+
+    lora_model: LoraModel | None = None
+
+    def _set_enabled(self, flag: bool) -> None:
+        if flag:
+            self.lora_model.enable_adapter_layers()
+        else:
+            self.lora_model.disable_adapter_layers()
+
+    def remove(self) -> None:
+        if not self._removed and self.lora_model is not None:
+            self.lora_model.unload()  # swaps peft's LoRA layers back to the original nn.Linear
+            if hasattr(self.lora_model.model, "peft_config"):
+                del self.lora_model.model.peft_config
+        super().remove()
+
+
+@register_adapter("lora")
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """LoRA via peft on every block's `target_modules`; r = "auto" uses the LIFT bottleneck rule.
+
+    lora_alpha None means alpha = r (scaling 1). B starts at zero (peft default), so the model is
+    unchanged at step 0.
+    """
+
+    r: int | str = "auto"
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+
+    def validate(self) -> None:
+        self._check_r(self.r)
+        self._check(0.0 <= float(self.lora_dropout) < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        self._check(self.lora_alpha is None or (isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0),
+                    f"lora_alpha must be a positive number or None, got {self.lora_alpha!r}")
+        bad = sorted(set(self.target_modules) - set(LORA_TARGETS))
+        self._check(bool(self.target_modules) and not bad,
+                    f"target_modules {bad or '()'} invalid; choose from {', '.join(LORA_TARGETS)}")
+
+    def handle_class(self) -> type[AdapterHandle]:
+        return LoraHandle
+
+    def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
+        r = resolve_r(self.r, num_classes, parts.num_layers)
+        peft_cfg = PeftLoraConfig(
+            r=r,
+            lora_alpha=r if self.lora_alpha is None else self.lora_alpha,
+            lora_dropout=float(self.lora_dropout),
+            target_modules=list(self.target_modules),
+            bias="none",
+        )
+        # LoraModel injects in place into the tower and marks only LoRA weights trainable.
+        handle.lora_model = LoraModel(parts.tower, peft_cfg, "default")
