@@ -1,0 +1,133 @@
+"""`longtail stats`: class-count statistics of a dataset or feature file, and a sorted-count plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HELP = "class statistics of a dataset or feature file (imbalance, head-tail ratio, groups)"
+DESCRIPTION = """\
+Print how long-tailed a training set is: number of classes and samples, imbalance ratio
+(largest / smallest class), head-tail ratio (classes with more than --many images over the
+rest) and the many / medium / few-shot group sizes (> --many, --few..--many, < --few images;
+an empty group is reported as empty). Also saves a plot of the class counts sorted from
+largest to smallest (log scale, group thresholds marked).
+
+DATA is a preset (synthetic_images, cifar10_lt, cifar100_lt, imagenet_lt, places_lt,
+inat2018), an image folder (DATA/<class>/*.jpg), a list file (.txt: 'path label' lines),
+a .csv (path,label), a zip of class folders, hf:<hub id> or a datasets.save_to_disk folder,
+or a feature file (.npz / .safetensors).
+
+examples:
+  longtail stats synthetic_images
+  longtail stats cifar100_lt --root hf:cifar100 --option ir=50 --json
+  longtail stats cifar10_lt --root cifar10-jpeg.zip --option ir=100 --plot c10.png
+  longtail stats train.txt --root /data/imagenet --option class_names=names.txt
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", metavar="DATA", help="dataset spec or feature file (see above)")
+    parser.add_argument("--root", help="dataset root (presets) or image root (list/CSV files)")
+    parser.add_argument("--split", default="train", help="split to describe (default: train)")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE",
+        help="dataset option, repeatable (e.g. ir=50, seed=0, class_names=names.txt, on_corrupt=skip)",
+    )
+    parser.add_argument("--many", type=int, default=100, help="many-shot: more than this many images (default 100)")
+    parser.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many images (default 20)")
+    parser.add_argument("--plot", type=Path, help="where to save the class-count plot (default: <data>_class_counts.png)")
+    parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
+    parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+
+def _load_counts(args) -> tuple[str, list[str], object, object]:
+    """(name, class names, counts, group_counts) of DATA."""
+    from longtail.data.features import SUFFIXES, load_features
+
+    if Path(args.data).suffix in SUFFIXES:
+        fs = load_features(args.data)
+        group_counts = fs.meta.get("group_counts")
+        return Path(args.data).stem, fs.names(), fs.class_counts(), group_counts
+    from longtail.data.images import open_images, parse_options
+
+    ds = open_images(args.data, split=args.split, root=args.root, **parse_options(args.option))
+    return ds.name, ds.class_names, ds.class_counts(), ds.group_counts
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or `path` with _1, _2, ... before the suffix when it exists (never overwrite)."""
+    candidate, k = path, 0
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
+    return candidate
+
+
+def save_count_plot(stats, path: Path, title: str) -> Path:
+    """Bar chart of counts sorted large -> small, log y, many/few thresholds as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from longtail.io import atomic_write
+
+    order = np.argsort(-stats.counts, kind="stable")
+    colours = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
+    ranks = np.arange(stats.num_classes)
+    for group, colour in colours.items():
+        mask = stats.groups[order] == group
+        if mask.any():
+            ax.bar(ranks[mask], np.maximum(stats.counts[order][mask], 0.8), width=1.0,
+                   color=colour, label=f"{group} ({int(mask.sum())})")
+    ax.axhline(stats.many_threshold + 0.5, color="k", ls="--", lw=0.8,
+               label=f"many: > {stats.many_threshold}")
+    ax.axhline(stats.few_threshold - 0.5, color="k", ls=":", lw=0.8,
+               label=f"few: < {stats.few_threshold}")
+    ax.set_yscale("log")
+    ax.set_xlabel("class rank (largest first)")
+    ax.set_ylabel("training images")
+    ax.set_title(f"{title}: IR {stats.imbalance_ratio:.1f}, head-tail ratio {stats.head_tail_ratio:.2f}")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path
+
+
+def run(args) -> int:
+    from longtail.data.stats import class_stats
+    from longtail.errors import ConfigError
+    from longtail.io import to_jsonable
+
+    if args.few > args.many:
+        raise ConfigError(f"--few ({args.few}) must not exceed --many ({args.many})")
+    name, names, counts, group_counts = _load_counts(args)
+    stats = class_stats(
+        counts, names, group_counts=group_counts, many_threshold=args.many, few_threshold=args.few
+    )
+    plot = None
+    if not args.no_plot:
+        plot = free_path(args.plot or Path(f"{name}_class_counts.png"))
+        save_count_plot(stats, plot, name)
+    if args.json:
+        print(json.dumps(to_jsonable({"data": name, **stats.to_dict()}), indent=2))
+        if plot:
+            print(f"plot saved to {plot}", file=sys.stderr)
+        return 0
+    from longtail.data.features import SUFFIXES
+
+    shown = name if args.split in name or Path(args.data).suffix in SUFFIXES else f"{name} ({args.split})"
+    print(f"data              {shown}")
+    for line in stats.summary_lines():
+        print(line)
+    if group_counts is not None:
+        print("groups follow the reference counts given with the data (e.g. LIFT's CIFAR-100 IR-100 rule)")
+    if plot:
+        print(f"plot saved to {plot}")
+    return 0

@@ -1,0 +1,150 @@
+"""Long-tailed class-count profiles and the seeded per-class subsampler of the LDAM/LIFT builders.
+
+Exponential profile (CIFAR-LT, METHODS.md 7.1): n_i = floor(n_max * IR^(-i/(C-1))), computed
+exactly as LDAM/LIFT do, `int(n_max * (1/IR) ** (i / (C - 1)))`. That float expression gives
+the literature totals (CIFAR-100-LT: 10,847 / 12,608 / 19,573 for IR 100 / 50 / 10), whereas
+the algebraically equal `(IR^(-1/(C-1)))^i` lands just below integers and loses one image at
+IR 50 and IR 10 (12,607 / 19,572). Step profile (LDAM "step"): the first classes keep n_max,
+the rest n_max/IR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from longtail.errors import ConfigError, DataError
+from longtail.registry import Registry
+
+PROFILES: Registry = Registry("count profile")
+
+SamplingStrategy = Mapping | Callable[[np.ndarray], Mapping] | Sequence[int] | np.ndarray
+
+
+def _check(n_max: int, num_classes: int, imbalance_ratio: float) -> None:
+    if num_classes < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+    if n_max < 1:
+        raise ConfigError(f"n_max must be >= 1, got {n_max}")
+    if not imbalance_ratio >= 1:  # also rejects NaN
+        raise ConfigError(f"imbalance ratio must be >= 1, got {imbalance_ratio}")
+    if imbalance_ratio > n_max:
+        raise ConfigError(
+            f"imbalance ratio {imbalance_ratio} exceeds n_max {n_max}: the smallest class would be empty"
+        )
+
+
+@PROFILES.register("exp")
+def exponential_profile(n_max: int, num_classes: int, imbalance_ratio: float) -> np.ndarray:
+    """Counts floor(n_max * (1/IR)^(i/(C-1))), i = 0..C-1, with LDAM's exact float expression."""
+    _check(n_max, num_classes, imbalance_ratio)
+    if num_classes == 1:
+        return np.array([n_max], dtype=np.int64)
+    exponent = np.arange(num_classes) / (num_classes - 1.0)
+    return np.floor(n_max * (1.0 / float(imbalance_ratio)) ** exponent).astype(np.int64)
+
+
+@PROFILES.register("step")
+def step_profile(
+    n_max: int, num_classes: int, imbalance_ratio: float, head_fraction: float = 0.5
+) -> np.ndarray:
+    """The first floor(head_fraction*C) classes keep n_max (C//2 by default, as LDAM), the rest
+    int(n_max / IR)."""
+    _check(n_max, num_classes, imbalance_ratio)
+    if not 0.0 <= head_fraction <= 1.0:
+        raise ConfigError(f"head_fraction must be in [0, 1], got {head_fraction}")
+    n_head = int(head_fraction * num_classes + 1e-9)  # tolerance: 0.29 * 100 = 28.999...
+    counts = np.full(num_classes, int(n_max * (1.0 / float(imbalance_ratio))), np.int64)
+    counts[:n_head] = n_max
+    return counts
+
+
+def make_profile(
+    kind: str, n_max: int, num_classes: int, imbalance_ratio: float, **kwargs
+) -> np.ndarray:
+    """Counts from the profile registered as `kind` ('exp' or 'step')."""
+    return PROFILES.get(kind)(n_max, num_classes, imbalance_ratio, **kwargs)
+
+
+def strategy_targets(
+    strategy: SamplingStrategy, counts: np.ndarray, class_names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Target count per class from an imbalanced-learn-style `sampling_strategy` (no direction check).
+
+    `strategy` is a dict class -> count (class index or name; classes not named keep their
+    count, as in imbalanced-learn), a callable counts -> such a dict, or a full sequence of
+    C counts. Shared by under-sampling (here) and latent over-sampling.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    names = list(class_names) if class_names is not None else None
+    if callable(strategy):
+        strategy = strategy(counts.copy())
+    if isinstance(strategy, Mapping):
+        targets = counts.copy()
+        for key, value in strategy.items():
+            targets[_class_index(key, counts.size, names)] = _count(value, key)
+        return targets
+    targets = np.asarray(strategy)
+    if targets.shape != counts.shape:
+        raise ConfigError(f"sampling_strategy gives {targets.size} counts for {counts.size} classes")
+    return np.array([_count(v, i) for i, v in enumerate(targets.tolist())], np.int64)
+
+
+def resolve_sampling_strategy(
+    strategy: SamplingStrategy, counts: np.ndarray, class_names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Under-sampling targets (see `strategy_targets`); a target above a class's count is an error."""
+    counts = np.asarray(counts, dtype=np.int64)
+    targets = strategy_targets(strategy, counts, class_names)
+    over = np.flatnonzero(targets > counts)
+    if over.size:
+        c = int(over[0])
+        label = class_names[c] if class_names is not None else c
+        raise DataError(
+            f"sampling_strategy asks for {int(targets[c])} samples of class '{label}', "
+            f"which has only {int(counts[c])} (only under-sampling is possible)"
+        )
+    return targets
+
+
+def _class_index(key, num_classes: int, names: list[str] | None) -> int:
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        if not 0 <= int(key) < num_classes:
+            raise ConfigError(f"sampling_strategy class {key} out of range for {num_classes} classes")
+        return int(key)
+    if names is not None and str(key) in names:
+        return names.index(str(key))
+    raise ConfigError(f"sampling_strategy names unknown class '{key}'")
+
+
+def _count(value, key) -> int:
+    if isinstance(value, bool) or not float(value).is_integer() or value < 0:
+        raise ConfigError(f"sampling_strategy count for class '{key}' must be a non-negative integer, got {value}")
+    return int(value)
+
+
+def subsample_per_class(
+    labels: np.ndarray, targets: np.ndarray, seed: int = 0
+) -> np.ndarray:
+    """Indices keeping targets[c] samples of each class, exactly as the LDAM/LIFT CIFAR-LT builder.
+
+    One legacy NumPy stream seeded once (RandomState(seed) == np.random.seed(seed)); for each
+    class in label order: its indices in data order, shuffled in place, the first targets[c]
+    kept. Output order = class by class, shuffled order within a class (as LDAM's new data).
+    A shuffle's permutation depends only on the length, so any storage with the same
+    within-class order (e.g. the CIFAR-10 JPEG zip) selects the same images.
+    """
+    labels = np.asarray(labels)
+    targets = np.asarray(targets, dtype=np.int64)
+    rng = np.random.RandomState(seed)
+    chosen = []
+    # Loop over classes (not samples): each class needs its own shuffle call on the shared
+    # stream, in order, to reproduce the reference selection.
+    for c, n in enumerate(targets.tolist()):
+        idx = np.flatnonzero(labels == c)
+        if n > idx.size:
+            raise DataError(f"class {c} has {idx.size} samples, the profile asks for {n}")
+        rng.shuffle(idx)
+        chosen.append(idx[:n])
+    return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
