@@ -1,0 +1,127 @@
+"""Probe training: toy problems, agreement with scikit-learn, save/load, post-hoc tau, errors."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from longtail.data.features import FeatureSet
+from longtail.errors import ConfigError, DataError, UnknownNameError
+from longtail.eval.metrics import balanced_accuracy
+from longtail.methods.probe import TAU_GRID, Probe, ProbeConfig, fit_probe, train_head
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny problems: one thread avoids OpenMP spin-waiting on a shared, loaded CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _blobs(seed=0, counts=(60, 30, 12, 6), d=8, spread=1.0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(len(counts), d)) * 2.0
+    y = np.repeat(np.arange(len(counts)), counts)
+    x = means[y] + spread * rng.normal(size=(y.size, d))
+    return FeatureSet(x.astype(np.float32), y, class_names=[f"c{i}" for i in range(len(counts))])
+
+
+def test_learns_separable_problem():
+    fs = _blobs(spread=0.05)
+    for cfg in (ProbeConfig(), ProbeConfig(method="cosine"), ProbeConfig(optimizer="adamw", epochs=100, lr=0.1)):
+        probe = fit_probe(fs, cfg)
+        assert (probe.predict(fs.features) == fs.labels).all(), cfg
+
+
+def test_lbfgs_matches_sklearn():
+    fs = _blobs(seed=1, spread=1.5)
+    x = fs.features / np.linalg.norm(fs.features, axis=1, keepdims=True)
+    sk = LogisticRegression(C=1.0, max_iter=1000, tol=1e-6).fit(x.astype(np.float64), fs.labels)
+    probe = fit_probe(fs, ProbeConfig(tol=1e-6))
+    ours = probe.logits(fs.features)
+    ref = sk.decision_function(x)
+    # Same objective and optimum: logits agree up to a per-row constant (softmax invariance).
+    diff = (ours - ours.mean(1, keepdims=True)) - (ref - ref.mean(1, keepdims=True))
+    assert np.abs(diff).max() < 2e-3
+    assert (ours.argmax(1) == ref.argmax(1)).all()
+
+
+def test_deterministic_and_seeded():
+    fs = _blobs(seed=2)
+    for cfg in (ProbeConfig(), ProbeConfig(optimizer="adamw", epochs=3, seed=5)):
+        a, b = fit_probe(fs, cfg).logits(fs.features), fit_probe(fs, cfg).logits(fs.features)
+        assert np.array_equal(a, b)
+    c = fit_probe(fs, ProbeConfig(optimizer="adamw", epochs=3, seed=6)).logits(fs.features)
+    assert not np.array_equal(a, c)
+
+
+def test_logit_adjusted_loss_favours_tail():
+    fs = _blobs(seed=3, counts=(200, 100, 10, 5), spread=2.0)
+    ce = fit_probe(fs, ProbeConfig(loss="ce")).predict(fs.features)
+    la = fit_probe(fs, ProbeConfig(loss="la", tau=1.0)).predict(fs.features)
+    assert (la >= 2).sum() > (ce >= 2).sum()  # more predictions of the two tail classes
+
+
+def test_save_load_round_trip(tmp_path):
+    fs = _blobs(seed=4)
+    probe = fit_probe(fs, ProbeConfig(loss="la", posthoc_tau=0.5, method="cosine"))
+    probe.save(tmp_path / "run")
+    loaded = Probe.load(tmp_path / "run")
+    assert np.array_equal(probe.logits(fs.features), loaded.logits(fs.features))
+    assert loaded.posthoc_tau == 0.5 and loaded.class_names == fs.names()
+    assert loaded.config["loss"] == "la" and loaded.head.spec()["type"] == "cosine"
+    with pytest.raises(DataError, match="already exists"):
+        probe.save(tmp_path / "run")
+    with pytest.raises(DataError, match="missing head.json"):
+        Probe.load(tmp_path / "nothing")
+
+
+def test_posthoc_tau_fixed_and_auto():
+    fs = _blobs(seed=5, counts=(200, 100, 10, 5), spread=2.5)
+    val = _blobs(seed=5, counts=(50, 50, 50, 50), spread=2.5)  # same means (same seed), balanced
+    probe = fit_probe(fs, ProbeConfig())
+    fixed = fit_probe(fs, ProbeConfig(posthoc_tau=1.0))
+    log_pi = np.log(fs.class_counts() / fs.num_samples)
+    assert np.allclose(fixed.logits(val.features), probe.logits(val.features) - log_pi, atol=1e-5)
+
+    auto = fit_probe(fs, ProbeConfig(posthoc_tau="auto"), val)
+    raw = probe.logits(val.features)
+    scores = [balanced_accuracy(raw - t * log_pi, val.labels) for t in TAU_GRID]
+    assert auto.posthoc_tau == pytest.approx(TAU_GRID[int(np.argmax(scores))])
+    assert max(scores) > scores[0]  # adjustment helps on this long-tailed set
+    assert auto.info["selection"]["best"] == pytest.approx(max(scores))
+
+
+def test_train_head_api():
+    fs = _blobs(seed=6)
+    probe = train_head(fs.features, fs.labels, np.array([10, 10, 10, 10]), ProbeConfig(loss="la"))
+    assert probe.logits(fs.features).shape == (fs.num_samples, 4)
+    assert np.array_equal(probe.class_counts, [10, 10, 10, 10])
+    init = {"weight": np.zeros((4, fs.dim), np.float32), "bias": np.arange(4, dtype=np.float32)}
+    zero_steps = train_head(fs.features, fs.labels, fs.class_counts(), ProbeConfig(max_iter=0), init=init)
+    assert np.array_equal(zero_steps.logits(fs.features[:3]), np.tile(np.arange(4.0), (3, 1)))
+
+
+def test_errors():
+    fs = _blobs()
+    empty = FeatureSet(fs.features, np.where(fs.labels == 2, 1, fs.labels), class_names=fs.names())
+    with pytest.raises(DataError, match="class 'c2' has no training samples"):
+        fit_probe(empty, ProbeConfig())
+    with pytest.raises(UnknownNameError, match="linear"):
+        fit_probe(fs, ProbeConfig(method="svm"))
+    with pytest.raises(UnknownNameError):
+        fit_probe(fs, ProbeConfig(optimizer="sgd"))
+    with pytest.raises(ConfigError, match="no parameter 'gamma'"):
+        fit_probe(fs, ProbeConfig(loss="la", gamma=0.1))
+    with pytest.raises(ConfigError, match="validation set"):
+        fit_probe(fs, ProbeConfig(posthoc_tau="auto"))
+    with pytest.raises(ConfigError, match="posthoc_tau"):
+        fit_probe(fs, ProbeConfig(posthoc_tau="best"))
+    with pytest.raises(ConfigError, match="unknown probe option"):
+        ProbeConfig.from_dict({"loss": "la", "temperature": 2})
+    with pytest.raises(DataError, match="shape"):
+        fit_probe(fs, ProbeConfig()).logits(np.zeros((2, 3), np.float32))
+    with pytest.raises(DataError, match="NaN"):
+        train_head(np.full((4, 2), np.nan), np.arange(4), np.ones(4), ProbeConfig())
