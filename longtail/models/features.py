@@ -92,12 +92,13 @@ def extract_features(
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
         path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         path = path / f"{safe}-{key}.npz"
+    class_names = list(dataset.class_names)
+    # Prototypes first: a bad class map or prototype file fails before the long forward pass.
+    weights, bias = resolve_prototypes(backbone, class_names, prototypes, prototype_options)
     features = _read_cache(path, len(dataset))
     backbone.to(dev).eval()
     if features is None:
         features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress)
-    class_names = list(dataset.class_names)
-    weights, bias = resolve_prototypes(backbone, class_names, prototypes, prototype_options)
     info = {
         "backbone": backbone.name,
         "model_id": backbone.model_id,
