@@ -1,0 +1,107 @@
+"""Probe methods `vmf-kde`, `gaussian-kde`, `smote`: oversample the (normalised) training
+embeddings, then train the probe's head on real + synthetic rows (METHODS 4.4 steps 3-5).
+
+Options come from `cfg.method_params` (e.g. `--set
+method_params="{k_neighbors: 3}"`): any field of the oversampler plus `loss_prior`.
+
+Priors after resampling: the loss (LA, balanced-softmax, ...) uses the class counts of the
+data it is trained on, `loss_prior="resampled"` (default; with the default balanced targets LA
+then equals CE, as in the paper: "no logit adjustment, data are balanced"), or the real
+counts, `loss_prior="original"` (LA on top of oversampling). The saved Probe keeps the real
+counts, so groups and any post-hoc `posthoc_tau` use the real training prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longtail.data.features import FeatureSet
+from longtail.errors import ConfigError
+from longtail.methods.latent.oversample import SyntheticSamples, make_oversampler
+from longtail.methods.probe import Probe, ProbeConfig, select_adjustments, train_head
+from longtail.methods.registry import PROBE_METHODS
+
+LOSS_PRIORS = ("resampled", "original")
+PLOT_CLASSES = 4  # tail classes shown in the diagnostic projection
+
+
+def oversample_features(
+    train: FeatureSet, name: str, cfg: ProbeConfig, params: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, SyntheticSamples]:
+    """(real features as trained on, synthetic samples) for oversampler `name`; cfg gives seed/device."""
+    x = torch.as_tensor(np.asarray(train.features, dtype=np.float32))
+    if cfg.normalize:
+        x = F.normalize(x, dim=1)
+    elif name == "vmf-kde" and (x.norm(dim=1) - 1).abs().max() > 1e-3:
+        raise ConfigError("vmf-kde samples on the unit sphere: use normalize=True or unit-norm features")
+    sampler = make_oversampler(name, seed=cfg.seed, device=cfg.device, **(params or {}))
+    synth = sampler.sample(x, train.labels, num_classes=train.num_classes, class_names=train.names())
+    return x, synth
+
+
+def fit_oversampled(name: str, train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
+    """Resample with oversampler `name`, train cfg.head with cfg.loss, then optional interpolation/post-hoc."""
+    from longtail.methods import prototypes
+
+    params = dict(cfg.method_params)
+    loss_prior = params.pop("loss_prior", "resampled")
+    if loss_prior not in LOSS_PRIORS:
+        raise ConfigError(f"loss_prior must be one of {LOSS_PRIORS}, got '{loss_prior}'")
+    real_counts = train.class_counts()
+    x, synth = oversample_features(train, name, cfg, params)
+    device = synth.features.device  # stay on the oversampler's device (GPU) for training
+    features = torch.cat([x.to(device), synth.features.to(x.dtype)])
+    labels = torch.cat([torch.as_tensor(train.labels, device=device).long(), synth.labels])
+    resampled_counts = np.bincount(labels.cpu().numpy(), minlength=train.num_classes)
+    loss_counts = resampled_counts if loss_prior == "resampled" else real_counts
+    init = prototypes.prototype_init(train, cfg) if cfg.init == "prototypes" else None
+    probe = train_head(features, labels, loss_counts, cfg, init=init, class_names=train.names())
+    probe.class_counts = np.asarray(real_counts, dtype=np.int64)
+    probe.info["oversampling"] = {
+        **synth.info, "loss_prior": loss_prior, "real_counts": real_counts.tolist(),
+        "resampled_counts": resampled_counts.tolist(),
+    }
+    if cfg.interpolate is not None:
+        probe.zero_shot = prototypes.zero_shot_head(train, cfg, why="interpolate")
+        probe.info["zero_shot_rule"] = prototypes.zero_shot_rule(probe.zero_shot)
+    probe = select_adjustments(probe, cfg, val)
+    # Not saved with the head: kept on the object for the run report's diagnostic figure.
+    probe.synthetic = synth
+    probe.write_figures = _figure_writer(x.numpy(), np.asarray(train.labels), synth, real_counts, train.names())
+    return probe
+
+
+def _figure_writer(real_x, real_y, synth: SyntheticSamples, counts, names) -> Callable[..., list[Path]]:
+    def write_figures(folder: str | Path, test: FeatureSet | None = None) -> list[Path]:
+        """Write latent_projection.png (real vs synthetic, PCA) for the smallest classes."""
+        from longtail.methods.latent.plots import plot_latent_projection
+
+        if synth.labels.numel() == 0:
+            return []
+        tail = [int(c) for c in np.argsort(counts, kind="stable")[:PLOT_CLASSES]]
+        path = Path(folder) / "latent_projection.png"
+        plot_latent_projection(real_x, real_y, synth.features.cpu().numpy(), synth.labels.cpu().numpy(),
+                               tail, path, class_names=names)
+        return [path]
+
+    return write_figures
+
+
+def _register(name: str, summary: str) -> None:
+    def fit(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
+        return fit_oversampled(name, train, cfg, val)
+
+    fit.__doc__ = summary
+    fit.__name__ = f"fit_{name.replace('-', '_')}"
+    PROBE_METHODS.register(name, fit)
+
+
+_register("vmf-kde", "Latent vMF-KDE oversampling to the largest class, then the linear probe (arXiv 2509.15859).")
+_register("gaussian-kde", "Gaussian-KDE oversampling of the embeddings (Scott bandwidth), then the linear probe.")
+_register("smote", "SMOTE interpolation between in-class neighbours, then the linear probe.")

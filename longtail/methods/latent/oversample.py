@@ -1,0 +1,238 @@
+"""Latent-space oversamplers behind one imbalanced-learn-like interface (`fit_resample(X, y)`):
+`vmf-kde` (METHODS 4.4), `gaussian-kde`, `smote` and `none`, registered in OVERSAMPLERS.
+
+Written in torch rather than wrapping imbalanced-learn: SMOTE there is CPU/numpy only and has
+no vMF or per-sample Gaussian KDE; here every strategy is batched and runs on the GPU.
+Real samples are never modified: resampled data = real rows (unchanged, first) + synthetic rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from longtail.data.profiles import strategy_targets
+from longtail.device import resolve_device
+from longtail.errors import ConfigError, DataError
+from longtail.methods.latent.concentration import class_slices, in_class_knn, local_concentration
+from longtail.methods.latent.vmf import sample_vmf
+from longtail.registry import Registry
+
+OVERSAMPLERS: Registry = Registry("oversampler")
+
+SamplingStrategy = str | Mapping | Callable[[np.ndarray], Mapping] | Sequence[int] | np.ndarray | None
+
+
+def resolve_oversampling_targets(
+    strategy: SamplingStrategy, counts: np.ndarray, class_names: Sequence[str] | None = None
+) -> np.ndarray:
+    """Target count per class: 'auto'/None = the largest class for every class; a dict class ->
+    target (index or name; unnamed classes keep their count, as in imbalanced-learn), a callable
+    counts -> such a dict, or a full sequence of C targets. Targets below a class's count are
+    errors (real samples are never removed)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    names = list(class_names) if class_names is not None else None
+    if strategy is None or (isinstance(strategy, str) and strategy in ("auto", "not majority", "all")):
+        return np.full_like(counts, counts.max())
+    if isinstance(strategy, str):
+        raise ConfigError(f"unknown sampling_strategy '{strategy}'; use 'auto', a dict or a callable")
+    targets = strategy_targets(strategy, counts, names)
+    under = np.flatnonzero(targets < counts)
+    if under.size:
+        c = int(under[0])
+        raise ConfigError(
+            f"sampling_strategy asks for {int(targets[c])} samples of class "
+            f"'{names[c] if names else c}', which already has {int(counts[c])} (oversampling only adds)"
+        )
+    return targets
+
+
+@dataclass
+class SyntheticSamples:
+    """Synthetic rows, their labels, the real row each was drawn around, and a summary."""
+
+    features: Tensor
+    labels: Tensor
+    seeds: Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Oversampler:
+    """Base: pick seeds uniformly within each class (with replacement) up to the targets; a
+    subclass turns seeds into synthetic rows in `_generate`."""
+
+    sampling_strategy: SamplingStrategy = "auto"
+    seed: int = 0
+    device: str = "auto"
+
+    name = "none"
+    adds_samples = True
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-friendly settings for run metadata."""
+        out = asdict(self)
+        if isinstance(out["sampling_strategy"], np.ndarray):
+            out["sampling_strategy"] = out["sampling_strategy"].tolist()
+        if not isinstance(out["sampling_strategy"], (str, int, float, dict, list, type(None))):
+            out["sampling_strategy"] = repr(self.sampling_strategy)
+        return {"oversampler": self.name, **out}
+
+    def sample(
+        self, features, labels, num_classes: int | None = None, class_names: Sequence[str] | None = None
+    ) -> SyntheticSamples:
+        """Draw the synthetic rows needed to bring every class to its target count."""
+        device = resolve_device(self.device)
+        x = torch.as_tensor(features, device=device)
+        if not x.is_floating_point():
+            x = x.float()
+        y = torch.as_tensor(labels, device=device).long()
+        if x.ndim != 2 or y.shape != (x.shape[0],):
+            raise DataError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
+        if y.numel() == 0 or y.min() < 0:
+            raise DataError("labels must be non-empty and non-negative")
+        if not torch.isfinite(x).all():
+            raise DataError("features contain NaN or inf")
+        num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+        counts = torch.bincount(y, minlength=num_classes)
+        if (counts == 0).any():
+            raise DataError(f"class {int(torch.nonzero(counts == 0)[0])} has no training samples to oversample")
+        targets = torch.as_tensor(
+            resolve_oversampling_targets(self.sampling_strategy, counts.cpu().numpy(), class_names), device=device
+        )
+        n_new = targets - counts if self.adds_samples else torch.zeros_like(counts)
+        generator = torch.Generator(device=device).manual_seed(self.seed)
+        order, starts, _ = class_slices(y, num_classes)
+        cls = torch.repeat_interleave(torch.arange(num_classes, device=device), n_new)
+        u = torch.rand(cls.numel(), generator=generator, device=device, dtype=torch.float64)
+        pick = (u * counts[cls]).long().clamp_max(counts[cls] - 1)
+        seeds = order[starts[cls] + pick]
+        info: dict[str, Any] = {**self.settings(), "synthetic_per_class": n_new.tolist()}
+        synth = self._generate(x, y, seeds, cls, counts, generator, info) if cls.numel() else x[:0].clone()
+        info["num_synthetic"] = int(cls.numel())
+        return SyntheticSamples(synth, cls, seeds, info)
+
+    def fit_resample(self, features, labels):
+        """imbalanced-learn style: (X_res, y_res) = real rows unchanged, then synthetic rows."""
+        synth = self.sample(features, labels)
+        if isinstance(features, np.ndarray):
+            x_new = synth.features.cpu().numpy().astype(features.dtype, copy=False)
+            return np.concatenate([features, x_new]), np.concatenate([np.asarray(labels), synth.labels.cpu().numpy()])
+        x = torch.as_tensor(features)
+        x_new = synth.features.to(device=x.device, dtype=x.dtype)
+        y = torch.as_tensor(labels)
+        return torch.cat([x, x_new]), torch.cat([y, synth.labels.to(y.device, y.dtype)])
+
+    def _generate(
+        self, x: Tensor, y: Tensor, seeds: Tensor, cls: Tensor, counts: Tensor, generator, info: dict
+    ) -> Tensor:
+        """Synthetic rows (len(seeds), d) for seeds (real row indices) of classes `cls`."""
+        raise NotImplementedError
+
+
+@OVERSAMPLERS.register("none")
+@dataclass
+class NoOversampler(Oversampler):
+    """The baseline: no synthetic rows whatever the sampling strategy."""
+
+    adds_samples = False
+
+
+@OVERSAMPLERS.register("vmf-kde")
+@dataclass
+class VMFKDEOversampler(Oversampler):
+    """vMF kernel around each seed with its local concentration kappa_i (Wood's sampler)."""
+
+    k_neighbors: int = 1
+    min_kappa: float = 1e-3
+    max_kappa: float = 1e7
+
+    name = "vmf-kde"
+
+    def _generate(self, x, y, seeds, cls, counts, generator, info):
+        kappa = local_concentration(x, y, self.k_neighbors, self.min_kappa, self.max_kappa)
+        info["kappa_median"] = float(kappa.median())
+        info["kappa_capped"] = int((kappa >= self.max_kappa).sum())
+        return sample_vmf(x[seeds], kappa[seeds], generator).to(x.dtype)
+
+
+@OVERSAMPLERS.register("gaussian-kde")
+@dataclass
+class GaussianKDEOversampler(Oversampler):
+    """Isotropic Gaussian kernel around each seed, per-class bandwidth h_c = factor * sigma_c.
+
+    sigma_c^2 = mean per-dimension within-class variance; factor = Scott's n^(-1/(d+4)) (as
+    scipy.stats.gaussian_kde), Silverman's, or a number. `project` puts samples back on the
+    unit sphere (where the real embeddings live). Singleton classes use the median sigma.
+    """
+
+    bandwidth: str | float = "scott"
+    project: bool = True
+
+    name = "gaussian-kde"
+
+    def _factor(self, n: Tensor, d: int) -> Tensor:
+        n = n.double()
+        if self.bandwidth == "scott":
+            return n ** (-1.0 / (d + 4))
+        if self.bandwidth == "silverman":
+            return (n * (d + 2) / 4.0) ** (-1.0 / (d + 4))
+        if isinstance(self.bandwidth, (int, float)) and self.bandwidth > 0:
+            return torch.full_like(n, float(self.bandwidth))
+        raise ConfigError(f"gaussian-kde bandwidth must be 'scott', 'silverman' or > 0, got {self.bandwidth!r}")
+
+    def _generate(self, x, y, seeds, cls, counts, generator, info):
+        num_classes = counts.numel()
+        counts = counts.double()
+        xd = x.double()
+        mean = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, xd)
+        mean /= counts[:, None]
+        sq = ((xd - mean[y]) ** 2).sum(1)
+        var = torch.zeros(num_classes, dtype=torch.float64, device=x.device).index_add_(0, y, sq)
+        var /= ((counts - 1).clamp_min(1) * x.shape[1])
+        sigma = var.sqrt()
+        sigma[counts < 2] = sigma[counts >= 2].median() if (counts >= 2).any() else 0.0
+        h = self._factor(counts, x.shape[1]) * sigma
+        info["bandwidth_median"] = float(h.median())
+        noise = torch.randn(seeds.numel(), x.shape[1], generator=generator, device=x.device, dtype=x.dtype)
+        out = x[seeds] + h[cls].to(x.dtype)[:, None] * noise
+        return torch.nn.functional.normalize(out, dim=1) if self.project else out
+
+
+@OVERSAMPLERS.register("smote")
+@dataclass
+class SMOTEOversampler(Oversampler):
+    """SMOTE (Chawla et al. 2002): x = u_i + gap * (u_j - u_i), u_j one of the seed's k nearest
+    in-class neighbours (cosine), gap ~ U(0, 1). Singleton classes repeat their only sample."""
+
+    k_neighbors: int = 5
+    project: bool = False
+
+    name = "smote"
+
+    def _generate(self, x, y, seeds, cls, counts, generator, info):
+        index, _ = in_class_knn(x, y, self.k_neighbors, classes=torch.bincount(cls, minlength=counts.numel()) > 0)
+        available = (index[seeds] >= 0).sum(1)
+        u = torch.rand(seeds.numel(), generator=generator, device=x.device, dtype=torch.float64)
+        which = (u * available).long().clamp_min(0).clamp_max((available - 1).clamp_min(0))
+        partner = index[seeds, which]
+        partner = torch.where(available > 0, partner, seeds)
+        info["duplicated_singletons"] = int((available == 0).sum())
+        gap = torch.rand(seeds.numel(), 1, generator=generator, device=x.device, dtype=x.dtype)
+        out = torch.lerp(x[seeds], x[partner], gap)  # x_i + gap * (x_j - x_i)
+        return torch.nn.functional.normalize(out, dim=1) if self.project else out
+
+
+def make_oversampler(name: str, **params) -> Oversampler:
+    """Build oversampler `name` with its parameters; unknown parameters are ConfigErrors."""
+    cls = OVERSAMPLERS.get(name)
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ConfigError(f"bad parameters for oversampler '{name}': {err}") from None
+
