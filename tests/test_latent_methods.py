@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,13 +20,6 @@ METHODS = ("vmf-kde", "gaussian-kde", "smote")
 def bench():
     return make_synthetic_benchmark(seed=1, num_classes=6, dim=16, n_max=60, imbalance_ratio=20,
                                     n_val=5, n_test=30, bayes_per_class=20)
-
-
-@dataclass
-class ParamConfig(ProbeConfig):
-    """ProbeConfig with the method_params dict the latent methods read (if the probe adds it)."""
-
-    method_params: dict[str, Any] = field(default_factory=dict)
 
 
 def test_methods_registered():
@@ -61,7 +52,7 @@ def test_la_on_resampled_prior_equals_ce_and_original_prior_differs(bench):
     # balanced data: uniform prior, the LA shift is a constant -> same optimum (up to L-BFGS tol)
     np.testing.assert_allclose(la, ce, atol=1e-2)
     assert (la.argmax(1) == ce.argmax(1)).mean() > 0.98
-    orig = fit_probe(bench.train, ParamConfig(loss="la", method_params={"loss_prior": "original"}, **base))
+    orig = fit_probe(bench.train, ProbeConfig(loss="la", method_params={"loss_prior": "original"}, **base))
     assert orig.info["oversampling"]["loss_prior"] == "original"
     la_orig = orig.logits(bench.test.features)
     # LA on the real prior pushes predictions to the tail: tail-class logits rise relative to head ones
@@ -70,14 +61,14 @@ def test_la_on_resampled_prior_equals_ce_and_original_prior_differs(bench):
 
 
 def test_method_params_reach_the_oversampler_and_are_validated(bench):
-    probe = fit_probe(bench.train, ParamConfig(method="smote", max_iter=5,
+    probe = fit_probe(bench.train, ProbeConfig(method="smote", max_iter=5,
                                                method_params={"k_neighbors": 2, "sampling_strategy": {5: 10}}))
     info = probe.info["oversampling"]
     assert info["k_neighbors"] == 2 and sum(info["synthetic_per_class"]) == 10 - bench.train.class_counts()[5]
     with pytest.raises(ConfigError, match="bad parameters"):
-        fit_probe(bench.train, ParamConfig(method="smote", method_params={"kappa": 3}))
+        fit_probe(bench.train, ProbeConfig(method="smote", method_params={"kappa": 3}))
     with pytest.raises(ConfigError, match="loss_prior"):
-        fit_probe(bench.train, ParamConfig(method="vmf-kde", method_params={"loss_prior": "x"}))
+        fit_probe(bench.train, ProbeConfig(method="vmf-kde", method_params={"loss_prior": "x"}))
 
 
 def test_prototype_init_starts_from_zero_shot(bench):
