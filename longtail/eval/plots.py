@@ -16,6 +16,12 @@ GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 GROUPS = ("many", "medium", "few")
 
 
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average that shrinks its window at the ends (no zero-padding dip)."""
+    kernel = np.ones(window)
+    return np.convolve(values, kernel, mode="same") / np.convolve(np.ones_like(values), kernel, mode="same")
+
+
 def _per_class_arrays(metrics: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rows = [r for r in metrics["per_class"] if r.get("accuracy") is not None]
     counts = np.array([r["train_count"] for r in rows], dtype=float)
@@ -35,8 +41,8 @@ def per_class_accuracy(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     if counts.size > 2 and np.ptp(np.log(counts)) > 0:
         order = np.argsort(counts)
         window = max(3, counts.size // 10)
-        smooth = np.convolve(acc[order], np.ones(window) / window, mode="valid")
-        ax.plot(counts[order][window // 2 : window // 2 + smooth.size], 100 * smooth, "k-", lw=1.5, label=f"moving mean ({window})")
+        ax.plot(counts[order], 100 * moving_average(acc[order], window), "k-", lw=1.5,
+                label=f"moving mean ({window} classes)")
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class (log)")
     ax.set_ylabel("test accuracy (%)")
@@ -52,22 +58,26 @@ def group_bars(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
     """Grouped bars of all / many / medium / few accuracy for one or several runs."""
     keys = ("all", "class_mean", "many", "medium", "few")
     labels = ("all", "class mean", "many", "medium", "few")
-    fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(keys) * max(1, len(runs)) * 0.45), 3.8))
-    width = 0.8 / max(1, len(runs))
+    n = max(1, len(runs))
+    fig, ax = plt.subplots(figsize=(min(12.0, 5.0 + 0.6 * n), 4.2 + 0.22 * (n // 2 if n > 1 else 0)))
+    width = 0.84 / n
     x = np.arange(len(keys))
+    colors = _colors(n)
     for i, (name, m) in enumerate(runs):
         vals = [m.get(k) for k in keys]
         heights = [100 * v if v is not None else 0.0 for v in vals]
-        bars = ax.bar(x + i * width - 0.4 + width / 2, heights, width, label=name)
-        for bar, v in zip(bars, vals):
-            text = "n/a" if v is None else f"{100 * v:.1f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=7)
+        bars = ax.bar(x + i * width - 0.42 + width / 2, heights, width, label=name, color=colors[i])
+        if n <= 4:
+            for bar, v in zip(bars, vals):
+                text = "n/a" if v is None else f"{100 * v:.1f}"
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                            ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, labels)
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy by shot group (empty groups: n/a)")
-    if len(runs) > 1:
-        ax.legend(fontsize=7, ncol=2)
+    if n > 1:
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -84,8 +94,10 @@ def reliability(metrics: dict[str, Any], title: str = "") -> plt.Figure:
     centers = (edges[:-1] + edges[1:]) / 2
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(4.8, 5.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ok = count > 0
-    ax.bar(centers[ok], acc[ok], width=1 / m, edgecolor="k", alpha=0.75, label="accuracy")
-    ax.bar(centers[ok], conf[ok] - acc[ok], bottom=acc[ok], width=1 / m, color="#d62728", alpha=0.35, label="gap to confidence")
+    ax.bar(centers[ok], acc[ok], width=1 / m, edgecolor="k", color="#1f77b4", alpha=0.8, label="accuracy")
+    ax.plot(conf[ok], conf[ok], "o", color="#d62728", ms=4, label="mean confidence")
+    ax.vlines(centers[ok], np.minimum(acc[ok], conf[ok]), np.maximum(acc[ok], conf[ok]),
+              color="#d62728", lw=1.2, alpha=0.7)
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_ylabel("accuracy")
     ece = metrics.get("ece")
@@ -115,17 +127,24 @@ def class_counts(counts: Sequence[int], groups: Sequence[str] | None = None, tit
 
 def per_class_comparison(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
     """Per-class accuracy of several runs, classes sorted by training count (head left)."""
-    fig, ax = plt.subplots(figsize=(7.2, 3.8))
-    for name, m in runs:
+    fig, ax = plt.subplots(figsize=(7.6, 4.2 + 0.2 * (len(runs) // 2)))
+    colors = _colors(len(runs))
+    for i, (name, m) in enumerate(runs):
         counts, acc, _ = _per_class_arrays(m)
         order = np.argsort(-counts, kind="stable")
-        window = max(1, counts.size // 15)
-        smooth = np.convolve(acc[order], np.ones(window) / window, mode="same")
-        ax.plot(np.arange(counts.size), 100 * smooth, lw=1.5, label=name)
+        smooth = moving_average(acc[order], max(1, counts.size // 15))
+        ax.plot(np.arange(counts.size), 100 * smooth, lw=1.5, label=name, color=colors[i],
+                ls="-" if i < 10 else "--")
     ax.set_xlabel("classes, sorted by training count (head → tail)")
     ax.set_ylabel("test accuracy (%, smoothed)")
     ax.set_title("Per-class accuracy across runs")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def _colors(n: int) -> list:
+    """n distinguishable colours (tab10, then tab20)."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]

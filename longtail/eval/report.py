@@ -41,7 +41,7 @@ td:first-child,th:first-child{text-align:left}.na{color:#999}.ref{font-style:ita
 
 def _png(fig: plt.Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
