@@ -1,0 +1,89 @@
+"""Checkpoints: trainable weights as safetensors + JSON (peft-style), resume state via torch.save.
+
+Final weights: RUN/adapter_model.safetensors + RUN/adapter_config.json. Resume state:
+RUN/checkpoints/step-XXXXXXXX/{trainable.safetensors, training_state.pt}, published by an
+atomic write of RUN/checkpoints/latest.json after both files are complete, so a crash at any
+moment leaves the previous checkpoint usable. training_state.pt holds only tensors and plain
+Python values (optimizer/scheduler state, RNG states, counters) and is loaded with
+torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from longtail.errors import DataError
+from longtail.io import atomic_path, atomic_write, read_json, write_json
+
+WEIGHTS = "adapter_model.safetensors"
+WEIGHTS_CONFIG = "adapter_config.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def save_weights(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
+    """The trained weights of a run (adapter + head + s1/s2 + W_zs) and the config that rebuilds it."""
+    folder = Path(folder)
+    _save_tensors(state, folder / WEIGHTS, {"format": "pt", "library": "longtail"})
+    write_json(folder / WEIGHTS_CONFIG, config)
+    return folder / WEIGHTS
+
+
+def load_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise DataError(f"{folder} has no {WEIGHTS} (not a finished fine-tuning run)")
+    return load_file(str(folder / WEIGHTS)), read_json(folder / WEIGHTS_CONFIG)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str | Path, step: int, trainable: dict[str, torch.Tensor],
+                    training_state: dict[str, Any], keep: int = 1) -> Path:
+    """Write a resumable checkpoint and point latest.json at it; keep the newest `keep`."""
+    root = Path(run_dir) / CHECKPOINTS
+    folder = root / f"step-{step:08d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    _save_tensors(trainable, folder / "trainable.safetensors")
+    with atomic_path(folder / "training_state.pt") as tmp:
+        torch.save(training_state, tmp)
+    write_json(root / LATEST, {"checkpoint": folder.name, "step": step})
+    old = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != folder.name)
+    for stale in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """(trainable tensors, training state) of the latest checkpoint, or None when there is none."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not (root / LATEST).is_file():
+        return None
+    folder = root / read_json(root / LATEST)["checkpoint"]
+    try:
+        trainable = load_file(str(folder / "trainable.safetensors"))
+        state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"cannot read checkpoint {folder}: {err}") from err
+    return trainable, state

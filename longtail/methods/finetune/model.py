@@ -1,0 +1,213 @@
+"""The fine-tuned classifier: backbone (+ adapter) -> post-LN CLS feature -> cosine head, plus FIT.
+
+With FIT (Sage, METHODS.md 5.4) the model also runs the frozen zero-shot encoder on the same
+(augmented) pixels, in eval mode under no_grad, and returns the cross logits
+z_v = s cos(W, f_zs), z_t = s cos(W_zs, f) and z_hat = z + s1 z_v + s2 z_t.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longtail.errors import ConfigError, DataError
+from longtail.methods.heads import CosineHead
+from longtail.registry import Registry
+
+
+@dataclass
+class InitContext:
+    """What a head initialiser may use: the backbone, class names, templates and a feature pass."""
+
+    backbone: nn.Module
+    class_names: Sequence[str]
+    templates: str
+    train_features: Callable[[], tuple[Tensor, Tensor]]  # frozen features + labels of the train set
+    seed: int = 0
+
+
+HEAD_INITS: Registry[Callable[[InitContext], Tensor | None]] = Registry("head init")
+
+
+@HEAD_INITS.register("text")
+def text_init(ctx: InitContext) -> Tensor:
+    """LIFT/Sage semantic init (METHODS.md 1.1); backbones without a text tower refuse clearly."""
+    from longtail.models.templates import get_templates
+
+    if not getattr(ctx.backbone, "has_text", False):
+        raise ConfigError(
+            f"backbone '{getattr(ctx.backbone, 'name', '?')}' has no text tower; "
+            "use head_init=class_mean or head_init=random"
+        )
+    return ctx.backbone.text_embeddings(list(ctx.class_names), get_templates(ctx.templates))
+
+
+@HEAD_INITS.register("class_mean")
+def class_mean_init(ctx: InitContext) -> Tensor:
+    """Rows = normalised mean of the normalised frozen features of each class (LIFT+ option)."""
+    feats, labels = ctx.train_features()
+    num_classes = len(ctx.class_names)
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float64)
+    sums.index_add_(0, labels.long(), F.normalize(feats.double(), dim=1))
+    empty = torch.nonzero(torch.bincount(labels.long(), minlength=num_classes) == 0).flatten()
+    if len(empty):
+        raise DataError(f"class_mean init: class '{ctx.class_names[int(empty[0])]}' has no training images")
+    return F.normalize(sums, dim=1).float()
+
+
+@HEAD_INITS.register("random")
+def random_init(ctx: InitContext) -> None:
+    """None: the head draws seeded random rows."""
+    return None
+
+
+def vision_tower(backbone: nn.Module) -> nn.Module:
+    """The module adapters attach to (HF CLIP: `.model.vision_model`)."""
+    model = getattr(backbone, "model", None)
+    tower = getattr(model, "vision_model", None)
+    if tower is None:
+        raise ConfigError(
+            f"backbone '{getattr(backbone, 'name', '?')}' has no CLIP vision tower to adapt; "
+            "fine-tuning presets need a CLIP backbone"
+        )
+    return tower
+
+
+class FineTuneModel(nn.Module):
+    """Adapted backbone + cosine head (+ FIT). forward(pixels) -> dict of logits.
+
+    Keys: 'z' (fine-tuned), and with FIT 'z_v', 'z_t'; 'z_hat' is always what is predicted.
+    """
+
+    def __init__(self, backbone: nn.Module, head: CosineHead, handle=None, fit: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.handle = handle
+        self.fit = fit
+        self.register_buffer("w_zs", head.weight.detach().clone())  # W_zs: the initial classifier
+        self.zero_shot: nn.Module | None = None
+        if fit:
+            self.s1 = nn.Parameter(torch.zeros(()))
+            self.s2 = nn.Parameter(torch.zeros(()))
+
+    # --- forward ---------------------------------------------------------------------------
+    def features(self, pixels: Tensor) -> Tensor:
+        if self.handle is not None:
+            self.handle.set_text_vector(self.head.weight.mean(dim=0))  # SG-Adapter's w_bar; no-op otherwise
+        return self.backbone.forward_features(pixels)
+
+    @torch.no_grad()
+    def zero_shot_features(self, pixels: Tensor) -> Tensor:
+        """f_zs: the frozen encoder, eval mode, no grad, on the same pixels."""
+        if self.zero_shot is not None:
+            return self.zero_shot.forward_features(pixels)
+        ctx = self.handle.disabled() if self.handle is not None else nullcontext()
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            with ctx:
+                return self.backbone.forward_features(pixels)
+        finally:
+            self.backbone.train(was_training)
+
+    def forward(self, pixels: Tensor) -> dict[str, Tensor]:
+        f = self.features(pixels)
+        z = self.head(f)
+        if not self.fit:
+            return {"z": z, "z_hat": z}
+        f_zs = self.zero_shot_features(pixels).to(f.dtype)
+        scale = self.head.scale
+        w = F.normalize(self.head.weight, dim=-1)
+        z_v = scale * F.linear(F.normalize(f_zs, dim=-1), w)
+        z_t = scale * F.linear(F.normalize(f, dim=-1), F.normalize(self.w_zs, dim=-1))
+        return {"z": z, "z_v": z_v, "z_t": z_t, "z_hat": z + self.s1 * z_v + self.s2 * z_t}
+
+    def train(self, mode: bool = True) -> FineTuneModel:
+        super().train(mode)
+        if self.zero_shot is not None:
+            self.zero_shot.eval()  # the zero-shot pass is always in eval mode
+        return self
+
+    # --- checkpoint contents ---------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """Adapter + head (+ s1, s2) + W_zs: all that differs from the pretrained backbone."""
+        state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state["w_zs"] = self.w_zs.detach()
+        return state
+
+    def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Strict: the key set and shapes must equal `trainable_state_dict()`."""
+        own = dict(self.named_parameters())
+        expected = {n for n, p in own.items() if p.requires_grad} | {"w_zs"}
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise DataError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                target = self.w_zs if name == "w_zs" else own[name]
+                if tuple(target.shape) != tuple(value.shape):
+                    raise DataError(f"checkpoint '{name}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
+                target.copy_(value)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class FitLoss(nn.Module):
+    """Loss = l(z) + lambda1 l(z_v) + lambda2 l(z_t) + lambda3 l(z_hat) (plain l(z) without FIT)."""
+
+    def __init__(self, base: nn.Module, lambdas: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+        super().__init__()
+        self.base = base
+        self.lambdas = tuple(float(v) for v in lambdas)
+
+    def forward(self, out: dict[str, Tensor], targets: Tensor) -> Tensor:
+        loss = self.base(out["z"].float(), targets)
+        if "z_v" not in out:
+            return loss
+        for lam, key in zip(self.lambdas, ("z_v", "z_t", "z_hat")):
+            if lam:
+                loss = loss + lam * self.base(out[key].float(), targets)
+        return loss
+
+
+def build_model(cfg, backbone: nn.Module, class_names: Sequence[str],
+                train_features: Callable[[], tuple[Tensor, Tensor]] | None = None,
+                init: bool = True) -> FineTuneModel:
+    """Inject the adapter, build the head (initialised per cfg.head_init unless init=False)."""
+    from longtail.models.adapters import inject_adapter, make_adapter_config
+
+    num_classes = len(class_names)
+    backbone.requires_grad_(False)
+    weight = None
+    if init:
+        ctx = InitContext(backbone, class_names, cfg.templates,
+                          train_features or _no_features, cfg.seed)
+        weight = HEAD_INITS.get(cfg.head_init)(ctx)
+        weight = None if weight is None else weight.detach().float().cpu()
+    adapter_cfg = make_adapter_config(cfg.adapter, **cfg.adapter_options)
+    zero_shot = None
+    if cfg.fit and not adapter_cfg.can_disable:  # in-place methods: keep a frozen copy
+        zero_shot = copy.deepcopy(backbone).eval()
+    with torch.random.fork_rng(devices=[]):  # adapter init (Kaiming) reproducible from cfg.seed
+        torch.manual_seed(cfg.seed)
+        handle = inject_adapter(vision_tower(backbone), adapter_cfg, num_classes)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    head = CosineHead(num_classes, int(backbone.feature_dim), weight=weight, generator=generator, scale=cfg.scale)
+    model = FineTuneModel(backbone, head, handle, fit=cfg.fit)
+    model.zero_shot = zero_shot
+    if cfg.fit and cfg.lambda3 == 0:  # s1, s2 are trained only through l(z_hat)
+        model.s1.requires_grad_(False)
+        model.s2.requires_grad_(False)
+    return model
+
+
+def _no_features() -> tuple[Tensor, Tensor]:
+    raise ConfigError("head_init=class_mean needs the training images")

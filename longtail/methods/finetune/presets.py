@@ -1,0 +1,117 @@
+"""Presets on three axes, as in LIFT+: data (-d), backbone (-b) and method (-m).
+
+Each preset is a dict of FitConfig fields. They are applied in the order data, backbone,
+method, the method's per-dataset entry (e.g. Sage's Table 8), then the user's key=value pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from longtail.methods.finetune.config import FitConfig, apply_overrides
+from longtail.registry import Registry
+
+DATA_PRESETS: Registry[dict[str, Any]] = Registry("data preset")
+BACKBONE_PRESETS: Registry[dict[str, Any]] = Registry("backbone preset")
+METHOD_PRESETS: Registry[dict[str, Any]] = Registry("method preset")
+# method -> {data preset -> overrides}: per-dataset hyperparameters of a method
+PER_DATASET: dict[str, dict[str, dict[str, Any]]] = {}
+
+# --- data (METHODS.md section 7) -------------------------------------------------------------
+DATA_PRESETS.register("synthetic_images", {
+    "data_spec": "synthetic_images", "num_workers": 0,
+})
+for _ir in (100, 50, 10):
+    DATA_PRESETS.register(f"cifar100_ir{_ir}", {
+        "data_spec": "cifar100_lt", "data_options": {"ir": _ir},
+        "decode_size": 32,  # keep the 32-px originals; the GPU crop-resize upsamples (LIFT)
+    })
+    DATA_PRESETS.register(f"cifar10_ir{_ir}", {
+        "data_spec": "cifar10_lt", "data_options": {"ir": _ir}, "decode_size": 32,
+    })
+DATA_PRESETS.register("imagenet_lt", {"data_spec": "imagenet_lt"})
+DATA_PRESETS.register("places_lt", {"data_spec": "places_lt"})
+DATA_PRESETS.register("inat2018", {"data_spec": "inat2018", "epochs": 20})
+
+# --- backbones: fine-tuning settings per backbone; any other name goes to load_backbone ---------
+BACKBONE_PRESETS.register("tiny_clip", {"backbone": "tiny_clip", "eval_batch_size": 64, "num_workers": 0})
+BACKBONE_PRESETS.register("clip_vit_b16", {"backbone": "clip_vit_b16"})
+BACKBONE_PRESETS.register("clip_vit_b32", {"backbone": "clip_vit_b32"})
+BACKBONE_PRESETS.register("clip_vit_l14", {"backbone": "clip_vit_l14"})
+
+# --- methods ---------------------------------------------------------------------------------
+_LIFT_OPTIM = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+               "batch_size": 128, "lr_schedule": "cosine", "schedule_unit": "epoch"}
+
+METHOD_PRESETS.register("lift", {  # METHODS.md 1.3-1.4 (LIFT code defaults)
+    **_LIFT_OPTIM, "epochs": 10, "adapter": "adaptformer", "head_init": "text",
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "augment": "rrc_flip", "crop_schedule": "none",
+})
+METHOD_PRESETS.register("lift_plus", {  # LIFT+ code defaults: 5 epochs, lr 0.02, minimalist crops
+    **_LIFT_OPTIM, "lr": 0.02, "epochs": 5, "adapter": "adaptformer", "head_init": "text",
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "augment": "rrc_flip", "crop_schedule": "convex",
+})
+METHOD_PRESETS.register("sage", {  # METHODS.md 5.5; defaults = the CIFAR-100-LT rho=100 row
+    **_LIFT_OPTIM, "epochs": 10, "adapter": "sg-adapter", "adapter_options": {"alpha": 0.1},
+    "head_init": "text", "templates": "sage60", "loss": "cf",
+    "loss_options": {"gamma": 0.05, "mu": 0.5}, "fit": True,
+    "lambda1": 0.015, "lambda2": 0.015, "lambda3": 0.4, "augment": "rrc_flip",
+})
+METHOD_PRESETS.register("zero_shot", {
+    "epochs": 0, "adapter": "none", "head_init": "text", "templates": "lift", "fit": False,
+})
+METHOD_PRESETS.register("linear_probe", {  # classifier only, on the frozen backbone
+    **_LIFT_OPTIM, "epochs": 10, "adapter": "none", "head_init": "text", "templates": "lift",
+    "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+})
+METHOD_PRESETS.register("full_ft", {  # heavy fine-tuning baseline of LIFT (every weight trained)
+    **_LIFT_OPTIM, "epochs": 10, "adapter": "full", "head_init": "text",
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+})
+
+
+def _sage_row(alpha: float, mu: float, gamma: float, l1: float, l2: float, l3: float) -> dict[str, Any]:
+    return {"adapter_options": {"alpha": alpha}, "loss_options": {"gamma": gamma, "mu": mu},
+            "lambda1": l1, "lambda2": l2, "lambda3": l3}
+
+
+PER_DATASET["sage"] = {  # METHODS.md 5.5, Sage Table 8 [P]
+    "cifar100_ir100": _sage_row(0.1, 0.5, 0.05, 0.015, 0.015, 0.4),
+    "cifar100_ir50": _sage_row(0.1, 0.5, 0.06, 0.0001, 0.010, 0.6),
+    "cifar100_ir10": _sage_row(0.1, 0.5, 0.06, 0.002, 0.005, 0.2),
+    "places_lt": _sage_row(0.8, 0.5, 0.05, 0.003, 0.010, 0.2),
+    "imagenet_lt": _sage_row(0.8, 0.5, 0.05, 0.005, 0.010, 0.2),
+    "inat2018": {**_sage_row(1.0, 0.5, 0.085, 1e-7, 1e-7, 1e-7), "epochs": 20},
+}
+PER_DATASET["lift"] = {"inat2018": {"epochs": 20}}
+PER_DATASET["linear_probe"] = {"inat2018": {"epochs": 20}}
+PER_DATASET["full_ft"] = {"inat2018": {"epochs": 20}}
+PER_DATASET["lift_plus"] = {"inat2018": {"epochs": 15}}  # LIFT+ README: num_epochs 15 on iNat
+PER_DATASET["zero_shot"] = {"inat2018": {"epochs": 0}}
+
+
+def build_config(dataset: str, backbone: str, method: str, overrides: dict[str, Any] | None = None) -> FitConfig:
+    """FitConfig from the three presets plus the user's overrides (unknown keys are errors)."""
+    layers: list[dict[str, Any]] = [
+        DATA_PRESETS.get(dataset),
+        BACKBONE_PRESETS.get(backbone) if backbone in BACKBONE_PRESETS else {"backbone": backbone},
+        METHOD_PRESETS.get(method),  # replaces whole dict fields (e.g. sage's loss_options)
+    ]
+    cfg = FitConfig(dataset=dataset, method=method)
+    for layer in layers:
+        cfg = apply_overrides(cfg, layer)
+    cfg = apply_overrides(cfg, _flatten(PER_DATASET.get(method, {}).get(dataset, {})))
+    return apply_overrides(cfg, dict(overrides or {}))
+
+
+def _flatten(layer: dict[str, Any]) -> dict[str, Any]:
+    """Per-dataset entries update (not replace) dict fields: {'loss_options': {...}} -> 'loss_options.k'."""
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
