@@ -14,16 +14,20 @@ T = TypeVar("T")
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
-    """Parse ['epochs=1', 'lr=0.02', 'name=abc'] into typed values (YAML scalars)."""
+    """Parse ['epochs=1', 'lr=0.02', 'on-corrupt=skip'] into typed values (YAML scalars);
+    dashes in keys become underscores."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"expected key=value, got '{pair}'")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            value = raw
+        if isinstance(value, str) and value.lower() == "none":  # Python spelling of null
+            value = None
+        out[key.strip().replace("-", "_")] = value
     return out
 
 

@@ -50,6 +50,8 @@ def test_unstaged_run_can_resume(tmp_path):
 def test_overrides_are_typed_and_checked():
     values = parse_overrides(["epochs=1", "lr=0.02", "name=abc"])
     assert values == {"epochs": 1, "lr": 0.02, "name": "abc"}
+    assert parse_overrides(["on-corrupt=skip", "flag=true", "x=none", "ir=0.5"]) == {
+        "on_corrupt": "skip", "flag": True, "x": None, "ir": 0.5}
     assert update_dataclass(_Cfg(), values) == _Cfg(1, 0.02, "abc")
     with pytest.raises(ConfigError, match="unknown config key bogus; valid keys: epochs, lr, name"):
         update_dataclass(_Cfg(), {"bogus": 1})

@@ -11,7 +11,6 @@ from longtail.data.images import (
     FileReader,
     ImageDataset,
     open_images,
-    parse_options,
 )
 from longtail.data.sources import detect_source, open_list
 from longtail.errors import ConfigError, DataError
@@ -228,10 +227,3 @@ def test_long_tail_option_on_any_source(folder, tmp_path):
         open_images(str(folder), ir=3)  # n_max = smallest class (1 image)
     ds = open_images(str(folder), sampling_strategy='{"cat": 2, "dog": 1}')
     assert ds.class_counts().tolist() == [2, 1, 1]
-
-
-def test_parse_options():
-    assert parse_options(["ir=50", "seed=0", "x=0.5", "on-corrupt=skip", "flag=true"]) == {
-        "ir": 50, "seed": 0, "x": 0.5, "on_corrupt": "skip", "flag": True}
-    with pytest.raises(ConfigError, match="key=value"):
-        parse_options(["ir"])

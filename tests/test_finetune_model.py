@@ -18,16 +18,6 @@ from longtail.models.backbone import load_backbone
 NAMES = ["red square", "green_circle", "blue line", "cat"]
 COUNTS = [20, 10, 5, 2]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (15 s vs 1 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def tiny_model(method: str = "sage", **overrides):
     cfg = build_config("synthetic_images", "tiny_clip", method, overrides)
     backbone = load_backbone("tiny_clip", image_size=16, patch_size=8, num_layers=2)

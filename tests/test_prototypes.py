@@ -2,20 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from longtail.data.features import FeatureSet
 from longtail.errors import ConfigError, DataError
 from longtail.eval.metrics import balanced_accuracy
 from longtail.methods.probe import ALPHA_GRID, Probe, ProbeConfig, fit_probe
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _data(seed=0, counts=(80, 40, 10, 5), d=6, unit_prototypes=True, noise=0.8):

@@ -13,14 +13,6 @@ from longtail.methods.probe import ProbeConfig, fit_probe
 SMALL = dict(num_classes=12, dim=16, n_max=200, n_test=60, bayes_per_class=800)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bench():
     return make_synthetic_benchmark(seed=0, **SMALL)

@@ -74,8 +74,9 @@ def prototype_request(args: argparse.Namespace) -> tuple[str | None, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longtail.config import parse_overrides
     from longtail.data.features import SUFFIXES, save_features
-    from longtail.data.images import open_images, parse_options
+    from longtail.data.images import open_images
     from longtail.errors import ConfigError, DataError
     from longtail.models.backbone import load_backbone
     from longtail.models.features import extract_features, load_prototype_file
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if source is None and not Path(args.prototypes).is_file():
         raise DataError(f"prototype file not found: {args.prototypes}")
 
-    dataset = open_images(args.data, split=args.split, root=args.root, **parse_options(args.option))
+    dataset = open_images(args.data, split=args.split, root=args.root, **parse_overrides(args.option))
     backbone = load_backbone(args.backbone, revision=args.revision)
     prototypes = source
     if source is None:

@@ -51,9 +51,10 @@ def _load_counts(args) -> tuple[str, list[str], object, object]:
         fs = load_features(args.data)
         group_counts = fs.meta.get("group_counts")
         return Path(args.data).stem, fs.names(), fs.class_counts(), group_counts
-    from longtail.data.images import open_images, parse_options
+    from longtail.config import parse_overrides
+    from longtail.data.images import open_images
 
-    ds = open_images(args.data, split=args.split, root=args.root, **parse_options(args.option))
+    ds = open_images(args.data, split=args.split, root=args.root, **parse_overrides(args.option))
     return ds.name, ds.class_names, ds.class_counts(), ds.group_counts
 
 

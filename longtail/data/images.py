@@ -234,26 +234,6 @@ def finish(
     return dataset.drop_corrupt(progress) if on_corrupt == "skip" else dataset
 
 
-def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """CLI `--option k=v` strings to a dict; values become int, float or bool when they look so."""
-    options: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"option '{pair}' is not of the form key=value")
-        options[key.strip().replace("-", "_")] = _parse_value(value.strip())
-    return options
-
-
-def _parse_value(value: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(value.lower(), value)
-
-
 def call_with_options(fn: Any, what: str, *args: Any, **options: Any) -> Any:
     """fn(*args, **options); an option fn does not accept is a ConfigError listing valid ones."""
     import inspect

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,10 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ProbeConfig:
-        """Build from a plain dict (YAML/JSON); unknown keys are a ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown probe option(s): {', '.join(unknown)}")
-        return cls(**values)
+        """Build from a plain dict (YAML/JSON); unknown keys are a ConfigError listing valid ones."""
+        from longtail.config import update_dataclass
+
+        return update_dataclass(cls(), values)
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Parameters for make_loss: the named fields the loss accepts, plus loss_params."""
