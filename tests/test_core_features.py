@@ -71,8 +71,13 @@ def test_missing_corrupt_and_incomplete_files(tmp_path):
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
-    save_features(_fs(), tmp_path / "f.npz")
+    import os
+
+    path = save_features(_fs(), tmp_path / "f.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npz"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 def test_check_compatible():
