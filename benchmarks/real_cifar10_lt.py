@@ -56,6 +56,7 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("zero-shot (ImageNet classifier rows)", {"method": "zero-shot"}),
     ("prototype init, LA", {"loss": "la", "init": "prototypes"}),
     ("prototype init, LA + interpolation (alpha on val)", {"loss": "la", "init": "prototypes", "interpolate": "auto"}),
+    ("prototype init, LA + L2-SP anchor", {"loss": "la", "init": "prototypes", "l2_target": "init"}),
     ("prototype init, vMF-KDE + LR", {"method": "vmf-kde", "init": "prototypes"}),
 )
 

@@ -85,3 +85,22 @@ def test_missing_prototypes_is_one_line_error():
         assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="interpolate"):
         fit_probe(train, ProbeConfig(method="zero-shot", interpolate=0.5))
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adamw"])
+def test_l2_sp_pulls_towards_the_prototypes_not_zero(optimizer):
+    train, _ = _data()
+    strong = dict(loss="la", init="prototypes", optimizer=optimizer, epochs=30)
+    strong |= {"l2": 10.0} if optimizer == "lbfgs" else {"weight_decay": 10.0}
+    start = fit_probe(train, ProbeConfig(init="prototypes", max_iter=0, epochs=0)).head.weight.detach()
+    anchored = fit_probe(train, ProbeConfig(l2_target="init", **strong)).head.weight.detach()
+    plain = fit_probe(train, ProbeConfig(**strong)).head.weight.detach()
+    # a strong anchor keeps W next to its prototype start; plain L2 shrinks it towards 0
+    assert float((anchored - start).norm()) < 0.1 * float(start.norm())
+    assert float((plain - start).norm()) > 0.5 * float(start.norm())
+
+
+def test_l2_sp_needs_prototype_init():
+    train, _ = _data()
+    with pytest.raises(ConfigError, match="L2-SP"):
+        fit_probe(train, ProbeConfig(l2_target="init"))

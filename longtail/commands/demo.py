@@ -31,6 +31,7 @@ DEMO_METHODS: tuple[tuple[str, dict], ...] = (
     ("vmf-kde + LR", {"method": "vmf-kde"}),
     ("zero-shot (prototypes)", {"method": "zero-shot"}),
     ("prototype init + LA + interpolation", {"loss": "la", "init": "prototypes", "interpolate": "auto"}),
+    ("prototype init + LA + L2-SP anchor", {"loss": "la", "init": "prototypes", "l2_target": "init"}),
 )
 
 

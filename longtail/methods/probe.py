@@ -62,6 +62,9 @@ class ProbeConfig:
     batch_size: int = 256  # AdamW
     normalize: bool = True  # L2-normalise features before the head
     init: str = "random"  # "random" | "prototypes" (the file's class prototypes)
+    # L2 pulls W towards "zero" (plain weight decay) or the "init" weights (L2-SP, Li et al. 2018):
+    # with init="prototypes", data-poor tail rows then stay near their prototype.
+    l2_target: str = "zero"
     posthoc_tau: str | float | None = None  # None | "auto" (val) | float
     interpolate: str | float | None = None  # None | "auto" (val) | alpha in [0, 1]
     seed: int = 0
@@ -95,6 +98,10 @@ class ProbeConfig:
             raise ConfigError(f"l2 must be >= 0, got {self.l2}")
         if self.init not in INITS:
             raise ConfigError(f"init must be one of {INITS}, got '{self.init}'")
+        if self.l2_target not in ("zero", "init"):
+            raise ConfigError(f"l2_target must be 'zero' or 'init', got '{self.l2_target}'")
+        if self.l2_target == "init" and self.init != "prototypes":
+            raise ConfigError("l2_target='init' (L2-SP) needs init='prototypes'")
         for name, value, lo, hi in (("posthoc_tau", self.posthoc_tau, -np.inf, np.inf),
                                     ("interpolate", self.interpolate, 0.0, 1.0)):
             if value is None or value == "auto":
@@ -230,6 +237,11 @@ class Probe:
 # Trainers
 
 
+def _l2_anchor(head: nn.Module, cfg: ProbeConfig) -> Tensor | float:
+    """What the L2 penalty pulls W towards: 0, or a frozen copy of the initial weights (L2-SP)."""
+    return head.weight.detach().clone() if cfg.l2_target == "init" else 0.0
+
+
 @OPTIMIZERS.register("lbfgs")
 def _train_lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg: ProbeConfig,
                  generator: torch.Generator) -> dict[str, Any]:
@@ -242,9 +254,11 @@ def _train_lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg:
                             tolerance_change=1e-9, history_size=cfg.history_size,
                             line_search_fn="strong_wolfe")
 
+    anchor = _l2_anchor(head, cfg)
+
     def objective() -> Tensor:
         loss = loss_fn(head(x), y)
-        return loss + 0.5 * l2 * head.weight.square().sum() if l2 else loss
+        return loss + 0.5 * l2 * (head.weight - anchor).square().sum() if l2 else loss
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -267,7 +281,9 @@ def _train_adamw(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg:
     """Minibatch AdamW with a cosine learning-rate schedule; batches drawn from the seeded generator."""
     n = x.shape[0]
     steps_per_epoch = -(-n // cfg.batch_size)
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr or 1e-2, weight_decay=cfg.weight_decay)
+    anchor = _l2_anchor(head, cfg) if cfg.l2_target == "init" else None
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr or 1e-2,
+                            weight_decay=0.0 if anchor is not None else cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
     last = float("nan")
     for _ in range(cfg.epochs):
@@ -275,6 +291,8 @@ def _train_adamw(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg:
         for idx in order.split(cfg.batch_size):
             opt.zero_grad()
             loss = loss_fn(head(x[idx]), y[idx])
+            if anchor is not None:  # L2-SP: explicit pull towards the initial weights
+                loss = loss + 0.5 * cfg.weight_decay * (head.weight - anchor).square().sum()
             loss.backward()
             opt.step()
             sched.step()
