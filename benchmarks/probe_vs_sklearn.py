@@ -13,6 +13,7 @@ median fit time over --repeats (after one untimed warm-up each), the objective e
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -46,7 +47,9 @@ def timed(fn, repeats: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for both (torch and BLAS)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1],
+                        help="CPU thread counts to compare, the same for both libraries (torch and BLAS); "
+                             "default: 1 and all cores (what each library uses out of the box)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -55,15 +58,22 @@ def main() -> None:
     parser.add_argument("--n-max", type=int, default=500)
     args = parser.parse_args()
 
-    torch.set_num_threads(args.threads)
     bench = make_synthetic_benchmark(seed=args.seed, num_classes=args.num_classes, dim=args.dim, n_max=args.n_max)
+    for threads in args.threads:
+        run(bench, threads, args)
+        print()
+
+
+def run(bench, threads: int, args: argparse.Namespace) -> None:
+    """Fit both libraries with `threads` CPU threads each and print one table."""
+    torch.set_num_threads(threads)
     train, test = bench.train, bench.test
     x = train.features / np.linalg.norm(train.features, axis=1, keepdims=True)
     x_test = test.features / np.linalg.norm(test.features, axis=1, keepdims=True)
     counts = train.class_counts()
 
     rows = []
-    with threadpool_limits(limits=args.threads):
+    with threadpool_limits(limits=threads):
         sk_cfgs = {"sklearn LogisticRegression": {}, "sklearn LR class_weight=balanced": {"class_weight": "balanced"}}
         for name, extra in sk_cfgs.items():
             model, seconds = timed(lambda extra=extra: LogisticRegression(
@@ -84,7 +94,7 @@ def main() -> None:
 
     print(f"synthetic_features seed {args.seed}: C={train.num_classes}, d={train.dim}, "
           f"N_train={train.num_samples} (IR {counts.max() / counts.min():.0f}), N_test={test.num_samples}; "
-          f"threads={args.threads}, probe device={resolve_device(device.device)}, repeats={args.repeats}")
+          f"threads={threads}, probe device={resolve_device(device.device)}, repeats={args.repeats}")
     print(f"Bayes-optimal balanced accuracy: {bench.bayes_balanced_accuracy:.4f} "
           f"+- {bench.bayes_standard_error:.4f} (Monte Carlo, {bench.bayes_samples} samples)")
     base_time = rows[0][2]
