@@ -134,3 +134,14 @@ def test_every_subcommand_has_informative_help(capsys):
             main([name, "--help"])
         text = capsys.readouterr().out
         assert "example" in text.lower() and len(text) > 300, name
+
+
+def test_synthetic_features_is_an_offline_preset(tmp_path, capsys):
+    assert main(["stats", "synthetic_features", "--no-plot", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["imbalance_ratio"] == pytest.approx(100.0) and stats["num_classes"] == 40
+    assert main(["probe", "--train", "synthetic_features", "--test", "synthetic_features:test",
+                 "--out", str(tmp_path / "run"), "--json"]) == 0
+    assert 0.0 < json.loads(capsys.readouterr().out)["all"] <= 1.0
+    assert main(["probe", "--train", "synthetic_features:bogus", "--test", "synthetic_features:test"]) == 2
+    assert "unknown split 'bogus'" in capsys.readouterr().err

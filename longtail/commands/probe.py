@@ -20,6 +20,8 @@ examples:
   longtail probe --train train.npz --test test.npz --val val.npz --method vmf-kde --loss la --json
   longtail probe --train train.npz --test test.npz --init prototypes --interpolate auto
   longtail probe --train train.npz --test test.npz --set optimizer=adamw epochs=50 lr=1e-3
+  longtail probe --train synthetic_features:train --val synthetic_features:val \
+      --test synthetic_features:test --loss la          # offline preset, no files needed
 """
 
 

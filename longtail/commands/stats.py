@@ -23,6 +23,7 @@ or a feature file (.npz / .safetensors).
 examples:
   longtail stats synthetic_images
   longtail stats cifar100_lt --root hf:cifar100 --option ir=50 --json
+  longtail stats synthetic_features           # the offline demo benchmark (feature space)
   longtail stats cifar10_lt --root cifar10-jpeg.zip --option ir=100 --plot c10.png
   longtail stats train.txt --root /data/imagenet --option class_names=names.txt
 """
@@ -45,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load_counts(args) -> tuple[str, list[str], object, object]:
     """(name, class names, counts, group_counts) of DATA."""
-    from longtail.data.features import SUFFIXES, load_features
+    from longtail.data.features import is_feature_spec, load_features
 
-    if Path(args.data).suffix in SUFFIXES:
+    if is_feature_spec(args.data):
         fs = load_features(args.data)
         group_counts = fs.meta.get("group_counts")
         return Path(args.data).stem, fs.names(), fs.class_counts(), group_counts
