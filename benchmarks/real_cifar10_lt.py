@@ -43,12 +43,15 @@ MAPPING = Path(__file__).resolve().parents[1] / "longtail" / "data" / "mappings"
 # (label, ProbeConfig overrides); every row is fitted on the same long-tailed features.
 ROWS: tuple[tuple[str, dict], ...] = (
     ("LR, CE", {"loss": "ce"}),
+    ("LR, class-weighted CE (inverse frequency)", {"loss": "weighted-ce"}),
     ("LR, CE + post-hoc LA (tau on val)", {"loss": "ce", "posthoc_tau": "auto"}),
     ("LR, LA (tau=1)", {"loss": "la"}),
+    ("LR, LA + temperature scaling (on val)", {"loss": "la", "calibrate": "temperature"}),
     ("LR, balanced softmax", {"loss": "balanced-softmax"}),
     ("LR, CCAR", {"loss": "ccar"}),
     ("LR, CCAR + LA", {"loss": "ccar-la"}),
     ("cosine, LA", {"method": "cosine", "loss": "la"}),
+    ("cosine, LA + temperature scaling (on val)", {"method": "cosine", "loss": "la", "calibrate": "temperature"}),
     ("SMOTE + LR", {"method": "smote"}),
     ("Gaussian-KDE + LR", {"method": "gaussian-kde"}),
     ("vMF-KDE + LR", {"method": "vmf-kde"}),

@@ -152,3 +152,32 @@ def test_errors():
         make_loss("ccar", COUNTS, omega=1.5)
     with pytest.raises(ConfigError, match="freq"):
         make_loss("ccar", COUNTS, freq="median")
+
+
+def test_weighted_ce_weights_by_rule():
+    counts = [100, 10]
+    z = torch.tensor([[1.0, -1.0], [0.5, 0.25]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    ce = F.cross_entropy(z, y, reduction="none")
+    # inverse: w_c = N / (C n_c) = (0.55, 5.5), as scikit-learn's class_weight="balanced"
+    inv = make_loss("weighted-ce", counts)
+    assert torch.allclose(inv.per_sample(z, y), torch.tensor([0.55, 5.5], dtype=torch.float64) * ce)
+    # sqrt: w ∝ n^-1/2, normalised so that sum_c n_c w_c = N
+    raw = torch.tensor([0.1, 10 ** -0.5], dtype=torch.float64)
+    w = raw * 110 / (raw @ torch.tensor([100.0, 10.0], dtype=torch.float64))
+    assert torch.allclose(make_loss("weighted-ce", counts, weighting="sqrt").per_sample(z, y), w * ce)
+    # effective number (Cui et al.): w ∝ (1 - beta) / (1 - beta^n)
+    eff = make_loss("weighted-ce", counts, weighting="effective", beta=0.9)
+    ratio = eff.class_weights[1] / eff.class_weights[0]
+    assert float(ratio) == pytest.approx((1 - 0.9**100) / (1 - 0.9**10))
+
+
+def test_weighted_ce_is_ce_for_balanced_counts_and_rejects_bad_options():
+    z, y = torch.randn(6, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    for weighting in ("inverse", "sqrt", "effective"):
+        loss = make_loss("weighted-ce", [7, 7, 7], weighting=weighting)
+        assert torch.allclose(loss(z, y), F.cross_entropy(z, y))
+    with pytest.raises(UnknownNameError, match="unknown class weighting 'x'"):
+        make_loss("weighted-ce", [1, 2], weighting="x")
+    with pytest.raises(ConfigError, match="beta"):
+        make_loss("weighted-ce", [1, 2], weighting="effective", beta=1.0)

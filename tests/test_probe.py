@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 
 from longtail.data.features import FeatureSet
@@ -115,3 +116,30 @@ def test_errors():
         fit_probe(fs, ProbeConfig()).logits(np.zeros((2, 3), np.float32))
     with pytest.raises(DataError, match="NaN"):
         train_head(np.full((4, 2), np.nan), np.arange(4), np.ones(4), ProbeConfig())
+
+
+def test_weighted_ce_matches_sklearn_class_weight_balanced():
+    fs = _blobs(seed=3, spread=1.5)
+    x = fs.features / np.linalg.norm(fs.features, axis=1, keepdims=True)
+    sk = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000, tol=1e-8).fit(x, fs.labels)
+    ours = fit_probe(fs, ProbeConfig(loss="weighted-ce", tol=1e-7))
+    assert np.allclose(ours.head.weight.detach().numpy(), sk.coef_, atol=2e-3)
+    assert np.array_equal(ours.predict(fs.features), sk.predict(x))
+
+
+def test_temperature_scaling_keeps_predictions_and_lowers_val_nll(tmp_path):
+    import torch.nn.functional as F
+
+    train, val = _blobs(seed=4, spread=2.0), _blobs(seed=5, spread=2.0, counts=(20, 20, 20, 20))
+    plain = fit_probe(train, ProbeConfig(loss="la"))
+    calibrated = fit_probe(train, ProbeConfig(loss="la", calibrate="temperature"), val)
+    assert np.array_equal(plain.predict(val.features), calibrated.predict(val.features))
+
+    def nll(probe):
+        return float(F.cross_entropy(torch.as_tensor(probe.logits(val.features)), torch.as_tensor(val.labels)))
+
+    assert calibrated.temperature != 1.0 and nll(calibrated) < nll(plain)
+    calibrated.save(tmp_path / "head")
+    assert Probe.load(tmp_path / "head").temperature == calibrated.temperature
+    with pytest.raises(ConfigError, match="validation set"):
+        fit_probe(train, ProbeConfig(calibrate="temperature"))

@@ -21,8 +21,10 @@ examples:
 # (label, ProbeConfig overrides): the methods the demo compares.
 DEMO_METHODS: tuple[tuple[str, dict], ...] = (
     ("linear CE", {"loss": "ce"}),
+    ("linear class-weighted CE", {"loss": "weighted-ce"}),
     ("linear CE + post-hoc LA (tau on val)", {"loss": "ce", "posthoc_tau": "auto"}),
     ("linear LA", {"loss": "la"}),
+    ("linear LA + temperature scaling", {"loss": "la", "calibrate": "temperature"}),
     ("linear balanced softmax", {"loss": "balanced-softmax"}),
     ("linear CCAR + LA", {"loss": "ccar-la"}),
     ("cosine LA", {"method": "cosine", "loss": "la"}),

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=("random", "prototypes"), help="head initialisation")
     p.add_argument("--interpolate", help="'auto' or ALPHA in [0,1]: mix zero-shot and trained heads")
     p.add_argument("--posthoc-tau", help="post-hoc logit adjustment: 'auto' (choose on --val) or a number")
+    p.add_argument("--calibrate", choices=("temperature",),
+                   help="temperature scaling on --val (lowers ECE; predictions unchanged)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ProbeConfig fields")
@@ -56,7 +58,8 @@ def build_config(args: argparse.Namespace):
     PROBE_METHODS.get(args.method)
     LOSSES.get(args.loss)
     overrides = {"method": args.method, "loss": args.loss}
-    for flag, key in (("tau", "tau"), ("init", "init"), ("seed", "seed"), ("device", "device")):
+    for flag, key in (("tau", "tau"), ("init", "init"), ("calibrate", "calibrate"), ("seed", "seed"),
+                      ("device", "device")):
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     for flag, key in (("interpolate", "interpolate"), ("posthoc_tau", "posthoc_tau")):

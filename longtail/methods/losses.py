@@ -1,4 +1,5 @@
-"""Long-tail classification losses (METHODS.md 1.2, 5.3, 6): CE, logit adjustment, CF, CCAR.
+"""Long-tail classification losses (METHODS.md 1.2, 5.3, 6): CE, class re-weighting, logit
+adjustment, CF, CCAR.
 
 Every loss is an `nn.Module` with `forward(logits, targets) -> scalar` (batch mean) and
 `per_sample(logits, targets) -> (B,)`; all go through `F.cross_entropy` (log-softmax), never
@@ -87,6 +88,39 @@ def compensation_factor(class_counts, gamma: float = 0.06, mu: float = 0.5) -> S
     return ShiftedCrossEntropy(log_n + log_lambda)
 
 
+class ClassWeightedCrossEntropy(nn.Module):
+    """Re-weighted CE: w_y * CE(z, y) with fixed per-class weights (mean over the batch)."""
+
+    def __init__(self, class_weights: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("class_weights", class_weights.to(torch.float64))
+
+    def per_sample(self, logits: Tensor, targets: Tensor) -> Tensor:
+        ce = F.cross_entropy(logits, targets, reduction="none")
+        return self.class_weights.to(logits.dtype)[targets] * ce
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self.per_sample(logits, targets).mean()
+
+
+# Raw per-class weights from counts n; normalised afterwards so that sum_c n_c w_c = N.
+CLASS_WEIGHTINGS: Registry = Registry("class weighting")
+CLASS_WEIGHTINGS.register("inverse", lambda n, beta: 1.0 / n)  # scikit-learn class_weight="balanced"
+CLASS_WEIGHTINGS.register("sqrt", lambda n, beta: n.rsqrt())  # square-root inverse frequency
+# Class-balanced loss (Cui et al. 2019): inverse "effective number" (1 - beta^n) / (1 - beta)
+CLASS_WEIGHTINGS.register("effective", lambda n, beta: (1.0 - beta) / (1.0 - torch.pow(beta, n)))
+
+
+def weighted_cross_entropy(class_counts, weighting: str = "inverse", beta: float = 0.999) -> ClassWeightedCrossEntropy:
+    """CE re-weighted per class: weighting 'inverse' (= scikit-learn's class_weight='balanced'),
+    'sqrt' or 'effective' (Cui et al. 2019, with beta); weights average 1 over training samples."""
+    if not 0.0 <= beta < 1.0:
+        raise ConfigError(f"weighted-ce: beta must be in [0, 1), got {beta}")
+    n = _log_counts(class_counts).exp()
+    raw = CLASS_WEIGHTINGS.get(weighting)(n, beta)
+    return ClassWeightedCrossEntropy(raw * n.sum() / (raw * n).sum())
+
+
 # ---------------------------------------------------------------------------------------------
 # CCAR (METHODS.md 6): per-sample weights Omega(p_t, f_c) multiplying a base loss.
 
@@ -164,6 +198,7 @@ LOSSES.register("ce", cross_entropy)
 LOSSES.register("la", logit_adjusted)
 LOSSES.register("balanced-softmax", balanced_softmax)
 LOSSES.register("cf", compensation_factor)
+LOSSES.register("weighted-ce", weighted_cross_entropy)
 LOSSES.register("ccar", _ccar(cross_entropy))
 LOSSES.register("ccar-la", _ccar(logit_adjusted))
 LOSSES.register("ccar-bs", _ccar(balanced_softmax))

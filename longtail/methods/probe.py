@@ -65,6 +65,7 @@ class ProbeConfig:
     # with init="prototypes", data-poor tail rows then stay near their prototype.
     l2_target: str = "zero"
     posthoc_tau: str | float | None = None  # None | "auto" (val) | float
+    calibrate: str | None = None  # None | "temperature": fit T on val by NLL (Guo et al. 2017)
     interpolate: str | float | None = None  # None | "auto" (val) | alpha in [0, 1]
     seed: int = 0
     device: str = "auto"
@@ -107,6 +108,8 @@ class ProbeConfig:
                 continue
             if isinstance(value, str) or not lo <= float(value) <= hi:
                 raise ConfigError(f"{name} must be None, 'auto' or a number in [{lo}, {hi}], got {value!r}")
+        if self.calibrate not in (None, "temperature"):
+            raise ConfigError(f"calibrate must be None or 'temperature', got {self.calibrate!r}")
         OPTIMIZERS.get(self.optimizer)
         HEADS.get(self.head)
 
@@ -130,6 +133,7 @@ class Probe:
         posthoc_tau: float = 0.0,
         zero_shot: nn.Module | None = None,
         alpha: float = 1.0,
+        temperature: float = 1.0,
         class_names: list[str] | None = None,
         config: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
@@ -140,6 +144,7 @@ class Probe:
         self.posthoc_tau = float(posthoc_tau)
         self.zero_shot = None if zero_shot is None else zero_shot.cpu().eval()
         self.alpha = float(alpha)
+        self.temperature = float(temperature)  # divides the final logits; argmax unchanged
         self.class_names = class_names
         self.config = config or {}
         self.info = info or {}
@@ -173,7 +178,7 @@ class Probe:
     def logits(self, features: np.ndarray | Tensor) -> np.ndarray:
         """(N, C) logits used for prediction and evaluation."""
         trained, zs = self.parts(features)
-        return self.combine(trained, zs, self.alpha, self.posthoc_tau).numpy()
+        return (self.combine(trained, zs, self.alpha, self.posthoc_tau) / self.temperature).numpy()
 
     def predict(self, features: np.ndarray | Tensor) -> np.ndarray:
         return self.logits(features).argmax(axis=1)
@@ -198,6 +203,7 @@ class Probe:
             "normalize": self.normalize,
             "posthoc_tau": self.posthoc_tau,
             "alpha": self.alpha,
+            "temperature": self.temperature,
             "class_counts": self.class_counts,
             "class_names": self.class_names,
             "config": self.config,
@@ -226,6 +232,7 @@ class Probe:
             posthoc_tau=meta["posthoc_tau"],
             zero_shot=None if meta["zero_shot"] is None else rebuild(meta["zero_shot"], "zero_shot."),
             alpha=meta["alpha"],
+            temperature=meta.get("temperature", 1.0),
             class_names=meta["class_names"],
             config=meta["config"],
             info=meta["info"],
@@ -306,6 +313,29 @@ def select_adjustments(probe: Probe, cfg: ProbeConfig, val: FeatureSet | None) -
     return probe
 
 
+def calibrate_temperature(probe: Probe, val: FeatureSet | None) -> Probe:
+    """Temperature scaling: the T > 0 minimising validation NLL of logits / T (predictions unchanged)."""
+    if val is None:
+        raise ConfigError("calibrate='temperature' needs a validation set (val)")
+    probe.temperature = 1.0
+    z = torch.as_tensor(probe.logits(val.features), dtype=torch.float64)
+    y = torch.as_tensor(val.labels, dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    probe.temperature = float(log_t.detach().exp())
+    probe.info["calibration"] = {"method": "temperature", "temperature": probe.temperature,
+                                 "val_nll": float(F.cross_entropy(z / probe.temperature, y))}
+    return probe
+
+
 # --------------------------------------------------------------------------------------------
 # Methods
 
@@ -320,7 +350,8 @@ def fit_probe(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None
         from longtail.data.features import check_compatible
 
         check_compatible(train, val)
-    return PROBE_METHODS.get(cfg.method)(train, cfg, val)
+    probe = PROBE_METHODS.get(cfg.method)(train, cfg, val)
+    return calibrate_temperature(probe, val) if cfg.calibrate == "temperature" else probe
 
 
 @PROBE_METHODS.register("linear")
