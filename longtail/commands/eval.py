@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(to_jsonable(summary(metrics))))
     else:
         for key, value in summary(metrics).items():
+            if key == "fit_seconds":  # a property of the training run, not of this evaluation
+                continue
             text = "n/a" if value is None else (f"{100 * value:.2f}%" if key != "fit_seconds" else f"{value:.2f}s")
             print(f"{key:<12} {text}")
     return 0
