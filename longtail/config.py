@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -41,3 +42,16 @@ def update_dataclass(cfg: T, overrides: dict[str, Any]) -> T:
             f"valid keys: {', '.join(valid)}"
         )
     return dataclasses.replace(cfg, **overrides)
+
+
+def call_with_options(fn: Any, what: str, *args: Any, **options: Any) -> Any:
+    """fn(*args, **options); an option fn does not accept is a ConfigError listing valid ones."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        valid = [p.name for p in params[len(args):]]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"{what}: unknown option '{unknown[0]}' (options: {', '.join(valid) or 'none'})"
+            )
+    return fn(*args, **options)

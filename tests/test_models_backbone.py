@@ -202,3 +202,11 @@ def test_folder_errors(tmp_path):
     transformers.BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="model type 'bert'; choose from: clip"):
         load_backbone(str(tmp_path))
+
+
+def test_unknown_backbone_option_is_a_named_error():
+    from longtail.errors import ConfigError
+    from longtail.models.backbone import load_backbone
+
+    with pytest.raises(ConfigError, match="backbone 'tiny_clip': unknown option 'bogus' \\(options: seed"):
+        load_backbone("tiny_clip", bogus=1)

@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="dataset options, e.g. ir=100 on_corrupt=skip class_names=names.txt")
     p.add_argument("--backbone", required=True, help="preset name, Hugging Face hub id or model folder")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) of the backbone")
+    p.add_argument("--backbone-option", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="backbone options, e.g. image_size=128 crop_padding=0 (EfficientNet-Lite)")
     p.add_argument("--out", required=True, help="feature file to write (.npz or .safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"prototype file not found: {args.prototypes}")
 
     dataset = open_images(args.data, split=args.split, root=args.root, **parse_overrides(args.option))
-    backbone = load_backbone(args.backbone, revision=args.revision)
+    backbone = load_backbone(args.backbone, revision=args.revision, **parse_overrides(args.backbone_option))
     prototypes = source
     if source is None:
         prototypes = load_prototype_file(args.prototypes, dataset.num_classes, backbone.feature_dim)

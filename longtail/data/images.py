@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from longtail.config import call_with_options
 from longtail.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset(
@@ -232,21 +233,6 @@ def finish(
     if on_corrupt not in ON_CORRUPT:
         raise ConfigError(f"on_corrupt must be one of {', '.join(ON_CORRUPT)}, got '{on_corrupt}'")
     return dataset.drop_corrupt(progress) if on_corrupt == "skip" else dataset
-
-
-def call_with_options(fn: Any, what: str, *args: Any, **options: Any) -> Any:
-    """fn(*args, **options); an option fn does not accept is a ConfigError listing valid ones."""
-    import inspect
-
-    params = list(inspect.signature(fn).parameters.values())
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        valid = [p.name for p in params[len(args):]]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ConfigError(
-                f"{what}: unknown option '{unknown[0]}' (options: {', '.join(valid) or 'none'})"
-            )
-    return fn(*args, **options)
 
 
 def open_images(

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from longtail.config import call_with_options
 from longtail.errors import ConfigError
 from longtail.models.preprocess import EvalTransform
 from longtail.registry import Registry
@@ -127,13 +128,9 @@ class Backbone(nn.Module):
 
 
 def _import_builtins() -> None:
-    """Import the modules that register presets (a module not yet written is skipped)."""
+    """Import the modules that register presets."""
     for module in BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+        importlib.import_module(module)
 
 
 def backbone_names() -> list[str]:
@@ -147,7 +144,7 @@ def load_backbone(name: str, revision: str | None = None, **kw: Any) -> Backbone
     if name in BACKBONES:
         if revision is not None:
             kw["revision"] = revision
-        return BACKBONES.get(name)(**kw)
+        return call_with_options(BACKBONES.get(name), f"backbone '{name}'", **kw)
     path = Path(name).expanduser()
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ConfigError(f"backbone folder not found: {name}")

@@ -14,6 +14,7 @@ import math
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -258,13 +259,6 @@ class EfficientNetLiteBackbone(Backbone):
         return classifier_prototypes(fc.weight, fc.bias, class_names, imagenet_map)
 
 
-def _factory(name: str):
-    def make(**kw: Any) -> EfficientNetLiteBackbone:
-        return EfficientNetLiteBackbone(name, **kw)
-
-    make.__doc__ = f"The {name} preset (ImageNet-1k weights from '{VARIANTS[name].package}')."
-    return make
-
-
 for _name in VARIANTS:
-    BACKBONES.register(_name, _factory(_name))
+    # partial keeps the constructor's signature visible, so unknown options are named errors
+    BACKBONES.register(_name, partial(EfficientNetLiteBackbone, _name))
