@@ -74,6 +74,33 @@ def test_second_call_hits_cache(tiny, dataset, tmp_path, monkeypatch):
         extract_features(tiny, dataset, device="cpu", cache=False, progress=False)
 
 
+def test_interrupted_extraction_resumes_from_saved_shards(tiny, dataset, tmp_path, monkeypatch):
+    import longtail.models.features as features_module
+
+    monkeypatch.setattr(features_module, "SHARD_SIZE", 3)  # 7 images -> shards of 3, 3, 1
+    full = extract_features(tiny, dataset, batch_size=2, device="cpu", cache=False, progress=False)
+    real, calls = tiny.forward_features, []
+
+    def dies_on_the_third_batch(pixels):
+        calls.append(pixels.shape[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(pixels)
+
+    monkeypatch.setattr(tiny, "forward_features", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path, progress=False)
+    shards = sorted(p.name for p in tmp_path.glob("*.shards/*.npy"))
+    assert shards == ["000000000-000000003.npy"] and not list(tmp_path.glob("*.npz"))
+
+    calls.clear()
+    monkeypatch.setattr(tiny, "forward_features", lambda pixels: calls.append(pixels.shape[0]) or real(pixels))
+    resumed = extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path, progress=False)
+    assert sum(calls) == 4  # only images 3..6 were recomputed
+    np.testing.assert_allclose(resumed.features, full.features, rtol=1e-6, atol=1e-6)
+    assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob("*.shards"))
+
+
 def test_cache_misses_on_other_weights_or_data(dataset, tmp_path):
     b = load_backbone("tiny_clip")
     base = extract_features(b, dataset, device="cpu", cache_dir=tmp_path, progress=False)

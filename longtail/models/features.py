@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,15 +20,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from longtail.data.features import FeatureSet, load_features, save_features
 from longtail.device import resolve_device
 from longtail.errors import DataError
-from longtail.io import to_jsonable
+from longtail.io import atomic_write, to_jsonable
 from longtail.models.backbone import Backbone
 
 CACHE_FORMAT = 1  # bump when the stored content changes meaning
+SHARD_SIZE = 8192  # images per resumable shard of an extraction in progress
 
 
 def default_cache_dir() -> Path:
@@ -98,7 +100,8 @@ def extract_features(
     features = _read_cache(path, len(dataset))
     backbone.to(dev).eval()
     if features is None:
-        features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress)
+        shards = None if path is None else path.with_suffix(".shards")
+        features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress, shards)
     info = {
         "backbone": backbone.name,
         "model_id": backbone.model_id,
@@ -124,6 +127,7 @@ def extract_features(
     )
     if path is not None and not path.exists():
         save_features(FeatureSet(features=fs.features, labels=fs.labels, meta=fs.meta), path)
+        shutil.rmtree(path.with_suffix(".shards"), ignore_errors=True)
     return fs
 
 
@@ -150,24 +154,47 @@ def _forward_all(
     batch_size: int,
     num_workers: int,
     progress: bool,
+    shard_dir: Path | None = None,
+    shard_size: int | None = None,
 ) -> np.ndarray:
+    """Features of every image. With `shard_dir`, each block of `shard_size` images is saved
+    as it completes, and shards already there are reused: an interrupted run resumes."""
     from tqdm.auto import tqdm
 
     transform = backbone.transform
-    loader = DataLoader(
-        DecodedImages(dataset, transform),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    out = torch.empty((len(dataset), backbone.feature_dim), dtype=torch.float32)
-    bar = tqdm(loader, desc=f"features ({backbone.name})", unit="batch", disable=None if progress else True)
+    images = DecodedImages(dataset, transform)
+    n = len(dataset)
+    out = np.empty((n, backbone.feature_dim), dtype=np.float32)
+    step = (shard_size or SHARD_SIZE) if shard_dir is not None else n
+    todo = []
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        shard = None if shard_dir is None else shard_dir / f"{start:09d}-{stop:09d}.npy"
+        if shard is not None and shard.exists():
+            block = np.load(shard, allow_pickle=False)
+            if block.shape == (stop - start, backbone.feature_dim):
+                out[start:stop] = block
+                continue
+        todo.append((start, stop, shard))
+    total = sum(-(-(stop - start) // batch_size) for start, stop, _ in todo)
+    bar = tqdm(total=total, desc=f"features ({backbone.name})", unit="batch", disable=None if progress else True)
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-        for pixels, index in bar:
-            x = transform.normalize(pixels.to(device, non_blocking=True))
-            out[index] = backbone.forward_features(x).float().cpu()
-    return out.numpy()
+        for start, stop, shard in todo:
+            loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size, shuffle=False,
+                                num_workers=num_workers, pin_memory=device.type == "cuda")
+            for pixels, index in loader:
+                x = transform.normalize(pixels.to(device, non_blocking=True))
+                out[index.numpy()] = backbone.forward_features(x).float().cpu().numpy()
+                bar.update()
+            if shard is not None:
+                atomic_write(shard, lambda tmp, block=out[start:stop]: _save_npy(tmp, block))
+    bar.close()
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:  # np.save would append '.npy' to a str path
+        np.save(handle, array)
 
 
 def resolve_prototypes(
