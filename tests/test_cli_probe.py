@@ -145,3 +145,12 @@ def test_synthetic_features_is_an_offline_preset(tmp_path, capsys):
     assert 0.0 < json.loads(capsys.readouterr().out)["all"] <= 1.0
     assert main(["probe", "--train", "synthetic_features:bogus", "--test", "synthetic_features:test"]) == 2
     assert "unknown split 'bogus'" in capsys.readouterr().err
+
+
+def test_list_prints_methods_and_losses_without_files(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["probe", "--list"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("linear", "cosine", "vmf-kde", "zero-shot", "la", "weighted-ce", "ccar-la"):
+        assert name in out

@@ -20,12 +20,28 @@ examples:
   longtail probe --train train.npz --test test.npz --val val.npz --method vmf-kde --loss la --json
   longtail probe --train train.npz --test test.npz --init prototypes --interpolate auto
   longtail probe --train train.npz --test test.npz --set optimizer=adamw epochs=50 lr=1e-3
-  longtail probe --train synthetic_features:train --val synthetic_features:val \
-      --test synthetic_features:test --loss la          # offline preset, no files needed
+  longtail probe --train synthetic_features:train --test synthetic_features:test --loss la
+  longtail probe --list        # every probe method and loss
 """
 
 
+class _ListNames(argparse.Action):
+    """--list: print the registered probe methods and losses, then exit (like --help)."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from longtail.methods.registry import LOSSES, PROBE_METHODS, load_builtin_methods
+
+        load_builtin_methods()
+        print("probe methods:", ", ".join(PROBE_METHODS.names()))
+        print("losses:       ", ", ".join(LOSSES.names()))
+        parser.exit()
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--list", action=_ListNames, help="list the probe methods and losses, then exit")
     p.add_argument("--train", required=True, help="training feature file (.npz/.safetensors)")
     p.add_argument("--test", required=True, help="test feature file")
     p.add_argument("--val", help="validation feature file (for post-hoc tau / interpolation choice)")
