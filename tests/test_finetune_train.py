@@ -93,3 +93,26 @@ def test_cli_unknown_key_lists_valid_keys(capsys):
 def test_every_method_runs_offline(root, tmp_path, method, extra):
     result = fit(small_cfg(root, method, epochs=1, **extra), out=tmp_path / method, report=False)
     assert 0.0 <= result.metrics["all"] <= 1.0 and result.metrics["optimizer_steps"] == 4
+
+
+def test_failed_new_run_leaves_no_folder_but_checkpointed_run_stays(root, tmp_path, monkeypatch):
+    import longtail.methods.finetune.runner as runner
+    from longtail.errors import ConfigError
+
+    def fails(cfg, run=None, **kw):
+        raise ConfigError("model cannot be built")
+
+    monkeypatch.setattr(runner, "train", fails)
+    with pytest.raises(ConfigError):
+        fit(small_cfg(root), out=tmp_path / "a", report=False)
+    assert not (tmp_path / "a").exists()  # nothing to resume: the same --out works again
+
+    def fails_after_checkpoint(cfg, run=None, **kw):
+        (run.dir / "checkpoints").mkdir()
+        (run.dir / "checkpoints" / "latest.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train", fails_after_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        fit(small_cfg(root), out=tmp_path / "b", report=False)
+    assert (tmp_path / "b" / "config.yaml").exists()  # kept for --resume

@@ -6,6 +6,7 @@ model from the folder and `evaluate_fit_run` is registered for run kind "fit".
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,14 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     folder = broadcast_object_list([str(run.dir) if run else None])[0] if acc.num_processes > 1 else str(run.dir)
     if run is None:  # other ranks: same folder, checkpoints are written by the main process
         run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True)
-    result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc)
+    try:
+        result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc)
+    except BaseException:
+        # A new run that fails before its first checkpoint has nothing to resume: remove it,
+        # so the same --out can be used again. Runs with a checkpoint stay for --resume.
+        if not resume and acc.is_main_process and not (run.dir / "checkpoints" / ckpt.LATEST).exists():
+            shutil.rmtree(run.dir, ignore_errors=True)
+        raise
     if result.interrupted or not acc.is_main_process:
         return result
     train_set = open_split(cfg, "train")
