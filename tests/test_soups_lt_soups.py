@@ -94,6 +94,7 @@ def test_end_to_end_tiny_clip(tmp_path):
     folder = tmp_path / "lts"
     run_lt_soups(cfg, folder, job=1)  # one array job alone: ingredient e1_b0
     assert (folder / "ingredients" / "e1_b0" / "model.safetensors").exists()
+    assert not (folder / "ingredients" / "e1_b0" / "checkpoints").exists()  # dropped once finished
     assert not (folder / "ingredients" / "e0_b0").exists()
     run_lt_soups(cfg, folder)  # the rest, then soup, stage 2 and the comparison
     table = json.loads((folder / "comparison.json").read_text())
@@ -119,3 +120,82 @@ def test_end_to_end_tiny_clip(tmp_path):
         run_lt_soups(_cfg(root=str(tmp_path / "data"), lam=0.5), folder)
     with pytest.raises(ConfigError, match="out of range"):
         run_lt_soups(cfg, folder, job=7)
+
+
+# ----------------------------------------------------------------------------- resumable ingredients
+
+
+def test_step_batches_depend_only_on_seed_and_step():
+    from itertools import islice
+
+    from longtail.soups.ingredient import StepBatches
+
+    full = list(islice(StepBatches(10, 3, seed=5), 9))
+    assert list(islice(StepBatches(10, 3, seed=5, start=4), 5)) == full[4:]  # restart mid-epoch
+    for e in range(3):  # an epoch = 3 batches of distinct indices (the last, incomplete one dropped)
+        assert len(set(sum(full[3 * e:3 * e + 3], []))) == 9
+    assert full[:3] != full[3:6] and full != list(islice(StepBatches(10, 3, seed=6), 9))
+    small = list(islice(StepBatches(2, 4, seed=1), 3))  # fewer samples than a batch: with replacement
+    assert all(len(b) == 4 and set(b) <= {0, 1} for b in small)
+    assert small[1:] == list(islice(StepBatches(2, 4, seed=1, start=1), 2))
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import random
+
+    from longtail.methods.finetune.checkpoint import rng_state, set_rng_state
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    torch.save(rng_state(), tmp_path / "rng.pt")
+    first = torch.rand(2), np.random.rand(2), random.random()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = torch.rand(2), np.random.rand(2), random.random()
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_ingredient_resumes_to_the_uninterrupted_weights(tmp_path):
+    """Stop after step 5 (last checkpoint: step 4), leave a half-written step-6 checkpoint, run again."""
+    cfg = _cfg(root=str(tmp_path / "data"), lr=1e-3, min_steps=6, max_steps=6, n_evals=3,
+               save_every=2, keep_checkpoints=True)
+    ref_dir = LTSoups(cfg, tmp_path / "ref").run_job(0, 0)
+
+    def stop_after_5(step):
+        if step == 5:
+            raise _Stop
+
+    pipe = LTSoups(cfg, tmp_path / "cut")
+    with pytest.raises(_Stop):
+        pipe.run_job(0, 0, on_step=stop_after_5)
+    job = pipe.job_dir(0, 0)
+    ckpts = job / "checkpoints"
+    assert json.loads((ckpts / "latest.json").read_text())["step"] == 4
+    assert not (job / "model.safetensors").exists()
+    half = ckpts / "step-00000006"  # a crash while writing: files cut short, latest.json not yet moved
+    half.mkdir()
+    (half / "trainable.safetensors").write_bytes(b"\x10\x00\x00")
+    (half / "training_state.pt").write_bytes(b"PK\x03")
+    with pytest.raises(DataError, match="not finished"):
+        pipe.soup()
+    seen = []
+    LTSoups(cfg, tmp_path / "cut").run_job(0, 0, on_step=seen.append)
+    assert seen == [5, 6]  # continued after the step-4 checkpoint, not from scratch
+    ref, resumed = load_file(ref_dir / "model.safetensors"), load_file(job / "model.safetensors")
+    assert ref.keys() == resumed.keys()
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)  # bit-identical on CPU
+    theta0 = pipe.zero_shot().state_dict()
+    assert not torch.equal(ref["head.weight"], theta0["head.weight"])  # it did train
+    # the last step's trained and EMA weights too (the selected ones may come from before the cut)
+    last = [load_file(d / "checkpoints" / "step-00000006" / "trainable.safetensors") for d in (ref_dir, job)]
+    assert {k.split(".")[0] for k in last[0]} == {"model", "ema", "best"}
+    assert last[0].keys() == last[1].keys() and all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    log = json.loads((job / "train_log.json").read_text())
+    assert log == json.loads((ref_dir / "train_log.json").read_text())
+    assert [r["step"] for r in log] == [2, 4, 6]
+    assert json.loads((job / "status.json").read_text())["status"] == "finished"
+    seen.clear()
+    LTSoups(cfg, tmp_path / "cut").run_job(0, 0, on_step=seen.append)  # finished: skipped
+    assert seen == []

@@ -3,7 +3,8 @@
 A pipeline folder holds `plan.yaml`, one run folder per ingredient job
 (`ingredients/e{i}_b{k}`), then `soup/` (the merged weights) and `final/` (stage 2).
 Every ingredient job is independent and skipped once finished, so jobs can run in
-parallel on several GPUs or machines and the merge runs afterwards. SLURM job array::
+parallel on several GPUs or machines and the merge runs afterwards; an interrupted job run
+again continues from its last checkpoint, to the weights of an uninterrupted run. SLURM::
 
     # 1) ingredients: |F| * K jobs (here F = 0..6, K = 2 -> 14), any order, any machine
     #SBATCH --array=0-13
@@ -17,6 +18,8 @@ parallel on several GPUs or machines and the merge runs afterwards. SLURM job ar
 from __future__ import annotations
 
 import math
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,11 @@ import numpy as np
 import torch
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import read_yaml, write_yaml
+from longtail.io import read_json, read_yaml, write_yaml
 from longtail.soups.merge import Coefficients, linear_merge, merge_coefficients, save_state_dict
 
 WEIGHTS = "model.safetensors"
+RUNTIME_ONLY = ("device", "precision", "save_every", "keep_checkpoints")  # may differ between jobs
 
 
 @dataclass
@@ -66,12 +70,16 @@ class LTSoupsConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    save_every: int | None = None  # ingredient checkpoint every N steps (None: at each eval; 0: only at the end)
+    keep_checkpoints: bool = False  # keep an ingredient's resume checkpoint once it finished
 
     def __post_init__(self) -> None:
         if self.merge not in ("recursive", "uniform"):
             raise ConfigError(f"LT-Soups merge must be 'recursive' or 'uniform', got '{self.merge}'")
         if self.branches < 1:
             raise ConfigError(f"branches (K) must be >= 1, got {self.branches}")
+        if self.save_every is not None and self.save_every < 0:
+            raise ConfigError(f"save_every must be >= 0 steps (0: only at the end), got {self.save_every}")
 
 
 # ----------------------------------------------------------------------------- subsets
@@ -159,7 +167,7 @@ class LTSoups:
         path = self.folder / "plan.yaml"
         if path.exists():
             old = read_yaml(path)
-            diff = sorted(k for k in plan if old.get(k) != plan[k] and k not in ("device", "precision"))
+            diff = sorted(k for k in plan if old.get(k) != plan[k] and k not in RUNTIME_ONLY)
             if diff:
                 raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); use another --out")
             return
@@ -207,22 +215,23 @@ class LTSoups:
         return TrainSpec(steps, lr=c.lr, weight_decay=c.weight_decay, batch_size=c.batch_size,
                          ema_decay=c.ema_decay, n_evals=c.n_evals, seed=seed)
 
-    def _train(self, model, trainable, train_set, loss, prepare, prepare_eval, val_set, spec):
+    def _train(self, model, trainable, train_set, loss, prepare, prepare_eval, val_set, spec, **resume):
         from longtail.device import resolve_device
         from longtail.soups.ingredient import train_with_selection, validator
 
         dev = resolve_device(self.cfg.device)
         validate = validator(prepare_eval, val_set, self.cfg.eval_batch_size, dev, self.cfg.num_workers)
         return train_with_selection(model, trainable, train_set, loss, prepare, validate, spec,
-                                    self.cfg.precision, self.cfg.device, self.cfg.progress, self.cfg.num_workers)
+                                    self.cfg.precision, self.cfg.device, self.cfg.progress, self.cfg.num_workers, **resume)
 
     # --- stage 1 -----------------------------------------------------------------------------
-    def run_job(self, exponent: int, branch: int) -> Path:
-        """Train one ingredient into its own run folder (skipped when already finished)."""
+    def run_job(self, exponent: int, branch: int, on_step: Callable[[int], None] | None = None) -> Path:
+        """Train one ingredient into its run folder: skipped when finished, resumed when interrupted."""
+        from longtail.methods.finetune.checkpoint import CHECKPOINTS
         from longtail.runs import create_run
 
         folder = self.job_dir(exponent, branch)
-        if (folder / WEIGHTS).exists():
+        if _finished(folder):
             return folder
         idx = subset_indices(self.train.labels, self.exponents, exponent)
         sub = self.train.subset(idx)
@@ -232,21 +241,27 @@ class LTSoups:
         config = {"label": f"ingredient b=2^{exponent} #{branch}", "exponent": exponent, "branch": branch,
                   "subset_counts": counts.tolist(), "steps": spec.steps,
                   "loss": "ce" if counts.min() == counts.max() else "la", "pipeline": str(self.folder)}
-        with create_run(folder, "lt_soups_ingredient", config, seed=seed, device=self.cfg.device) as run:
+        # unstaged: the folder (and its checkpoints) survives an interruption; status.json says when it is done
+        with create_run(folder, "lt_soups_ingredient", config, seed=seed, device=self.cfg.device,
+                        staged=False, resume=True) as run:
             model = self.zero_shot()
             aug, plain = self._augment(self.cfg.augment), self._augment("none")
             state, log = self._train(model, list(model.parameters()), self._decoded(sub), ingredient_loss(counts),
-                                     aug, plain, self._decoded(self.val), spec)
+                                     aug, plain, self._decoded(self.val), spec, checkpoint_dir=run.dir,
+                                     save_every=self.cfg.save_every, on_step=on_step)
             run.write_json("train_log.json", log)
             run.write_json("data_stats.json", _stats(counts, self.train.class_names))
-            save_state_dict(_complete(state, model), run.path(WEIGHTS))
             metrics = self.evaluate_state(state)
-            return run.finish(metrics)
+            save_state_dict(_complete(state, model), run.path(WEIGHTS))
+            run.finish(metrics)
+        if not self.cfg.keep_checkpoints:
+            shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+        return folder
 
     # --- soup and stage 2 ------------------------------------------------------------------------
     def soup(self) -> dict[str, torch.Tensor]:
         """Merge the finished ingredients with theta_0 (streamed from disk)."""
-        missing = [f"e{i}_b{k}" for i, k in self.jobs() if not (self.job_dir(i, k) / WEIGHTS).exists()]
+        missing = [f"e{i}_b{k}" for i, k in self.jobs() if not _finished(self.job_dir(i, k))]
         if missing:
             raise DataError(f"{self.folder}: ingredient jobs not finished: {', '.join(missing)}")
         coefs = soup_coefficients(self.cfg, len(self.exponents))
@@ -305,6 +320,12 @@ class LTSoups:
         metrics = evaluate(logits, labels, self.counts, class_names=list(self.train.class_names),
                            group_counts=getattr(self.train, "group_counts", None))
         return {**metrics, "head_tail_ratio": _stats(self.counts, self.train.class_names)["head_tail_ratio"]}
+
+
+def _finished(folder: Path) -> bool:
+    """An ingredient job is done once its run recorded status 'finished' (weights and metrics written)."""
+    status = folder / "status.json"
+    return status.is_file() and read_json(status).get("status") == "finished"
 
 
 def _complete(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
