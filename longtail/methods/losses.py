@@ -55,6 +55,12 @@ class ShiftedCrossEntropy(nn.Module):
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return self.per_sample(logits, targets).mean()
 
+    def softmax_ce_terms(self) -> tuple[Tensor | None, Tensor | None]:
+        """(shift, class weights) with loss = mean_i w[y_i] CE(z_i + shift, y_i): closed-form gradients.
+
+        A subclass that changes the loss must override this (or L-BFGS will use the wrong gradient)."""
+        return self.shift, None
+
 
 def cross_entropy(class_counts) -> ShiftedCrossEntropy:
     """Plain cross-entropy (the class counts are only validated)."""
@@ -101,6 +107,10 @@ class ClassWeightedCrossEntropy(nn.Module):
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         return self.per_sample(logits, targets).mean()
+
+    def softmax_ce_terms(self) -> tuple[Tensor | None, Tensor | None]:
+        """(shift, class weights) with loss = mean_i w[y_i] CE(z_i + shift, y_i): closed-form gradients."""
+        return None, self.class_weights
 
 
 # Raw per-class weights from counts n; normalised afterwards so that sum_c n_c w_c = N.
