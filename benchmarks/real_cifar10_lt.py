@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail.config import update_dataclass
+from longtail.data.controlled_cifar import validation_split
 from longtail.data.features import FeatureSet
 from longtail.data.images import open_images
 from longtail.data.presets import CIFAR10_CLASSES
@@ -84,14 +85,12 @@ def parse_args() -> argparse.Namespace:
 
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
     """First `per_class` samples of each class (file order) -> val; the rest -> test."""
-    rank = np.zeros(test.labels.size, dtype=np.int64)
-    for c in range(test.num_classes):  # C iterations, vectorised within a class
-        idx = np.flatnonzero(test.labels == c)
-        rank[idx] = np.arange(idx.size)
-    is_val = rank < per_class
-    def take(mask):
-        return replace(test, features=test.features[mask], labels=test.labels[mask])
-    return take(is_val), take(~is_val)
+    val_idx, test_idx = validation_split(test.labels, per_class)
+
+    def take(idx):
+        return replace(test, features=test.features[idx], labels=test.labels[idx])
+
+    return take(val_idx), take(test_idx)
 
 
 def smallest_classes_accuracy(metrics: dict, counts: np.ndarray, k: int = 3) -> float:
@@ -138,10 +137,8 @@ def main() -> None:
                                  prototypes="imagenet", prototype_options={"imagenet_map": str(MAPPING)}, **common)
     test_all = extract_features(backbone, base_test, **common)
     extract_seconds = time.perf_counter() - t0
-    position = {int(i): k for k, i in enumerate(wanted)}
-
     def select(idx: np.ndarray, name: str) -> FeatureSet:
-        rows = np.array([position[int(i)] for i in idx])
+        rows = np.searchsorted(wanted, idx)  # `wanted` is sorted and contains every idx
         return replace(train_all, features=train_all.features[rows], labels=train_all.labels[rows], source=name)
 
     lt = select(lt_idx, f"cifar10_lt_ir{args.ir:g}")
