@@ -60,9 +60,7 @@ def run_probe(
     from longtail.eval.metrics import evaluate
     from longtail.methods.probe import fit_probe
 
-    check_compatible(train, test)
-    if val is not None:
-        check_compatible(train, val)
+    check_compatible(train, test)  # val is checked by fit_probe
     stats = train_stats(train, many, few)
     config = {
         "label": label or getattr(cfg, "method", "probe"),

@@ -50,12 +50,6 @@ def evaluate_run(folder: str | Path, test: str | None = None) -> dict[str, Any]:
 
 
 def _load_kind_modules() -> None:
-    """Import modules that register evaluators for other run kinds (fine-tuning, soups)."""
-    import importlib
-
-    for name in ("longtail.methods.finetune", "longtail.soups"):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:  # optional parts not installed in this tree
-            if err.name != name:
-                raise
+    """Import the modules that register evaluators for other run kinds (fine-tuning, soups)."""
+    import longtail.methods.finetune  # noqa: F401
+    import longtail.soups  # noqa: F401

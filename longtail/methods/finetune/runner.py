@@ -14,7 +14,7 @@ import numpy as np
 
 from longtail.errors import ConfigError, DataError
 from longtail.eval.evaluators import RUN_EVALUATORS
-from longtail.io import read_json, read_yaml
+from longtail.io import read_json
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, valid_keys
 from longtail.methods.finetune.trainer import (
@@ -32,11 +32,9 @@ RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device")
 
 def config_from_run(run_dir: str | Path) -> FitConfig:
     """The FitConfig a run folder was made with."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise DataError(f"{run_dir} is not a longtail run folder (no config.yaml)")
-    data = {k: v for k, v in read_yaml(path).items() if k in valid_keys()}
-    return FitConfig(**data)
+    from longtail.runs import load_run
+
+    return FitConfig(**{k: v for k, v in load_run(run_dir)["config"].items() if k in valid_keys()})
 
 
 def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
