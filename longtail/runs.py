@@ -9,15 +9,20 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict, is_dataclass
+import csv
+import importlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import read_json, read_yaml, write_json, write_yaml
+from longtail.io import atomic_path, read_json, read_yaml, write_json, write_yaml
+from longtail.registry import Registry
 
 DEFAULT_ROOT = Path("runs")
+FORMAT_VERSION = 1  # of config.yaml; bump with a migration in `load_run` when the layout changes
 _PACKAGES = (
     "longtail", "torch", "numpy", "transformers", "peft", "accelerate", "safetensors",
     "datasets", "kornia", "torchmetrics", "scipy", "scikit-learn", "pillow",
@@ -109,9 +114,10 @@ class Run:
         return write_yaml(self.path(name), obj)
 
     def finish(self, metrics: dict[str, Any] | None = None) -> Path:
-        """Write metrics.json, mark the run finished and publish the folder."""
+        """Write metrics.json (+ per_class.csv), mark the run finished and publish the folder."""
         if metrics is not None:
             self.write_json("metrics.json", metrics)
+            write_per_class_csv(self.path("per_class.csv"), metrics.get("per_class") or [])
         status = {"status": "finished", "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.write_json("status.json", status)
         if self.staged:
@@ -160,7 +166,7 @@ def create_run(
         shutil.rmtree(run.dir)
     run.dir.mkdir(parents=True)
     cfg = config_dict(config)
-    run.write_yaml("config.yaml", {"kind": kind, **cfg})
+    run.write_yaml("config.yaml", {"kind": kind, "format_version": FORMAT_VERSION, **cfg})
     run.write_json("env.json", environment(seed=seed, device=device))
     if not staged:
         run.write_json("status.json", {"status": "running"})
@@ -174,8 +180,73 @@ def load_run(folder: str | Path) -> dict[str, Any]:
         raise DataError(f"run folder not found: {folder}")
     if not (folder / "config.yaml").exists():
         raise DataError(f"{folder} is not a longtail run (no config.yaml)")
-    out: dict[str, Any] = {"folder": folder, "config": read_yaml(folder / "config.yaml")}
+    config = read_yaml(folder / "config.yaml")
+    if not isinstance(config, dict) or "kind" not in config:
+        raise DataError(f"{folder / 'config.yaml'} records no run kind; not a longtail run")
+    version = config.setdefault("format_version", 0)  # 0: written before versions; same layout
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise DataError(f"{folder}: config format_version {version} is newer than this longtail "
+                        f"understands ({FORMAT_VERSION}); upgrade longtail")
+    out: dict[str, Any] = {"folder": folder, "config": config}
     for name in ("metrics", "env", "data_stats", "status"):
         p = folder / f"{name}.json"
         out[name] = read_json(p) if p.exists() else None
     return out
+
+
+def write_per_class_csv(path: Path, per_class: list[dict[str, Any]]) -> None:
+    """per_class.csv: one row per class (name, train count, group, test count, accuracy)."""
+    if not per_class:
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(per_class[0]))
+        writer.writeheader()
+        writer.writerows(per_class)
+
+
+# ----------------------------------------------------------------------------- run kinds
+
+
+@dataclass(frozen=True)
+class RunKind:
+    """What the package knows about one kind of run folder (probe, fit, soup, ...).
+
+    Writing is the pipeline's job (`create_run` ... `Run.finish`); a kind says how to turn
+    the saved config back into its validated config object and how to re-evaluate the saved
+    weights: `evaluate(run, test)` gets `load_run(folder)` and an optional other test set
+    and returns a metrics dict (`longtail.eval.metrics.evaluate`'s keys).
+    """
+
+    name: str
+    evaluate: Callable[[dict[str, Any], str | None], dict[str, Any]]
+    load_config: Callable[[dict[str, Any]], Any] | None = None
+
+
+RUN_KINDS: Registry[RunKind] = Registry("run kind")
+# Modules whose import registers the built-in run kinds (imported on first lookup, so this
+# core module never imports the layers above it).
+_KIND_MODULES = (
+    "longtail.methods.probe",
+    "longtail.methods.finetune",
+    "longtail.soups",
+)
+
+
+def register_kind(kind: RunKind) -> RunKind:
+    """Register a run kind (called at import time by the module that writes such runs)."""
+    RUN_KINDS.register(kind.name, kind)
+    return kind
+
+
+def get_kind(name: str) -> RunKind:
+    """The registered run kind `name` (UnknownNameError listing the kinds otherwise)."""
+    if name not in RUN_KINDS:
+        for module in _KIND_MODULES:
+            importlib.import_module(module)
+    return RUN_KINDS.get(name)
+
+
+def evaluate_run(folder: str | Path, test: str | None = None) -> dict[str, Any]:
+    """Re-evaluate a finished run of any kind (on its own test data, or on `test`)."""
+    run = load_run(folder)
+    return get_kind(run["config"]["kind"]).evaluate(run, test)
