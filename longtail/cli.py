@@ -13,7 +13,8 @@ import sys
 from longtail import __version__
 from longtail.errors import LongtailError
 
-COMMANDS = (
+COMMANDS = (  # command name; its module is longtail/commands/<name with '-' -> '_'>.py
+    "list",
     "stats",
     "features",
     "probe",
@@ -23,6 +24,7 @@ COMMANDS = (
     "fit",
     "soup",
     "monosoup",
+    "lt-soups",
 )
 
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"longtail {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        module = importlib.import_module(f"longtail.commands.{name}")
+        module = importlib.import_module(f"longtail.commands.{name.replace('-', '_')}")
         cmd = sub.add_parser(
             name,
             help=module.HELP,

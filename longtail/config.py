@@ -1,11 +1,18 @@
-"""`key=value` overrides for dataclass configs (CLI), with errors that list the valid keys."""
+"""The one configuration grammar: `KEY=VALUE` overrides for dataclass configs.
+
+Every command takes positional `KEY=VALUE` pairs; dict-valued fields take dotted sub-keys
+(`loss_options.tau=0.5`); values are YAML scalars coerced to the field's annotated type, and
+a bad key or value is a one-line ConfigError naming it (unknown keys list the valid ones).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
+import typing
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union
 
 import yaml
 
@@ -32,6 +39,111 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
+    """A copy of dataclass `cfg` with `overrides` applied (the config's `__post_init__` validates).
+
+    'name.sub' keys update one entry of a dict field; plain keys replace a field's value; every
+    value is coerced to the field's annotated type (`coerce_field`).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    hints = typing.get_type_hints(type(cfg))
+    plain: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, dot, sub = key.partition(".")
+        if head not in fields:
+            raise ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(fields)}")
+        if dot:
+            if _base_type(hints[head]) is not dict:
+                dicts = [n for n in fields if _base_type(hints[n]) is dict]
+                raise ConfigError(f"'{key}': '{head}' is not a dict field; only "
+                                  f"{', '.join(dicts) or 'none'} take dotted sub-keys")
+            nested.setdefault(head, {})[sub] = value
+        else:
+            plain[key] = coerce_field(key, value, hints[key])
+    for name, entries in nested.items():  # sub-keys update the (possibly just replaced) dict
+        plain[name] = {**(plain.get(name, getattr(cfg, name)) or {}), **entries}
+    return dataclasses.replace(cfg, **plain)
+
+
+def _base_type(hint: Any) -> Any:
+    """The non-None type of a hint (`dict[str, Any] | None` -> dict, `list[int]` -> list)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else hint
+    return origin or hint
+
+
+def coerce_field(key: str, value: Any, hint: Any) -> Any:
+    """`value` as the type `hint` asks for (YAML gives 1 for '1'; a float field gets 1.0)."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        exact = [a for a in args if isinstance(a, type) and isinstance(value, a)
+                 and not (isinstance(value, bool) and a is not bool)]
+        if exact:  # 0.5 for `str | float` stays a float
+            return value
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_field(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}")
+    base = origin or hint
+    if base is Any or base is typing.Any:
+        return value
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base in (list, tuple):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item_hints = typing.get_args(hint)
+        if item_hints and item_hints[-1] is not Ellipsis and base is list:
+            items = [coerce_field(key, v, item_hints[0]) for v in items]
+        elif item_hints and item_hints[-1] is Ellipsis:
+            items = [coerce_field(key, v, item_hints[0]) for v in items]
+        elif item_hints and len(item_hints) == len(items):
+            items = [coerce_field(key, v, h) for v, h in zip(items, item_hints)]
+        return base(items)
+    elif base is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif isinstance(base, type):
+        if isinstance(value, base):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "none"
+    base = typing.get_origin(hint) or hint
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(base, getattr(base, "__name__", str(base)))
+
+
 def update_dataclass(cfg: T, overrides: dict[str, Any]) -> T:
     """A copy of dataclass `cfg` with `overrides`; unknown keys raise ConfigError listing valid ones."""
     valid = [f.name for f in dataclasses.fields(cfg)]
@@ -55,3 +167,27 @@ def call_with_options(fn: Any, what: str, *args: Any, **options: Any) -> Any:
                 f"{what}: unknown option '{unknown[0]}' (options: {', '.join(valid) or 'none'})"
             )
     return fn(*args, **options)
+
+
+def add_override_arguments(parser: Any, example: str = "lr=0.01 loss_options.tau=0.5") -> None:
+    """The positional `KEY=VALUE` overrides every command takes, and `--option` (dataset options)."""
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"config overrides, dotted keys for dict fields (e.g. {example})")
+
+
+def add_option_argument(parser: Any, target: str = "data_options", help: str | None = None) -> None:
+    """`--option K=V [K=V ...]` (repeatable): sugar for `TARGET.K=V` overrides."""
+    parser.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=help or f"dataset option (= {target}.KEY=VALUE), e.g. ir=100 on_corrupt=skip")
+
+
+def command_overrides(positional: Iterable[str], sugar: dict[str, Any] | None = None,
+                      options: dict[str, Iterable[str]] | None = None) -> dict[str, Any]:
+    """One overrides dict from a command line: flag values given (`sugar`, None = not given),
+    `--option`-style pairs under their dict field (`options`: field -> pairs), then the
+    positional KEY=VALUE pairs, which win."""
+    out = {k: v for k, v in (sugar or {}).items() if v is not None}
+    for field_name, pairs in (options or {}).items():
+        out.update({f"{field_name}.{k}": v for k, v in parse_overrides(pairs).items()})
+    out.update(parse_overrides(positional))
+    return out

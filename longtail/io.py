@@ -47,36 +47,31 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, paths and NaN to plain JSON values."""
+def to_jsonable(obj: Any) -> Any:
+    """`obj` safe for `json.dumps`: numpy/torch scalars and arrays, paths; NaN/inf become null."""
     import math
 
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [to_jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
+        return to_jsonable(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist") and callable(obj.tolist):  # torch tensors
-        return _jsonable(obj.tolist())
+        return to_jsonable(obj.tolist())
     return obj
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Public alias: make `obj` safe for `json.dumps` (NaN/inf become null)."""
-    return _jsonable(obj)
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -84,7 +79,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, yaml.safe_dump(_jsonable(obj), sort_keys=False))
+    return write_text(path, yaml.safe_dump(to_jsonable(obj), sort_keys=False))
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -77,7 +77,7 @@ def test_stats_errors_exit_2(tmp_path, capsys):
     assert cli.main(["stats", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
     assert cli.main(["stats", "synthetic_images", "--many", "5", "--few", "10"]) == 2
-    assert "--few (10) must not exceed --many (5)" in capsys.readouterr().err
+    assert "few (10) must not exceed many (5)" in capsys.readouterr().err
     assert cli.main(["stats", "synthetic_images", "--option", "oops"]) == 2
 
 

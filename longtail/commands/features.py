@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HELP = "extract frozen backbone features (and zero-shot prototypes) of an image dataset"
 DESCRIPTION = """\
@@ -36,87 +38,133 @@ examples:
 """
 
 
+@dataclass
+class FeaturesConfig:
+    """One feature extraction: which images, which backbone, where to, and how."""
+
+    data: str
+    backbone: str
+    out: str
+    root: str | None = None
+    split: str = "train"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    revision: str | None = None
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    device: str = "auto"
+    workers: int = 0
+    cache: bool = True
+    cache_dir: str | None = None
+    prototypes: str = "auto"  # auto | text | imagenet | none | FILE.npy
+    templates: str = "lift"
+    imagenet_map: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from longtail.data.features import SUFFIXES
+        from longtail.device import resolve_device
+        from longtail.errors import ConfigError
+        from longtail.models.templates import TEMPLATES
+
+        if Path(self.out).suffix not in SUFFIXES:
+            raise ConfigError(f"out must end in {' or '.join(SUFFIXES)}, got '{Path(self.out).name}'")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ConfigError("batch_size must be >= 1 and workers >= 0")
+        resolve_device(self.device)  # a misspelt device, or cuda without a GPU, fails here
+        TEMPLATES.get(self.templates)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from longtail.config import add_option_argument, add_override_arguments
+
+    add_override_arguments(p, "batch_size=128 backbone_options.image_size=128")
     p.add_argument("--data", required=True, help="dataset: preset name, folder, list file, .csv, .zip or hf:ID")
     p.add_argument("--root", help="dataset root (presets) or image root (list/CSV files)")
-    p.add_argument("--split", default="train", help="split to extract (default: train)")
-    p.add_argument("--option", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="dataset options, e.g. ir=100 on_corrupt=skip class_names=names.txt")
+    p.add_argument("--split", help="split to extract (default: train)")
+    add_option_argument(p)
     p.add_argument("--backbone", required=True, help="preset name, Hugging Face hub id or model folder")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) of the backbone")
-    p.add_argument("--backbone-option", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="backbone options, e.g. image_size=128 crop_padding=0 (EfficientNet-Lite)")
+    p.add_argument("--backbone-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="backbone option (= backbone_options.KEY=VALUE), e.g. image_size=128 (EfficientNet-Lite)")
     p.add_argument("--out", required=True, help="feature file to write (.npz or .safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per forward (default 64)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--cache-dir", help="feature cache folder (default $LONGTAIL_CACHE/features)")
-    p.add_argument("--prototypes", default="auto", metavar="auto|text|imagenet|none|FILE.npy",
+    p.add_argument("--prototypes", metavar="auto|text|imagenet|none|FILE.npy",
                    help="class prototypes to store (default auto; see above)")
-    p.add_argument("--templates", default="lift", choices=("lift", "sage60"),
-                   help="prompt templates for text prototypes (default lift: 'a photo of a {}.')")
+    p.add_argument("--templates", help="prompt templates for text prototypes: lift (default) | sage60")
     p.add_argument("--imagenet-map", metavar="FILE",
                    help="class -> ImageNet class map for --prototypes imagenet")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def prototype_request(args: argparse.Namespace) -> tuple[str | None, dict]:
-    """(source name or None for a file, options for Backbone.prototypes) from the flags."""
-    value = args.prototypes
+def build_config(args: argparse.Namespace) -> FeaturesConfig:
+    """FeaturesConfig from the flags (sugar) and the KEY=VALUE overrides (which win)."""
+    from longtail.config import apply_overrides, command_overrides
+
+    sugar = {"root": args.root, "split": args.split, "revision": args.revision, "batch_size": args.batch_size,
+             "device": args.device, "workers": args.workers, "cache_dir": args.cache_dir,
+             "prototypes": args.prototypes, "templates": args.templates, "imagenet_map": args.imagenet_map,
+             "cache": False if args.no_cache else None, "progress": False if args.no_progress else None}
+    overrides = command_overrides(args.overrides, sugar, {"data_options": args.option,
+                                                          "backbone_options": args.backbone_option})
+    return apply_overrides(FeaturesConfig(args.data, args.backbone, args.out), overrides)
+
+
+def prototype_request(cfg: FeaturesConfig) -> tuple[str | None, dict]:
+    """(source name or None for a file, options for Backbone.prototypes) from the config."""
+    value = cfg.prototypes
     if value.endswith(".npy") or "/" in value or "\\" in value:
         return None, {}
-    options: dict = {"templates": args.templates}
-    if args.imagenet_map is not None:
-        options["imagenet_map"] = args.imagenet_map
+    options: dict = {"templates": cfg.templates}
+    if cfg.imagenet_map is not None:
+        options["imagenet_map"] = cfg.imagenet_map
         if value == "auto":
             value = "imagenet"
     return value, options
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.config import parse_overrides
-    from longtail.data.features import SUFFIXES, save_features
-    from longtail.data.images import open_images
+    from longtail.data.features import save_features
+    from longtail.data.open_images import open_images
     from longtail.errors import ConfigError, DataError
     from longtail.models.backbone import load_backbone
     from longtail.models.features import extract_features, load_prototype_file
 
-    out = Path(args.out)
-    if out.suffix not in SUFFIXES:
-        raise ConfigError(f"--out must end in {' or '.join(SUFFIXES)}, got '{out.name}'")
+    cfg = build_config(args)
+    out = Path(cfg.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists (use --overwrite to replace it)")
-    if args.batch_size < 1 or args.workers < 0:
-        raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
-    source, options = prototype_request(args)
-    if source is None and not Path(args.prototypes).is_file():
-        raise DataError(f"prototype file not found: {args.prototypes}")
+    source, options = prototype_request(cfg)
+    if source is None and not Path(cfg.prototypes).is_file():
+        raise DataError(f"prototype file not found: {cfg.prototypes}")
 
-    dataset = open_images(args.data, split=args.split, root=args.root, **parse_overrides(args.option))
-    backbone = load_backbone(args.backbone, revision=args.revision, **parse_overrides(args.backbone_option))
+    dataset = open_images(cfg.data, split=cfg.split, root=cfg.root, **cfg.data_options)
+    backbone = load_backbone(cfg.backbone, revision=cfg.revision, **cfg.backbone_options)
     prototypes = source
     if source is None:
-        prototypes = load_prototype_file(args.prototypes, dataset.num_classes, backbone.feature_dim)
+        prototypes = load_prototype_file(cfg.prototypes, dataset.num_classes, backbone.feature_dim)
     fs = extract_features(
         backbone,
         dataset,
-        batch_size=args.batch_size,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
-        num_workers=args.workers,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        cache_dir=cfg.cache_dir,
+        progress=cfg.progress,
+        num_workers=cfg.workers,
         prototypes=prototypes,
         prototype_options=options,
-        cache=not args.no_cache,
+        cache=cfg.cache,
         meta={
-            "data": args.data,
-            "root": args.root,
-            "split": args.split,
-            "options": args.option,
-            "prototype_source": str(args.prototypes if source is None else source),
-            "templates": args.templates if _uses_text(source, backbone) else None,
+            "data": cfg.data,
+            "root": cfg.root,
+            "split": cfg.split,
+            "options": cfg.data_options,
+            "prototype_source": str(cfg.prototypes if source is None else source),
+            "templates": cfg.templates if _uses_text(source, backbone) else None,
         },
     )
     save_features(fs, out)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HELP = "class statistics of a dataset or feature file (imbalance, head-tail ratio, groups)"
 DESCRIPTION = """\
@@ -22,40 +24,71 @@ or a feature file (.npz / .safetensors).
 
 examples:
   longtail stats synthetic_images
-  longtail stats cifar100_lt --root hf:cifar100 --option ir=50 --json
+  longtail stats cifar100_lt --root hf:cifar100 data_options.ir=50 --json
   longtail stats synthetic_features           # the offline demo benchmark (feature space)
-  longtail stats cifar10_lt --root cifar10-jpeg.zip --option ir=100 --plot c10.png
+  longtail stats cifar10_ir100 --root cifar10-jpeg.zip --plot c10.png
   longtail stats train.txt --root /data/imagenet --option class_names=names.txt
 """
 
 
+@dataclass
+class StatsConfig:
+    """What `longtail stats` describes: a dataset (with options) or a feature file, and the group thresholds."""
+
+    data: str
+    root: str | None = None
+    split: str = "train"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    many: int = 100  # many-shot: more than this many training images
+    few: int = 20  # few-shot: fewer than this many training images
+
+    def __post_init__(self) -> None:
+        from longtail.errors import ConfigError
+
+        if not 0 <= self.few <= self.many:
+            raise ConfigError(f"few ({self.few}) must not exceed many ({self.many}) and be >= 0")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from longtail.config import add_option_argument, add_override_arguments
+
     parser.add_argument("data", metavar="DATA", help="dataset spec or feature file (see above)")
+    add_override_arguments(parser, "data_options.ir=50 many=50")
     parser.add_argument("--root", help="dataset root (presets) or image root (list/CSV files)")
-    parser.add_argument("--split", default="train", help="split to describe (default: train)")
-    parser.add_argument(
-        "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="dataset option, repeatable (e.g. ir=50, seed=0, class_names=names.txt, on_corrupt=skip)",
-    )
-    parser.add_argument("--many", type=int, default=100, help="many-shot: more than this many images (default 100)")
-    parser.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many images (default 20)")
+    parser.add_argument("--split", help="split to describe (default: train)")
+    add_option_argument(parser, help="dataset option (= data_options.KEY=VALUE), e.g. ir=50 seed=0 "
+                                     "class_names=names.txt on_corrupt=skip")
+    parser.add_argument("--many", type=int, help="many-shot: more than this many images (default 100)")
+    parser.add_argument("--few", type=int, help="few-shot: fewer than this many images (default 20)")
     parser.add_argument("--plot", type=Path, help="where to save the class-count plot (default: <data>_class_counts.png)")
     parser.add_argument("--no-plot", action="store_true", help="do not save the plot")
     parser.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
 
-def _load_counts(args) -> tuple[str, list[str], object, object]:
-    """(name, class names, counts, group_counts) of DATA."""
-    from longtail.data.features import is_feature_spec, load_features
+def build_config(args: argparse.Namespace) -> StatsConfig:
+    """StatsConfig from DATA, the flags (sugar) and the KEY=VALUE overrides."""
+    from longtail.config import apply_overrides, command_overrides
 
-    if is_feature_spec(args.data):
-        fs = load_features(args.data)
+    overrides = command_overrides(args.overrides, {"root": args.root, "split": args.split, "many": args.many,
+                                                   "few": args.few}, {"data_options": args.option})
+    return apply_overrides(StatsConfig(args.data), overrides)
+
+
+def _load_counts(cfg: StatsConfig) -> tuple[str, list[str], object, object]:
+    """(name, class names, counts, group_counts) of the data."""
+    from longtail.data.open_features import is_feature_spec, open_features
+
+    if is_feature_spec(cfg.data):
+        if cfg.data_options:
+            from longtail.errors import ConfigError
+
+            raise ConfigError(f"{cfg.data} is a feature file: it takes no dataset options")
+        fs = open_features(cfg.data)
         group_counts = fs.meta.get("group_counts")
-        return Path(args.data).stem, fs.names(), fs.class_counts(), group_counts
-    from longtail.config import parse_overrides
-    from longtail.data.images import open_images
+        return Path(cfg.data).stem, fs.names(), fs.class_counts(), group_counts
+    from longtail.data.open_images import open_images
 
-    ds = open_images(args.data, split=args.split, root=args.root, **parse_overrides(args.option))
+    ds = open_images(cfg.data, split=cfg.split, root=cfg.root, **cfg.data_options)
     return ds.name, ds.class_names, ds.class_counts(), ds.group_counts
 
 
@@ -104,14 +137,12 @@ def save_count_plot(stats, path: Path, title: str) -> Path:
 
 def run(args) -> int:
     from longtail.data.stats import class_stats
-    from longtail.errors import ConfigError
     from longtail.io import to_jsonable
 
-    if args.few > args.many:
-        raise ConfigError(f"--few ({args.few}) must not exceed --many ({args.many})")
-    name, names, counts, group_counts = _load_counts(args)
+    cfg = build_config(args)
+    name, names, counts, group_counts = _load_counts(cfg)
     stats = class_stats(
-        counts, names, group_counts=group_counts, many_threshold=args.many, few_threshold=args.few
+        counts, names, group_counts=group_counts, many_threshold=cfg.many, few_threshold=cfg.few
     )
     plot = None
     if not args.no_plot:
@@ -124,7 +155,7 @@ def run(args) -> int:
         return 0
     from longtail.data.features import SUFFIXES
 
-    shown = name if args.split in name or Path(args.data).suffix in SUFFIXES else f"{name} ({args.split})"
+    shown = name if cfg.split in name or Path(cfg.data).suffix in SUFFIXES else f"{name} ({cfg.split})"
     print(f"data              {shown}")
     for line in stats.summary_lines():
         print(line)

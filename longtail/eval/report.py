@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 f"<code>{html.escape(str(run['config'].get('kind')))}</code>.</p>"]
     if m:
         sections.append("<h2>Metrics (accuracy and ECE in %)</h2>" + metrics_table([(name, m)]))
-        figs = [_img(_png(plots.per_class_accuracy(m)), "per-class accuracy"),
-                _img(_png(plots.group_bars([(name, m)])), "group accuracy"),
-                _img(_png(plots.reliability(m)), "reliability diagram")]
-        sections.append("<h2>Head vs tail</h2><div class='figs'>" + "".join(figs) + "</div>")
+        figs = []  # runs that saved per-class results / a reliability histogram get their plots
+        if m.get("per_class"):
+            figs += [_img(_png(plots.per_class_accuracy(m)), "per-class accuracy"),
+                     _img(_png(plots.group_bars([(name, m)])), "group accuracy")]
+        if m.get("reliability"):
+            figs.append(_img(_png(plots.reliability(m)), "reliability diagram"))
+        if figs:
+            sections.append("<h2>Head vs tail</h2><div class='figs'>" + "".join(figs) + "</div>")
     else:
         sections.append('<p class="note">This run has no metrics.json yet.</p>')
     stats = run["data_stats"]
@@ -154,12 +159,15 @@ def write_comparison_report(
     table_rows = list(references) + rows
     sections.append("<h2>Metrics (accuracy and ECE in %)</h2>"
                     + metrics_table(table_rows, extra=("fit_seconds",), ref_rows=[r[0] for r in references]))
-    if rows:
-        figs = [_img(_png(plots.group_bars(rows)), "group accuracy by run"),
-                _img(_png(plots.per_class_comparison(rows)), "per-class accuracy by run")]
+    detailed = [(label, m) for label, m in rows if m.get("per_class")]
+    if detailed:
+        figs = [_img(_png(plots.group_bars(detailed)), "group accuracy by run"),
+                _img(_png(plots.per_class_comparison(detailed)), "per-class accuracy by run")]
         sections.append("<h2>Head vs tail</h2><div class='figs'>" + "".join(figs) + "</div>")
+    here = Path(out).resolve().parent  # links relative to the page, so the folder can move
     links = "".join(
-        f"<li><a href='{html.escape(str(Path(d).resolve() / 'report.html'))}'>{html.escape(str(d))}</a></li>" for d in run_dirs
+        f"<li><a href='{html.escape(os.path.relpath(Path(d).resolve() / 'report.html', here))}'>"
+        f"{html.escape(str(d))}</a></li>" for d in run_dirs
     )
     sections.append(f"<h2>Runs</h2><ul>{links}</ul>")
     return write_text(out, _page(title, sections))
