@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 
 from longtail.device import resolve_device
-from longtail.methods.latent.vmf import mean_resultant_length, sample_vmf
+from longtail.maths.vmf import mean_resultant_length, sample_vmf
 
 
 def median_time(fn, repeats: int, warm_up=None) -> tuple[float, object]:

@@ -55,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # KEY=VALUE pairs may come after options (`stats DATA --many 5 many=30`); argparse stops
+    # filling a positional list at the first option, so collect the rest here.
+    pairs = [a for a in unknown if "=" in a and not a.startswith("-")]
+    rest = [a for a in unknown if a not in pairs]
+    if rest or (pairs and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
+    if pairs:
+        args.overrides = [*args.overrides, *pairs]
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ import yaml
 from longtail.errors import ConfigError
 
 T = TypeVar("T")
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3, 2.5E4
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
@@ -108,6 +110,8 @@ def coerce_field(key: str, value: Any, hint: Any) -> Any:
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):  # YAML 1.1 reads 1e-3 as a string
+            return float(value)
     elif base is str:
         if isinstance(value, str):
             return value
@@ -176,9 +180,9 @@ def add_override_arguments(parser: Any, example: str = "lr=0.01 loss_options.tau
 
 
 def add_option_argument(parser: Any, target: str = "data_options", help: str | None = None) -> None:
-    """`--option K=V [K=V ...]` (repeatable): sugar for `TARGET.K=V` overrides."""
-    parser.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help=help or f"dataset option (= {target}.KEY=VALUE), e.g. ir=100 on_corrupt=skip")
+    """`--option K=V`, one pair per flag, repeatable: sugar for the override `TARGET.K=V`."""
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help=help or f"dataset option (= {target}.KEY=VALUE; repeatable), e.g. ir=100")
 
 
 def command_overrides(positional: Iterable[str], sugar: dict[str, Any] | None = None,

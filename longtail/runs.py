@@ -22,10 +22,10 @@ from longtail.io import atomic_path, read_json, read_yaml, write_json, write_yam
 from longtail.registry import Registry
 
 DEFAULT_ROOT = Path("runs")
-FORMAT_VERSION = 1  # of config.yaml; bump with a migration in `load_run` when the layout changes
+FORMAT_VERSION = 2  # of config.yaml; bump with a migration in `load_run` when the layout changes
 _PACKAGES = (
     "longtail", "torch", "numpy", "transformers", "peft", "accelerate", "safetensors",
-    "datasets", "kornia", "torchmetrics", "scipy", "scikit-learn", "pillow",
+    "datasets", "kornia", "scipy", "scikit-learn", "pillow",
 )
 
 

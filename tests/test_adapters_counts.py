@@ -30,7 +30,7 @@ def count(model, name: str, num_classes: int = 100, **overrides) -> int:
         assert list(model.state_dict()) == keys_before
 
 
-# (C, r from the LIFT rule, AdaptFormer total, SG-Adapter total) — METHODS 1.3 and 5.2.
+# (C, r from the LIFT rule, AdaptFormer total, SG-Adapter total) — docs/methods.md §1.3 and §5.2.
 PAPER_COUNTS = [
     (100, 4, 101_436, 7_299_240),
     (365, 8, 175_212, 7_483_704),

@@ -89,3 +89,20 @@ def test_check_compatible():
         check_compatible(train, _fs(class_names=["a", "b", "x"]))
     with pytest.raises(DataError, match="out of range"):
         check_compatible(train, _fs(c=4))
+
+
+def test_load_features_reads_files_only_and_open_features_adds_presets(tmp_path):
+    from longtail.data.open_features import is_feature_spec, open_features
+
+    with pytest.raises(DataError, match="feature file not found: synthetic_features:val"):
+        load_features("synthetic_features:val")  # the pure reader knows no presets
+    path = save_features(_fs(), tmp_path / "f.npz")
+    np.testing.assert_array_equal(open_features(path).features, load_features(path).features)
+    val = open_features("synthetic_features:val")
+    assert val.source == "synthetic_features:val" and val.meta["split"] == "val"
+    assert (val.class_counts() == val.class_counts()[0]).all()  # val is balanced
+    assert open_features("synthetic_features").meta["split"] == "train"
+    with pytest.raises(DataError, match="unknown split 'bogus'"):
+        open_features("synthetic_features:bogus")
+    assert is_feature_spec("synthetic_features:test") and is_feature_spec(path)
+    assert not is_feature_spec("cifar100_ir100")

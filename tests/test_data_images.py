@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longtail.data.images import (
-    CorruptImageError,
-    FileReader,
-    ImageDataset,
-    open_images,
-)
+from longtail.data.images import CorruptImageError, FileReader, ImageDataset
+from longtail.data.open_images import open_images
 from longtail.data.sources import detect_source, open_list
 from longtail.errors import ConfigError, DataError
 
@@ -211,8 +207,18 @@ def test_bad_inputs(tmp_path, folder):
     with pytest.raises(DataError, match="no images"):
         ImageDataset([], [], ["p"], reader=FileReader(tmp_path))
     assert detect_source("hf:abc") == "hf" and detect_source(str(folder)) == "folder"
-    with pytest.raises(ConfigError, match="folder source: unknown option 'label_column' .*class_names"):
+    with pytest.raises(ConfigError, match="folder source: unknown option 'label_column'; .*class_names"):
         open_images(str(folder), label_column="y")
+
+
+def test_option_typo_lists_every_valid_option(folder):
+    """A misspelt option names the closest one and lists all: source, long-tail and policy ones."""
+    with pytest.raises(ConfigError) as err:
+        open_images(str(folder), on_corupt="skip")
+    message = str(err.value)
+    assert "\n" not in message and "unknown option 'on_corupt' (did you mean 'on_corrupt'?)" in message
+    for name in ("class_names", "on_corrupt", "progress", "ir", "seed", "selection", "sampling_strategy"):
+        assert name in message
 
 
 def test_long_tail_option_on_any_source(folder, tmp_path):

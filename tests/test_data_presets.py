@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from longtail.data import presets, synthetic_images
-from longtail.data.images import FileReader, ImageDataset, open_images
-from longtail.data.presets import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS
+from longtail.data.controlled_cifar import controlled_counts
+from longtail.data.images import FileReader, ImageDataset
+from longtail.data.open_images import open_images
+from longtail.data.presets import CIFAR10_CLASSES, CIFAR100_CLASSES, DATASETS, describe_datasets
 from longtail.data.profiles import exponential_profile
 from longtail.data.stats import class_stats
 from longtail.errors import ConfigError, DataError, UnknownNameError
@@ -55,8 +57,11 @@ def test_synthetic_images_deterministic(tmp_path):
 
 
 def test_synthetic_preset_rejects_unknown_option(cache):
-    with pytest.raises(ConfigError, match="synthetic_images"):
+    with pytest.raises(ConfigError, match="synthetic_images: unknown option 'colour'"):
         open_images("synthetic_images", colour="blue")
+    with pytest.raises(ConfigError, match=r"did you mean 'on_corrupt'\?\); valid options: .*imbalance_ratio.*on_corrupt"):
+        open_images("synthetic_images", on_corupt="skip")
+    assert not cache.exists()  # nothing generated before the options were checked
 
 
 def _fake_balanced(classes, per_class, tmp_path):
@@ -68,7 +73,7 @@ def _fake_balanced(classes, per_class, tmp_path):
 @pytest.mark.parametrize("ir, total, groups", [(100, 10847, (35, 35, 30)), (50, 12608, (35, 35, 30)), (10, 19573, (35, 35, 30))])
 def test_cifar100_lt_preset_counts_and_lift_groups(tmp_path, monkeypatch, ir, total, groups):
     balanced = _fake_balanced(CIFAR100_CLASSES, 500, tmp_path)
-    monkeypatch.setattr(presets, "open_images", lambda spec, split, **kw: balanced)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: balanced)
     ds = DATASETS.get("cifar100_lt")("train", root="hf:cifar100", ir=ir)
     assert len(ds) == total and ds.name == f"cifar100_lt_ir{ir}_train"
     stats = class_stats(ds.class_counts(), ds.class_names, group_counts=ds.group_counts)
@@ -83,11 +88,11 @@ def test_cifar_preset_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="cifar10_lt needs root"):
         open_images("cifar10_lt")
     wrong = _fake_balanced(("a", "b"), 5, tmp_path)
-    monkeypatch.setattr(presets, "open_images", lambda spec, split, **kw: wrong)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: wrong)
     with pytest.raises(DataError, match="not the 10 cifar10_lt classes"):
         open_images("cifar10_lt", root="hf:x")
     short = _fake_balanced(CIFAR10_CLASSES, 40, tmp_path)
-    monkeypatch.setattr(presets, "open_images", lambda spec, split, **kw: short)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: short)
     with pytest.raises(DataError, match="has 40 training images, expected 5000"):
         open_images("cifar10_lt", root="hf:x")
 
@@ -144,7 +149,82 @@ def test_list_presets(tmp_path):
 
 
 def test_unknown_preset_lists_names():
-    with pytest.raises(UnknownNameError, match="cifar100_lt, cifar10_lt, imagenet_lt, inat2018, places_lt, synthetic_images"):
+    with pytest.raises(UnknownNameError, match="cifar100_controlled, cifar100_ir10, .*inat2018, places_lt, synthetic_images"):
         DATASETS.get("cifar1000_lt")
     with pytest.raises(DataError, match="not a preset .*synthetic_images"):
         open_images("cifar1000_lt")
+
+
+def _never_opened(*args, **kwargs):
+    pytest.fail("the images were opened before the options were checked")
+
+
+def test_cifar_option_typos_list_every_option_before_reading(monkeypatch):
+    monkeypatch.setattr(presets, "open_source", _never_opened)
+    with pytest.raises(ConfigError) as err:
+        open_images("cifar10_lt", root="hf:cifar10", irr=100)
+    message = str(err.value)
+    assert message.startswith("cifar10_lt: unknown option 'irr' (did you mean 'ir'?); valid options:")
+    for name in ("ir", "seed", "profile", "selection", "on_corrupt", "label_column"):
+        assert name in message
+    with pytest.raises(ConfigError, match="cifar100_ir50: unknown option 'sed' .*lift_groups.*seed"):
+        open_images("cifar100_ir50", root="hf:cifar100", sed=1)
+    with pytest.raises(ConfigError, match="selection must be one of ldam, lt_soups, got 'numpy'"):
+        open_images("cifar100_lt", root="hf:cifar100", selection="numpy")
+    with pytest.raises(ConfigError, match="on_corrupt must be one of"):
+        open_images("cifar100_lt", root="hf:cifar100", on_corrupt="ignore")
+
+
+@pytest.mark.parametrize("name, base, ir, total", [
+    ("cifar100_ir100", "cifar100_lt", 100, 10847), ("cifar100_ir50", "cifar100_lt", 50, 12608),
+    ("cifar100_ir10", "cifar100_lt", 10, 19573), ("cifar10_ir100", "cifar10_lt", 100, 12406),
+    ("cifar10_ir50", "cifar10_lt", 50, 13996), ("cifar10_ir10", "cifar10_lt", 10, 20431),
+])
+def test_ir_aliases_are_the_lt_presets_with_ir_fixed(tmp_path, monkeypatch, name, base, ir, total):
+    classes, per_class = (CIFAR100_CLASSES, 500) if base == "cifar100_lt" else (CIFAR10_CLASSES, 5000)
+    balanced = _fake_balanced(classes, per_class, tmp_path)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: balanced)
+    alias = open_images(name, root="hf:x")
+    same = open_images(base, root="hf:x", ir=ir)
+    assert len(alias) == total and np.array_equal(alias.items, same.items) and alias.name == same.name
+    assert np.array_equal(open_images(name, root="hf:x", ir=ir).items, alias.items)  # same ir: fine
+    with pytest.raises(ConfigError, match=f"{name} fixes ir={ir}, got ir=7"):
+        open_images(name, root="hf:x", ir=7)
+
+
+def test_cifar100_lt_selection_option(tmp_path, monkeypatch):
+    balanced = _fake_balanced(CIFAR100_CLASSES, 500, tmp_path)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: balanced)
+    ldam = open_images("cifar100_ir100", root="hf:x")
+    soups = open_images("cifar100_ir100", root="hf:x", selection="lt_soups")
+    assert np.array_equal(ldam.class_counts(), soups.class_counts())
+    assert np.intersect1d(ldam.items, soups.items).size == 5585
+    assert np.array_equal(soups.items, open_images("cifar100_lt", root="hf:x", selection="lt_soups").items)
+
+
+def test_cifar100_controlled_preset(tmp_path, monkeypatch):
+    balanced = _fake_balanced(CIFAR100_CLASSES, 500, tmp_path)
+    monkeypatch.setattr(presets, "open_source", lambda spec, split, **kw: balanced)
+    ds = open_images("cifar100_controlled", root="hf:x", num_head=30, rho=50)
+    assert ds.class_counts().tolist() == controlled_counts(30, 50).tolist()
+    assert ds.name == "cifar100_controlled_h30_rho50_train"
+    stats = class_stats(ds.class_counts())
+    assert stats.head_tail_ratio == pytest.approx(30 / 70) and stats.imbalance_ratio == 50
+    default = open_images("cifar100_controlled", root="hf:x")  # the authors' default: h = 80, rho = 100
+    assert default.class_counts().tolist() == controlled_counts(80, 100).tolist()
+    ldam = open_images("cifar100_controlled", root="hf:x", selection="ldam")
+    assert not np.array_equal(ldam.items, default.items)
+    assert len(open_images("cifar100_controlled", split="test", root="hf:x")) == 50000  # balanced split
+    monkeypatch.setattr(presets, "open_source", _never_opened)
+    with pytest.raises(ConfigError, match="head classes must be in"):
+        open_images("cifar100_controlled", root="hf:x", num_head=120)
+    with pytest.raises(ConfigError, match="cifar100_controlled: unknown option 'eta'; valid options: .*num_head.*rho"):
+        open_images("cifar100_controlled", root="hf:x", eta=4)
+
+
+def test_describe_datasets_one_line_each():
+    described = dict(describe_datasets())
+    assert sorted(described) == DATASETS.names()
+    for name in ("cifar100_ir100", "cifar10_ir10", "cifar100_controlled", "synthetic_images", "imagenet_lt"):
+        assert described[name] and "\n" not in described[name]
+    assert "ir=100" in described["cifar100_ir100"] and "head-tail" in described["cifar100_controlled"]

@@ -1,4 +1,4 @@
-"""Count profiles, sampling_strategy and the LDAM/LIFT subsampler (METHODS.md 0, 2.2, 7.1)."""
+"""Count profiles, sampling_strategy and the CIFAR-LT subsamplers (docs/methods.md §0, §2.2, §7.1)."""
 
 import numpy as np
 import pytest
@@ -97,6 +97,43 @@ def _ldam_reference(targets_list, img_num_per_cls, seed=0):
         np.random.shuffle(idx)
         out.append(idx[:the_img_num])
     return np.concatenate(out)
+
+
+def _lt_soups_reference(targets_list, img_num_per_cls, seed=0):
+    """The LT-Soups authors' draw: one default_rng(seed); per class, shuffle its indices, keep a prefix."""
+    rng = np.random.default_rng(seed)
+    targets_np = np.array(targets_list, dtype=np.int64)
+    out = []
+    for c, n in zip(np.unique(targets_np), img_num_per_cls):
+        idx = np.where(targets_np == c)[0]
+        rng.shuffle(idx)
+        out.append(idx[:n])
+    return np.concatenate(out)
+
+
+def test_lt_soups_selection_same_counts_other_images_deterministic():
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.repeat(np.arange(10), 50))
+    targets = exponential_profile(50, 10, 10)
+    ldam = subsample_per_class(labels, targets, seed=0)
+    soups = subsample_per_class(labels, targets, seed=0, selection="lt_soups")
+    assert np.array_equal(soups, _lt_soups_reference(labels.tolist(), targets.tolist()))
+    assert np.array_equal(soups, subsample_per_class(labels, targets, seed=0, selection="lt_soups"))
+    assert np.bincount(labels[soups], minlength=10).tolist() == np.bincount(labels[ldam], minlength=10).tolist()
+    assert not np.array_equal(np.sort(soups), np.sort(ldam))
+    with pytest.raises(ConfigError, match="selection must be one of ldam, lt_soups"):
+        subsample_per_class(labels, targets, selection="numpy")
+
+
+def test_cifar100_lt_ir100_draws_overlap_in_5585_of_10847_images():
+    """The draw depends only on each class's size (500) and the stream, not on the label order,
+    so CIFAR-100's real label order is not needed: any 500-per-class labels give the same count."""
+    labels = np.random.default_rng(4).permutation(np.repeat(np.arange(100), 500))
+    targets = exponential_profile(500, 100, 100)
+    ldam = subsample_per_class(labels, targets)
+    soups = subsample_per_class(labels, targets, selection="lt_soups")
+    assert ldam.size == soups.size == 10847
+    assert np.intersect1d(ldam, soups).size == 5585
 
 
 def test_subsampler_reproduces_ldam_exactly_and_is_deterministic():

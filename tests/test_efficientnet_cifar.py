@@ -56,7 +56,7 @@ def cifar_features():
         pytest.skip(f"{CIFAR_ZIP} absent")
     if not _has("efficientnet_lite0"):
         pytest.skip("lite0 weights package absent")
-    from longtail.data.images import open_images
+    from longtail.data.open_images import open_images
     from longtail.models.efficientnet import EfficientNetLiteBackbone
     from longtail.models.features import extract_features
 

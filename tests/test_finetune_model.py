@@ -10,8 +10,8 @@ import torch
 from longtail.errors import ConfigError, DataError
 from longtail.methods.finetune import FitConfig, FitLoss, build_config, build_model
 from longtail.methods.finetune.augment import CROP_SCHEDULES, five_crops, train_augmentation
+from longtail.methods.finetune.optim import eval_points, make_scheduler
 from longtail.methods.finetune.presets import METHOD_PRESETS, PER_DATASET
-from longtail.methods.finetune.trainer import lr_factor
 from longtail.methods.losses import make_loss
 from longtail.models.backbone import load_backbone
 
@@ -147,7 +147,9 @@ def test_presets_and_overrides():
     assert cfg.loss == "cf" and cfg.loss_options == {"gamma": 0.06, "mu": 1.0}
     assert cfg.adapter == "sg-adapter" and cfg.adapter_options == {"alpha": 0.1}
     assert cfg.epochs == 1 and cfg.lr == 1.0 and isinstance(cfg.lr, float)
-    assert cfg.data_options == {"ir": 50} and cfg.decode_size == 32
+    assert cfg.dataset == "cifar100_ir50" and cfg.decode_size == 32  # a data-layer name, CIFAR's decode size
+    assert build_config("cifar100_ir50", "clip_vit_b16", "lift").interpolation == "bilinear"  # LIFT
+    assert build_config("cifar100_ir50", "clip_vit_b16", "lift_plus").interpolation == "bicubic"  # LIFT+
     inat = build_config("inat2018", "clip_vit_b16", "sage")
     assert inat.epochs == 20 and inat.adapter_options["alpha"] == 1.0 and inat.lambda3 == 1e-7
     assert build_config("imagenet_lt", "clip_vit_b16", "lift").loss_options == {"tau": 1.0}
@@ -159,12 +161,49 @@ def test_presets_and_overrides():
         FitConfig(batch_size=10, grad_accum=3)
 
 
-def test_lr_schedule_per_epoch_and_warmup():
-    f = lr_factor(FitConfig(epochs=4), steps_per_epoch=3)
-    assert [f(s) for s in (0, 2, 3, 11)] == [1.0, 1.0, pytest.approx(0.5 * (1 + math.cos(math.pi / 4))), pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)))]
-    g = lr_factor(FitConfig(epochs=2, warmup_epochs=1.0, schedule_unit="step"), steps_per_epoch=4)
-    assert [g(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert g(4) == 1.0 and g(7) == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 4)))
+def _lrs(cfg, steps_per_epoch, total):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    sched = make_scheduler(opt, cfg, steps_per_epoch, total)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_lr_schedule_per_epoch_per_step_and_warmup():
+    lrs = _lrs(FitConfig(epochs=4, lr=1.0), steps_per_epoch=3, total=12)  # LIFT: once per epoch
+    assert lrs[:3] == [1.0] * 3 and lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lrs[11] == pytest.approx(0.5 * (1 + math.cos(3 * math.pi / 4)))
+    warm = _lrs(FitConfig(epochs=2, lr=1.0, warmup_epochs=1.0), steps_per_epoch=4, total=8)
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
+    # LT-Soups: linear from 1e-6 lr over w steps, then per-step cosine down to 0.1 lr
+    lts = _lrs(FitConfig(lr=1.0, schedule_unit="step", warmup_steps=2, final_lr_fraction=0.1), 4, total=6)
+    assert lts[0] == pytest.approx(1e-6) and lts[2] == pytest.approx(1.0)
+    assert lts[4] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert min(lts[2:]) > 0.1
+    assert eval_points(10, 3) == [3, 6, 9] and eval_points(4, 0) == [] and eval_points(2, 5) == [1, 2]
+
+
+def test_config_names_fail_before_any_data(tmp_path):
+    """A typo in any registry name is a one-line error at construction (no data, no backbone)."""
+    from longtail.errors import UnknownNameError
+
+    missing = {"root": str(tmp_path / "does-not-exist")}
+    for key, bad in [("optimizer", "sgdd"), ("lr_schedule", "cosinee"), ("loss", "laa"), ("adapter", "lora2"),
+                     ("head_init", "txt"), ("augment", "rrc"), ("templates", "nope")]:
+        with pytest.raises(UnknownNameError, match=bad):
+            build_config("synthetic_images", "tiny_clip", "lift", {**missing, key: bad})
+    with pytest.raises(ConfigError, match="gama"):
+        build_config("synthetic_images", "tiny_clip", "sage", {**missing, "loss_options.gama": 1})
+    with pytest.raises(UnknownNameError, match="cifar100_ir100"):
+        build_config("cifar100_ir1000", "tiny_clip", "lift")
+    with pytest.raises(ConfigError, match="interpolation"):
+        FitConfig(interpolation="nearest")
+    with pytest.raises(ConfigError, match="val_per_class"):
+        FitConfig(n_evals=3)
+    assert not (tmp_path / "does-not-exist").exists()
 
 
 def test_five_crops_positions():

@@ -10,8 +10,7 @@ import pytest
 from longtail.data.features import save_features
 from longtail.data.synthetic_features import make_synthetic_benchmark
 from longtail.errors import ConfigError, DataError
-from longtail.methods.probe import Probe, ProbeConfig, fit_probe
-from longtail.methods.registry import PROBE_METHODS, load_builtin_methods
+from longtail.methods.probe import Probe, ProbeConfig, fit_probe, load_methods
 
 METHODS = ("vmf-kde", "gaussian-kde", "smote")
 
@@ -23,8 +22,7 @@ def bench():
 
 
 def test_methods_registered():
-    load_builtin_methods()
-    assert set(METHODS) <= set(PROBE_METHODS.names())
+    assert set(METHODS) <= set(load_methods().names())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -52,7 +50,7 @@ def test_la_on_resampled_prior_equals_ce_and_original_prior_differs(bench):
     # balanced data: uniform prior, the LA shift is a constant -> same optimum (up to L-BFGS tol)
     np.testing.assert_allclose(la, ce, atol=1e-2)
     assert (la.argmax(1) == ce.argmax(1)).mean() > 0.98
-    orig = fit_probe(bench.train, ProbeConfig(loss="la", method_params={"loss_prior": "original"}, **base))
+    orig = fit_probe(bench.train, ProbeConfig(loss="la", method_options={"loss_prior": "original"}, **base))
     assert orig.info["oversampling"]["loss_prior"] == "original"
     la_orig = orig.logits(bench.test.features)
     # LA on the real prior pushes predictions to the tail: tail-class logits rise relative to head ones
@@ -60,15 +58,18 @@ def test_la_on_resampled_prior_equals_ce_and_original_prior_differs(bench):
     assert shift[-1] - shift[0] > 0.1
 
 
-def test_method_params_reach_the_oversampler_and_are_validated(bench):
+def test_method_options_reach_the_oversampler_and_are_validated_up_front(bench):
     probe = fit_probe(bench.train, ProbeConfig(method="smote", max_iter=5,
-                                               method_params={"k_neighbors": 2, "sampling_strategy": {5: 10}}))
+                                               method_options={"k_neighbors": 2, "sampling_strategy": {5: 10}}))
     info = probe.info["oversampling"]
     assert info["k_neighbors"] == 2 and sum(info["synthetic_per_class"]) == 10 - bench.train.class_counts()[5]
-    with pytest.raises(ConfigError, match="bad parameters"):
-        fit_probe(bench.train, ProbeConfig(method="smote", method_params={"kappa": 3}))
+    # checked when the config is built, before any data: the valid keys are listed
+    with pytest.raises(ConfigError, match="unknown method_options key 'kappa' .*k_neighbors"):
+        ProbeConfig(method="smote", method_options={"kappa": 3})
     with pytest.raises(ConfigError, match="loss_prior"):
-        fit_probe(bench.train, ProbeConfig(method="vmf-kde", method_params={"loss_prior": "x"}))
+        ProbeConfig(method="vmf-kde", method_options={"loss_prior": "x"})
+    with pytest.raises(ConfigError, match="set seed as the probe's own key"):
+        ProbeConfig(method="vmf-kde", method_options={"seed": 3})
 
 
 def test_prototype_init_starts_from_zero_shot(bench):
@@ -103,7 +104,7 @@ def test_cli_probe_with_vmf_kde(bench, tmp_path, capsys):
     save_features(bench.train, tmp_path / "train.npz")
     save_features(bench.test, tmp_path / "test.npz")
     code = main(["probe", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"),
-                 "--method", "vmf-kde", "--loss", "la", "--set", "max_iter=30",
+                 "--method", "vmf-kde", "--loss", "la", "max_iter=30",
                  "--out", str(tmp_path / "run"), "--no-report", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -1,4 +1,4 @@
-"""Losses: identities and reference values of METHODS.md 1.2, 5.9 and 6.5."""
+"""Losses: identities and reference values of docs/methods.md §1.2, §5.9 and §6.5."""
 
 import math
 
@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from longtail.errors import ConfigError, DataError, UnknownNameError
-from longtail.methods.losses import CCAR_WEIGHTS, make_loss
-from longtail.methods.registry import LOSSES
+from longtail.methods.losses import CCAR_WEIGHTS, LOSSES, make_loss
 
 COUNTS = [500, 200, 50, 10, 5]
 Z = torch.tensor([[1.0, 0.5, 0.0, -0.5, 2.0]], dtype=torch.float64)

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from longtail.errors import DataError
-from longtail.eval.metrics import balanced_accuracy, evaluate, reliability_bins
+from longtail.eval.metrics import (
+    SUMMARY_KEYS,
+    balanced_accuracy,
+    evaluate,
+    reliability_bins,
+    summary,
+)
 
 # 4 classes; train counts -> groups many, medium, few, few. Class 2 has no test sample.
 TRAIN_COUNTS = np.array([150, 50, 10, 5])
@@ -90,3 +96,11 @@ def test_bad_input():
     bad[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         evaluate(bad, LABELS, TRAIN_COUNTS)
+
+
+def test_summary_is_the_json_contract():
+    m = evaluate(LOGITS, LABELS, TRAIN_COUNTS) | {"fit_seconds": 1.5}
+    out = summary(m)
+    assert tuple(out) == SUMMARY_KEYS and out["all"] == m["all"] and out["fit_seconds"] == 1.5
+    assert "per_class" not in out and "reliability" not in out
+    assert summary({"all": 0.5})["few"] is None  # a metric the run lacks is null, never missing

@@ -1,4 +1,4 @@
-"""Backbones: tiny CLIP features/text embeddings per METHODS.md 1.1, preprocessing, loading."""
+"""Backbones: tiny CLIP features/text embeddings per docs/methods.md §1.1, preprocessing, loading."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_forward_features_is_post_layernorm_cls_without_projection(tiny):
 
 
 def _manual_text_embeddings(backbone, class_names, templates):
-    """METHODS.md 1.1 written out one prompt at a time (no batching, no padding)."""
+    """docs/methods.md §1.1 written out one prompt at a time (no batching, no padding)."""
     rows = []
     with torch.no_grad():
         for name in class_names:

@@ -9,7 +9,7 @@ from PIL import Image
 
 import longtail.cli
 from longtail.data.features import load_features
-from longtail.data.images import open_images
+from longtail.data.open_images import open_images
 from longtail.errors import DataError
 from longtail.models.backbone import load_backbone
 from longtail.models.features import extract_features, load_prototype_file

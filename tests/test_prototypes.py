@@ -43,11 +43,11 @@ def test_zero_shot_linear_prototypes_with_bias_is_nearest_mean():
     assert probe.head.spec()["type"] == "linear"
 
 
-@pytest.mark.parametrize("head,optimizer", [("linear", "lbfgs"), ("cosine", "lbfgs"), ("linear", "adamw")])
-def test_prototype_init_without_training_is_zero_shot(head, optimizer):
+@pytest.mark.parametrize("head,solver", [("linear", "lbfgs"), ("cosine", "lbfgs"), ("linear", "adamw")])
+def test_prototype_init_without_training_is_zero_shot(head, solver):
     train, _ = _data(seed=1)
     zs = fit_probe(train, ProbeConfig(method="zero-shot")).logits(train.features)
-    cfg = ProbeConfig(init="prototypes", head=head, optimizer=optimizer, max_iter=0, epochs=0)
+    cfg = ProbeConfig(init="prototypes", head=head, solver=solver, max_iter=0, epochs=0)
     init = fit_probe(train, cfg).logits(train.features)
     assert np.allclose(init, zs, atol=1e-4)
 
@@ -87,11 +87,11 @@ def test_missing_prototypes_is_one_line_error():
         fit_probe(train, ProbeConfig(method="zero-shot", interpolate=0.5))
 
 
-@pytest.mark.parametrize("optimizer", ["lbfgs", "adamw"])
-def test_l2_sp_pulls_towards_the_prototypes_not_zero(optimizer):
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
+def test_l2_sp_pulls_towards_the_prototypes_not_zero(solver):
     train, _ = _data()
-    strong = dict(loss="la", init="prototypes", optimizer=optimizer, epochs=30)
-    strong |= {"l2": 10.0} if optimizer == "lbfgs" else {"weight_decay": 10.0}
+    strong = dict(loss="la", init="prototypes", solver=solver, epochs=30)
+    strong |= {"l2": 10.0} if solver == "lbfgs" else {"weight_decay": 10.0}
     start = fit_probe(train, ProbeConfig(init="prototypes", max_iter=0, epochs=0)).head.weight.detach()
     anchored = fit_probe(train, ProbeConfig(l2_target="init", **strong)).head.weight.detach()
     plain = fit_probe(train, ProbeConfig(**strong)).head.weight.detach()

@@ -92,16 +92,24 @@ def test_soups_of_fit_runs_with_evaluation(tmp_path):
     scores = [d["score"] for d in decisions if d["step"] == "score"]
     assert decisions[-1]["score"] >= max(scores)
     assert (tmp_path / "g" / "adapter_config.json").exists()  # the soup folder loads like a fit run
-    from longtail.eval.evaluators import evaluate_run
-
-    # `longtail eval` of the soup (whole test split, not only the non-held-out part) = the
-    # soup weights loaded into ingredient ft0's model
-    from longtail.soups.formats import FitRun
+    from longtail.eval.report import write_report
+    from longtail.methods.finetune import RunModel
+    from longtail.runs import evaluate_run, load_run
     from longtail.soups.merge import load_state_dict
 
-    again = FitRun(tmp_path / "ft0", None, "cpu").metrics(load_state_dict(tmp_path / "g"))
+    # `longtail eval` of the soup (whole test split, not only the non-held-out part) = the
+    # soup weights loaded into ingredient ft0's model; the soup folder is a full run
+    again = RunModel(tmp_path / "ft0", "cpu").metrics(load_state_dict(tmp_path / "g"))
     assert evaluate_run(tmp_path / "g")["class_mean"] == pytest.approx(again["class_mean"])
+    assert load_run(tmp_path / "g")["config"]["kind"] == "soup"
+    for name in ("metrics.json", "per_class.csv", "report.html", "data_stats.json", "env.json"):
+        assert (tmp_path / "g" / name).is_file(), name
+    assert write_report(tmp_path / "g").is_file()
+    # a soup of fit runs is soupable again, like a fit run
+    assert main(["soup", str(tmp_path / "g"), runs[1], "--device", "cpu", "--out", str(tmp_path / "g2")]) == 0
     assert main(["monosoup", "--w1", runs[0], "--w0", "zero-shot", "--eval", "--device", "cpu",
                  "--out", str(tmp_path / "mono")]) == 0
     rows = json.loads((tmp_path / "mono" / "comparison.json").read_text())
     assert rows[0]["all"] == pytest.approx(json.loads((tmp_path / "ft0" / "metrics.json").read_text())["all"])
+    assert evaluate_run(tmp_path / "mono")["all"] == pytest.approx(rows[1]["all"])
+    assert (tmp_path / "mono" / "report.html").is_file() and (tmp_path / "mono" / "per_class.csv").is_file()

@@ -1,4 +1,4 @@
-"""Controlled CIFAR-100 (rho, eta) counts of LT-Soups (METHODS.md 2.2 and 2.7)."""
+"""Controlled CIFAR-100 (rho, eta) counts of LT-Soups (docs/methods.md §2.2 and §2.7)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ from longtail.soups.merge import (
     merge_coefficients,
     recursive_weights,
     save_state_dict,
-    wise_sweep,
 )
 
 
@@ -87,14 +86,6 @@ def test_streaming_average_equals_stacked_mean(tmp_path):
         assert out[k].dtype == torch.float16
         torch.testing.assert_close(out[k], expected, atol=1e-3, rtol=1e-3)
     assert load_state_dict(files[0]).keys() == models[0].keys()
-
-
-def test_wise_sweep_endpoints():
-    zs, ft = _model(0), _model(1)
-    sweep = dict(wise_sweep([ft], zs, [0.0, 0.5, 1.0]))
-    torch.testing.assert_close(sweep[0.0]["enc.weight"], zs["enc.weight"])
-    torch.testing.assert_close(sweep[1.0]["enc.weight"], ft["enc.weight"])
-    torch.testing.assert_close(sweep[0.5]["enc.weight"], (zs["enc.weight"] + ft["enc.weight"]) / 2)
 
 
 def test_bad_inputs_raise_clear_errors(tmp_path):

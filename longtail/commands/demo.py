@@ -13,9 +13,13 @@ prints their overall / many / medium / few accuracy and ECE next to the Bayes li
 writes one run folder per method plus a comparison report. No download; a few minutes on
 2 CPU cores.
 
+Positional KEY=VALUE pairs change the benchmark (num_classes, dim, n_max, imbalance_ratio,
+n_val, n_test, components, kappa_class, ...); an unknown key lists the valid ones.
+
 examples:
   longtail demo
   longtail demo --out runs/my-demo --seed 1
+  longtail demo imbalance_ratio=10 num_classes=20
 """
 
 # (label, ProbeConfig overrides): the methods the demo compares.
@@ -38,6 +42,8 @@ DEMO_METHODS: tuple[tuple[str, dict], ...] = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="benchmark parameters, e.g. imbalance_ratio=10 num_classes=20")
     p.add_argument("--out", help="demo folder to create (default runs/demo-TIMESTAMP); never overwritten")
     p.add_argument("--seed", type=int, default=0, help="benchmark and training seed (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -46,26 +52,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import datetime as dt
     import time
+    from dataclasses import replace
     from pathlib import Path
 
-    from longtail.config import update_dataclass
+    from longtail.config import apply_overrides, call_with_options, parse_overrides
     from longtail.data.features import save_features
     from longtail.data.synthetic_features import make_synthetic_benchmark
     from longtail.errors import ConfigError
     from longtail.eval.report import write_comparison_report
-    from longtail.experiment import run_probe
     from longtail.io import write_json
-    from longtail.methods.probe import ProbeConfig
-    from longtail.methods.registry import load_builtin_methods
+    from longtail.methods.probe import ProbeConfig, run_probe
 
-    load_builtin_methods()
     out = Path(args.out or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists():
         raise ConfigError(f"demo folder already exists, not overwritten: {out}")
+    base = ProbeConfig(seed=args.seed, device=args.device)
+    configs = [apply_overrides(base, overrides) for _, overrides in DEMO_METHODS]  # all checked up front
     start = time.perf_counter()
-    bench = make_synthetic_benchmark(seed=args.seed)
+    bench = call_with_options(make_synthetic_benchmark, "synthetic benchmark",
+                              **{"seed": args.seed, **parse_overrides(args.overrides)})
+    data = {}  # the splits as saved, so that each run records (and `longtail eval` reloads) its files
     for split in ("train", "val", "test"):
-        save_features(getattr(bench, split), out / "data" / f"{split}.npz")
+        path = save_features(getattr(bench, split), out / "data" / f"{split}.npz")
+        data[split] = replace(getattr(bench, split), source=str(path))
     write_json(out / "benchmark.json", bench.summary())
     print(f"synthetic benchmark: {bench.train.num_classes} classes, d={bench.train.dim}, "
           f"{bench.train.num_samples} train / {bench.test.num_samples} test samples, imbalance ratio "
@@ -73,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
           f"{100 * bench.bayes_balanced_accuracy:.2f}% (± {100 * bench.bayes_standard_error:.2f}, "
           f"{bench.bayes_samples} Monte-Carlo samples)")
     folders, rows = [], []
-    for i, (label, overrides) in enumerate(DEMO_METHODS):
-        cfg = update_dataclass(ProbeConfig(seed=args.seed, device=args.device), overrides)
-        folder, metrics = run_probe(bench.train, bench.test, cfg, val=bench.val,
+    for i, ((label, _), cfg) in enumerate(zip(DEMO_METHODS, configs)):
+        folder, metrics = run_probe(data["train"], data["test"], cfg, val=data["val"],
                                     out=out / "runs" / f"{i:02d}-{cfg.method}-{cfg.loss}", label=label)
         folders.append(folder)
         rows.append((label, metrics))

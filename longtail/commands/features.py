@@ -84,8 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_option_argument(p)
     p.add_argument("--backbone", required=True, help="preset name, Hugging Face hub id or model folder")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) of the backbone")
-    p.add_argument("--backbone-option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="backbone option (= backbone_options.KEY=VALUE), e.g. image_size=128 (EfficientNet-Lite)")
+    p.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option (= backbone_options.KEY=VALUE; repeatable), e.g. image_size=128")
     p.add_argument("--out", required=True, help="feature file to write (.npz or .safetensors)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--batch-size", type=int, help="images per forward (default 64)")

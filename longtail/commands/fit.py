@@ -7,9 +7,10 @@ import json
 
 HELP = "fine-tune a backbone with adapters (LIFT, LIFT+, Sage, linear probe, full FT) on images"
 DESCRIPTION = """\
-Fine-tune with presets on three axes, as in LIFT+: data (-d), backbone (-b), method (-m),
-then KEY=VALUE overrides of any config field (unknown keys are an error listing the valid
-ones; dict fields take dotted keys, e.g. loss_options.gamma=0.06). Writes a run folder with
+Fine-tune with presets on three axes, as in LIFT+: data (-d, any dataset name of the data
+layer), backbone (-b), method (-m), then KEY=VALUE overrides of any config field (unknown
+keys are an error listing the valid ones; dict fields take dotted keys, e.g.
+loss_options.gamma=0.06). Names are checked before any data is read. Writes a run folder with
 config.yaml, env.json, data_stats.json, resumable checkpoints, the trained weights
 (adapter_model.safetensors + adapter_config.json), metrics.json (all/many/medium/few/ECE,
 images/s, GPU memory), per_class.csv and report.html.
@@ -22,20 +23,43 @@ examples:
   longtail fit -d cifar100_ir100 -b clip_vit_b16 -m lift --out runs/lift_c100 root=DATA/cifar100
   longtail fit -d imagenet_lt -b clip_vit_b16 -m sage root=/data/imagenet tte=true
   longtail fit --out runs/lift_c100 --resume                            # continue an interrupted run
+  longtail fit -d synthetic_images -b tiny_clip -m full_ft steps=20 ema_decay=0.99 n_evals=2 val_per_class=2
   longtail fit --list
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-d", "--data", help="data preset (see --list)")
+    p.add_argument("-d", "--data", help="dataset name of the data layer (see longtail list datasets), e.g. cifar100_ir100")
     p.add_argument("-b", "--backbone", help="backbone preset, hub id or model folder")
     p.add_argument("-m", "--method", help="method preset: lift, lift_plus, sage, zero_shot, linear_probe, full_ft")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. epochs=1 lr=0.02")
     p.add_argument("--out", help="run folder (default runs/fit-TIMESTAMP); never overwritten unless --resume")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted fit run in --out")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--list", action="store_true", help="list presets and config keys, then exit")
     p.add_argument("--json", action="store_true", help="print the summary metrics as JSON on stdout")
+
+
+def resume_config(args: argparse.Namespace, overrides: dict):
+    """The saved config of the fit run in --out; -d/-b/-m and KEY=VALUE must agree with it
+    (only runtime keys may change), each disagreement a one-line error naming the key."""
+    from longtail.config import apply_overrides
+    from longtail.errors import ConfigError
+    from longtail.methods.finetune.runner import RESUME_SAFE_KEYS, config_from_run
+
+    if not args.out:
+        raise ConfigError("--resume needs --out RUN_FOLDER (the interrupted run)")
+    saved = config_from_run(args.out)
+    flags = {"dataset": args.data, "backbone": args.backbone, "method": args.method}
+    for key, value in flags.items():
+        if value is not None and value != getattr(saved, key):
+            raise ConfigError(f"--resume: the run was made with {key}={getattr(saved, key)}, not {value}")
+    cfg = apply_overrides(saved, overrides)
+    for key in overrides:
+        head = key.split(".")[0]
+        if head not in RESUME_SAFE_KEYS and getattr(cfg, head) != getattr(saved, head):
+            raise ConfigError(f"--resume: '{key}' differs from the run's; only {', '.join(RESUME_SAFE_KEYS)} may change")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,22 +67,17 @@ def run(args: argparse.Namespace) -> int:
     from longtail.errors import ConfigError
     from longtail.methods.finetune import config as fc
     from longtail.methods.finetune import presets
-    from longtail.methods.finetune.runner import RESUME_SAFE_KEYS, config_from_run, fit
+    from longtail.methods.finetune.runner import fit
 
     if args.list:
-        for title, reg in (("data", presets.DATA_PRESETS), ("backbone", presets.BACKBONE_PRESETS),
-                           ("method", presets.METHOD_PRESETS)):
+        print(f"datasets with fine-tuning settings: {', '.join(presets.DATASET_SETTINGS)} (any dataset works)")
+        for title, reg in (("backbone", presets.BACKBONE_PRESETS), ("method", presets.METHOD_PRESETS)):
             print(f"{title} presets: {', '.join(reg.names())}")
         print(f"config keys: {', '.join(fc.valid_keys())}")
         return 0
     overrides = parse_overrides(args.overrides)
     if args.resume:
-        if not args.out:
-            raise ConfigError("--resume needs --out RUN_FOLDER (the interrupted run)")
-        bad = sorted(set(overrides) - set(RESUME_SAFE_KEYS))
-        if bad:
-            raise ConfigError(f"on --resume only {', '.join(RESUME_SAFE_KEYS)} may change, got {', '.join(bad)}")
-        cfg = fc.apply_overrides(config_from_run(args.out), overrides)
+        cfg = resume_config(args, overrides)
     else:
         missing = [flag for flag, value in (("-d", args.data), ("-b", args.backbone), ("-m", args.method)) if not value]
         if missing:

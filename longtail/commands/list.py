@@ -21,6 +21,7 @@ examples:
 # kind -> (module, attribute, what the names are used for)
 REGISTRIES: dict[str, tuple[str, str, str]] = {
     "probe-methods": ("longtail.methods.probe", "PROBE_METHODS", "longtail probe method=NAME"),
+    "probe-solvers": ("longtail.methods.probe", "SOLVERS", "longtail probe solver=NAME"),
     "losses": ("longtail.methods.losses", "LOSSES", "probe / fit / lt-soups loss=NAME"),
     "heads": ("longtail.methods.heads", "HEADS", "probe head (method=linear|cosine)"),
     "oversamplers": ("longtail.methods.latent.oversample", "OVERSAMPLERS", "latent oversampling probe methods"),
@@ -58,6 +59,10 @@ def entries(kind: str) -> list[tuple[str, str]]:
         from longtail.runs import get_kind
 
         get_kind("probe")  # imports the modules that register the built-in kinds
+    if kind == "backbones":
+        from longtail.models.backbone import backbone_names
+
+        backbone_names()  # imports the modules that register the presets
     out = [(name, describe(registry.get(name))) for name in registry.names()]
     return out + [(name, "") for name in EXTRA_NAMES.get(kind, ())]
 

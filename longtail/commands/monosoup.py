@@ -12,8 +12,10 @@ are re-weighted from the spectrum (k from the effective rank by default, or an e
 threshold). Biases, LayerNorms, scalars, tensors missing in W0 and untouched tensors are
 kept. q/k/v projections are edited as one stacked matrix by default (as the fused
 reference implementation). SVD runs in float32 (or float64) on the GPU when present.
-Writes a new run folder with the edited weights, monosoup_log.json (k, energy, lambdas per
-tensor) and, with --eval (run folders), W1's and MonoSoup's metrics side by side.
+Writes a new run folder (kind "monosoup") with the edited weights, monosoup_log.json (k,
+energy, lambdas per tensor); an edit of a fit run is in the fit layout and is evaluated
+(metrics.json, per_class.csv, report.html); --eval also evaluates W1 side by side.
+Settings are KEY=VALUE pairs (mode=energy energy=0.9); the flags are the same.
 
 W0/W1: .safetensors files or run folders; --w0 zero-shot rebuilds W0 (pretrained encoder
 + text-initialised head) from W1's run. --lora-scaling S: W1 holds LoRA pairs
@@ -21,53 +23,54 @@ W0/W1: .safetensors files or run folders; --w0 zero-shot rebuilds W0 (pretrained
 
 examples:
   longtail monosoup --w1 runs/full_ft --w0 zero-shot --eval --out runs/mono
-  longtail monosoup --w1 ft.safetensors --w0 pretrained.safetensors --mode energy --energy 0.9
+  longtail monosoup --w1 ft.safetensors --w0 pretrained.safetensors mode=energy energy=0.9
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--w1", required=True, help="fine-tuned checkpoint (.safetensors or run folder)")
     p.add_argument("--w0", required=True, help="pretrained checkpoint, or 'zero-shot' (rebuilt from W1's run)")
-    p.add_argument("--mode", default="erank", help="rank rule: erank (default) or energy")
-    p.add_argument("--energy", type=float, default=0.8, help="energy mode: fraction R (default 0.8)")
-    p.add_argument("--qkv", default="stacked", choices=("stacked", "separate"), help="q/k/v handling")
-    p.add_argument("--precision", default="float32", choices=("float32", "float64"), help="SVD precision")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MonoSoupConfig fields: mode, energy, qkv, precision")
+    p.add_argument("--mode", help="rank rule: erank (default) or energy (= mode=...)")
+    p.add_argument("--energy", type=float, help="energy mode: fraction R (default 0.8)")
+    p.add_argument("--qkv", choices=("stacked", "separate"), help="q/k/v handling (default stacked)")
+    p.add_argument("--precision", choices=("float32", "float64"), help="SVD precision (default float32)")
     p.add_argument("--lora-scaling", type=float, help="W1 holds LoRA pairs: dense update = S * B @ A")
-    p.add_argument("--eval", action="store_true", help="evaluate W1 and the edit on the run's test split")
+    p.add_argument("--eval", action="store_true", help="also evaluate W1 and compare it with the edit")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--out", help="run folder to create (default runs/monosoup-TIMESTAMP)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.runs import create_run
-    from longtail.soups.formats import detect_format, open_format
-    from longtail.soups.merge import load_state_dict, save_state_dict, weights_file
+    from longtail.config import apply_overrides, parse_overrides
+    from longtail.errors import ConfigError
+    from longtail.methods.finetune import RunModel, is_fit_layout
+    from longtail.soups.merge import load_state_dict, weights_file
     from longtail.soups.monosoup import MonoSoupConfig, config_dict, lora_dense_state, monosoup
-    from longtail.soups.soup_run import _row, _stats_of, format_table
+    from longtail.soups.soup_run import format_table, row, write_soup_run
 
-    cfg = MonoSoupConfig(mode=args.mode, energy=args.energy, qkv=args.qkv, precision=args.precision,
-                         device=args.device)
+    flags = {k: getattr(args, k) for k in ("mode", "energy", "qkv", "precision") if getattr(args, k) is not None}
+    cfg = apply_overrides(MonoSoupConfig(device=args.device), {**flags, **parse_overrides(args.overrides)})
     w1_file = weights_file(args.w1)
-    fmt = open_format(args.w1, None, args.device) if (args.eval or args.w0 == "zero-shot") else None
-    w0 = fmt.zero_shot() if args.w0 == "zero-shot" else load_state_dict(args.w0)
+    fit_layout = is_fit_layout(args.w1)
+    if (args.eval or args.w0 == "zero-shot") and not fit_layout:
+        raise ConfigError(f"{args.w1}: --eval and --w0 zero-shot need a fit run folder")
+    model = RunModel(args.w1, args.device) if fit_layout else None
+    w0 = model.zero_shot() if args.w0 == "zero-shot" else load_state_dict(args.w0)
     w1 = load_state_dict(w1_file)
     if args.lora_scaling is not None:
         w1 = lora_dense_state(w0, w1, args.lora_scaling)
     edited, log = monosoup(w0, w1, cfg)
     n_edit = sum(bool(e["edited"]) for e in log)
-    config = {"label": "MonoSoup", "w0": args.w0, "w1": str(args.w1), **config_dict(cfg),
+    config = {"label": "MonoSoup", "method": "monosoup", "w0": args.w0, "w1": str(args.w1), **config_dict(cfg),
               "lora_scaling": args.lora_scaling}
-    with create_run(args.out, "monosoup", config, device=args.device) as run:
-        save_state_dict(edited, run.path(w1_file.name if detect_format(args.w1) else "model.safetensors"))
-        if detect_format(args.w1):
-            (fmt or open_format(args.w1, None, args.device)).publish(run.dir)
-        run.write_json("monosoup_log.json", log)
-        rows = []
-        if args.eval:
-            stats = _stats_of(args.w1)
-            rows = [_row("W1 (fine-tuned)", fmt.metrics(w1), stats), _row("MonoSoup", fmt.metrics(edited), stats)]
-            run.write_json("comparison.json", rows)
-            print(format_table(rows))
-        folder = run.finish({**rows[1], "comparison": rows} if rows else None)
+    rows = []
+    if args.eval:
+        stats = model.info.get("data_stats")
+        rows = [row("W1 (fine-tuned)", model.metrics(w1), stats), row("MonoSoup", model.metrics(edited), stats)]
+        print(format_table(rows))
+    files = {"monosoup_log.json": log, **({"comparison.json": rows} if rows else {})}
+    folder = write_soup_run(args.out, edited, args.w1 if fit_layout else w1_file, config, args.device,
+                            kind="monosoup", extra={"comparison": rows} if rows else None, files=files)
     print(f"MonoSoup edited {n_edit} of {len(log)} tensors/groups; written to {folder}")
     return 0

@@ -12,50 +12,68 @@ it on a test file (overall / many / medium / few accuracy, ECE, ...), and write 
 folder with config.yaml, env.json, data_stats.json, metrics.json, per_class.csv, the head
 (safetensors + JSON) and report.html.
 
+Any ProbeConfig field is set with a positional KEY=VALUE (dict fields take dotted keys:
+loss_options.tau=0.5, method_options.k_neighbors=3); the flags --method, --loss, --tau,
+--init, --interpolate, --posthoc-tau, --calibrate, --seed and --device are shorthands for
+the same keys (KEY=VALUE wins over a flag). The config is checked before any file is read:
+an unknown key, name or option fails at once and lists the valid ones.
+
 Feature files are .npz or .safetensors with `features` (N x d), `labels` (N) and optionally
 `class_names`, `prototypes` (C x d), `prototype_bias` (C).
 
 examples:
   longtail probe --train train.npz --test test.npz --loss la
+  longtail probe --train train.npz --test test.npz loss=la loss_options.tau=0.5 method=cosine
   longtail probe --train train.npz --test test.npz --val val.npz --method vmf-kde --loss la --json
-  longtail probe --train train.npz --test test.npz --init prototypes --interpolate auto
-  longtail probe --train train.npz --test test.npz --set optimizer=adamw epochs=50 lr=1e-3
-  longtail probe --train synthetic_features:train --test synthetic_features:test --loss la
-  longtail probe --list        # every probe method and loss
+  longtail probe --train train.npz --test test.npz --val val.npz --init prototypes --interpolate auto
+  longtail probe --train train.npz --test test.npz solver=adamw epochs=50 lr=1e-3
+  longtail probe --train synthetic_features:train --test synthetic_features:test --val synthetic_features:val --posthoc-tau auto
+  longtail probe --list        # every probe method, loss, head and solver
 """
+
+# flag (argparse dest) -> the config key it stands for
+SUGAR: tuple[tuple[str, str], ...] = (
+    ("method", "method"), ("loss", "loss"), ("tau", "loss_options.tau"), ("init", "init"),
+    ("interpolate", "interpolate"), ("posthoc_tau", "posthoc_tau"), ("calibrate", "calibrate"),
+    ("seed", "seed"), ("device", "device"),
+)
 
 
 class _ListNames(argparse.Action):
-    """--list: print the registered probe methods and losses, then exit (like --help)."""
+    """--list: print the registered probe methods, losses, heads and solvers, then exit."""
 
     def __init__(self, option_strings, dest, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        from longtail.methods.registry import LOSSES, PROBE_METHODS, load_builtin_methods
+        from longtail.methods.heads import HEADS
+        from longtail.methods.losses import LOSSES
+        from longtail.methods.probe import SOLVERS, load_methods
 
-        load_builtin_methods()
-        print("probe methods:", ", ".join(PROBE_METHODS.names()))
+        print("probe methods:", ", ".join(load_methods().names()))
         print("losses:       ", ", ".join(LOSSES.names()))
+        print("heads:        ", ", ".join(HEADS.names()))
+        print("solvers:      ", ", ".join(SOLVERS.names()))
         parser.exit()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--list", action=_ListNames, help="list the probe methods and losses, then exit")
-    p.add_argument("--train", required=True, help="training feature file (.npz/.safetensors)")
+    p.add_argument("--list", action=_ListNames, help="list the probe methods, losses, heads and solvers, then exit")
+    p.add_argument("--train", required=True, help="training feature file (.npz/.safetensors) or synthetic_features:train")
     p.add_argument("--test", required=True, help="test feature file")
-    p.add_argument("--val", help="validation feature file (for post-hoc tau / interpolation choice)")
-    p.add_argument("--method", default="linear", help="probe method (default: linear); see --list")
-    p.add_argument("--loss", default="ce", help="loss (default: ce); see --list")
-    p.add_argument("--tau", type=float, help="logit-adjustment strength for la-type losses")
-    p.add_argument("--init", choices=("random", "prototypes"), help="head initialisation")
-    p.add_argument("--interpolate", help="'auto' or ALPHA in [0,1]: mix zero-shot and trained heads")
-    p.add_argument("--posthoc-tau", help="post-hoc logit adjustment: 'auto' (choose on --val) or a number")
-    p.add_argument("--calibrate", choices=("temperature",),
-                   help="temperature scaling on --val (lowers ECE; predictions unchanged)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other ProbeConfig fields")
+    p.add_argument("--val", help="validation feature file (for 'auto' choices and --calibrate)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="ProbeConfig overrides, e.g. loss=la loss_options.tau=0.5 solver=adamw epochs=50")
+    p.add_argument("--method", help="= method=X (default linear); see --list")
+    p.add_argument("--loss", help="= loss=X (default ce); see --list")
+    p.add_argument("--tau", help="= loss_options.tau=T: logit-adjustment strength of la-type losses")
+    p.add_argument("--init", help="= init=X: random (default) or prototypes")
+    p.add_argument("--interpolate", help="= interpolate=X: 'auto' (on --val) or ALPHA in [0,1], mixes zero-shot and trained heads")
+    p.add_argument("--posthoc-tau", help="= posthoc_tau=X: post-hoc logit adjustment, 'auto' (on --val) or a number")
+    p.add_argument("--calibrate", help="= calibrate=temperature: temperature scaling on --val (lowers ECE; argmax unchanged)")
+    p.add_argument("--seed", help="= seed=N (default 0)")
+    p.add_argument("--device", help="= device=X: auto (default), cpu or cuda")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--many", type=int, default=100, help="many-shot: more than this many training images")
     p.add_argument("--few", type=int, default=20, help="few-shot: fewer than this many training images")
     p.add_argument("--label", help="name of the run in comparison reports")
@@ -65,54 +83,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """ProbeConfig from the explicit flags plus --set overrides."""
-    from longtail.config import parse_overrides, update_dataclass
+    """The validated ProbeConfig of the flags and KEY=VALUE overrides (no file is read)."""
+    from longtail.config import apply_overrides, parse_overrides
     from longtail.methods.probe import ProbeConfig
-    from longtail.methods.registry import LOSSES, PROBE_METHODS, load_builtin_methods
 
-    load_builtin_methods()
-    PROBE_METHODS.get(args.method)
-    LOSSES.get(args.loss)
-    overrides = {"method": args.method, "loss": args.loss}
-    for flag, key in (("tau", "tau"), ("init", "init"), ("calibrate", "calibrate"), ("seed", "seed"),
-                      ("device", "device")):
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    for flag, key in (("interpolate", "interpolate"), ("posthoc_tau", "posthoc_tau")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[key] = value if value in ("auto", "none") else _number(value, flag)
-            if value == "none":
-                overrides[key] = None
-    overrides.update(parse_overrides(args.set))
-    return update_dataclass(ProbeConfig(), overrides)
-
-
-def _number(value: str, flag: str) -> float:
-    from longtail.errors import ConfigError
-
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"--{flag.replace('_', '-')} must be 'auto' or a number, got '{value}'") from None
+    pairs = [f"{key}={getattr(args, dest)}" for dest, key in SUGAR if getattr(args, dest) is not None]
+    return apply_overrides(ProbeConfig(), parse_overrides([*pairs, *args.set, *args.overrides]))
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.data.features import load_features
-    from longtail.experiment import run_probe, summary
+    from longtail.data.open_features import open_features
+    from longtail.errors import ConfigError
+    from longtail.eval.metrics import summary
+    from longtail.io import to_jsonable
+    from longtail.methods.probe import run_probe
 
-    cfg = build_config(args)
-    train = load_features(args.train)
-    test = load_features(args.test)
-    val = load_features(args.val) if args.val else None
+    cfg = build_config(args)  # every config mistake fails here, before any feature file is read
+    if cfg.needs_validation() and not args.val:
+        raise ConfigError(f"{', '.join(cfg.needs_validation())} needs a validation set: add --val FILE")
+    train = open_features(args.train)
+    test = open_features(args.test)
+    val = open_features(args.val) if args.val else None
     folder, metrics = run_probe(
         train, test, cfg, val=val, out=args.out, label=args.label,
         many=args.many, few=args.few, report=not args.no_report,
     )
     if args.json:
-        from longtail.io import to_jsonable
-
-        print(json.dumps(to_jsonable(summary(metrics) | {"run": str(folder)})))
+        print(json.dumps(to_jsonable(summary(metrics) | {"post_hoc": metrics["post_hoc"], "run": str(folder)})))
     else:
         _print_table(metrics, folder)
     return 0
@@ -125,4 +122,7 @@ def _print_table(metrics: dict, folder) -> None:
     print(f"{'all':>6} {'many':>6} {'medium':>6} {'few':>6} {'ECE':>6}")
     print(f"{pct(metrics.get('all')):>6} {pct(metrics.get('many')):>6} {pct(metrics.get('medium')):>6} "
           f"{pct(metrics.get('few')):>6} {pct(metrics.get('ece')):>6}")
+    post = metrics["post_hoc"]
+    if (post["alpha"], post["posthoc_tau"], post["temperature"]) != (1.0, 0.0, 1.0):
+        print(f"post-hoc: alpha {post['alpha']:g}, tau {post['posthoc_tau']:g}, temperature {post['temperature']:.3g}")
     print(f"run folder: {folder}")

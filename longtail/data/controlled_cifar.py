@@ -1,15 +1,18 @@
 """LT-Soups' controlled CIFAR-100 benchmark: choose the imbalance rho and head-tail ratio eta.
 
-METHODS.md 2.2: the first H labels are head classes with counts decaying exponentially from
+docs/methods.md §2.2: the first H labels are head classes with counts decaying exponentially from
 500 to just above 100, the other T = C - H classes decay from 100 to n_min = 500 / rho.
 Unlike the public constructor (which hard-codes rho = 100), rho is a real parameter here.
+The images of each class are drawn as the LT-Soups code draws them (`default_rng(seed)`,
+per-class shuffle, first n). The dataset preset is `cifar100_controlled` (data/presets.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from longtail.errors import ConfigError, DataError
+from longtail.data.profiles import subsample_per_class
+from longtail.errors import ConfigError
 
 HEAD_CHOICES = (95, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5)  # the paper's grid of H
 RHO_CHOICES = (50, 100, 250)
@@ -43,20 +46,14 @@ def head_tail_ratio(num_head: int, num_classes: int = 100) -> float:
     return float(num_head / tail) if tail else float("inf")
 
 
-def controlled_indices(labels: np.ndarray, counts: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Indices of a random subset (fixed seed) with counts[c] samples of class c, sorted."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for c, n in enumerate(np.asarray(counts)):  # loop over classes (100), not samples
-        pool = np.flatnonzero(labels == c)
-        if pool.size < n:
-            raise DataError(f"class {c} has {pool.size} images, the controlled split needs {n}")
-        chosen.append(rng.choice(pool, size=int(n), replace=False))
-    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+def controlled_indices(
+    labels: np.ndarray, counts: np.ndarray, seed: int = 0, selection: str = "lt_soups"
+) -> np.ndarray:
+    """Indices with counts[c] samples of class c (class by class), drawn as the LT-Soups code."""
+    return subsample_per_class(labels, counts, seed, selection)
 
 
-def build_controlled(dataset, num_head: int, rho: float, seed: int = 0):
+def build_controlled(dataset, num_head: int, rho: float, seed: int = 0, selection: str = "lt_soups"):
     """Controlled long-tailed subset of a balanced dataset (e.g. CIFAR-100 train, 500/class).
 
     `dataset` is any object with `labels` and `subset(indices)` (e.g. `ImageDataset`).
@@ -64,7 +61,7 @@ def build_controlled(dataset, num_head: int, rho: float, seed: int = 0):
     num_classes = int(np.max(dataset.labels)) + 1
     n_max = int(np.bincount(dataset.labels, minlength=num_classes).min())
     counts = controlled_counts(num_head, rho, n_max=n_max, num_classes=num_classes)
-    return dataset.subset(controlled_indices(dataset.labels, counts, seed))
+    return dataset.subset(controlled_indices(dataset.labels, counts, seed, selection))
 
 
 def validation_split(labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, np.ndarray]:

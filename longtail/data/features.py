@@ -19,7 +19,6 @@ from longtail.errors import DataError
 from longtail.io import atomic_write
 
 SUFFIXES = (".npz", ".safetensors")
-SYNTHETIC = "synthetic_features"
 
 
 @dataclass
@@ -137,16 +136,9 @@ def check_compatible(train: FeatureSet, other: FeatureSet) -> None:
         )
 
 
-def is_feature_spec(spec: str | Path) -> bool:
-    """True for a feature file path or the built-in `synthetic_features[:split]` benchmark."""
-    return Path(spec).suffix in SUFFIXES or str(spec).split(":")[0] == SYNTHETIC
-
-
 def load_features(path: str | Path) -> FeatureSet:
-    """Load and validate a `.npz` / `.safetensors` feature file, or the offline preset
-    `synthetic_features[:train|val|test]` (the demo's benchmark, seed 0; default split train)."""
-    if str(path).split(":")[0] == SYNTHETIC:
-        return _synthetic_split(str(path))
+    """Load and validate a `.npz` / `.safetensors` feature file (files only; a spec that may
+    also name a preset is `longtail.data.open_features.open_features`)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"feature file not found: {path}")
@@ -173,15 +165,6 @@ def load_features(path: str | Path) -> FeatureSet:
         meta=meta,
         source=str(path),
     )
-
-
-def _synthetic_split(spec: str) -> FeatureSet:
-    from longtail.data.synthetic_features import make_synthetic_benchmark
-
-    split = spec.partition(":")[2] or "train"
-    if split not in ("train", "val", "test"):
-        raise DataError(f"{spec}: unknown split '{split}' (use {SYNTHETIC}:train, :val or :test)")
-    return getattr(make_synthetic_benchmark(seed=0), split)
 
 
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

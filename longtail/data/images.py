@@ -1,26 +1,24 @@
 """Image datasets: samples + labels + class names, images decoded lazily from files, zips or HF rows.
 
-Sources (picked by `open_images` from the spec): a preset name (`longtail.data.presets`), an
-image folder (`root/<class>/*.jpg`, optionally under `train/`, `test/` split folders), a list
-file (`relative/path label` lines, the ImageNet-LT / Places-LT / iNaturalist-2018 format), a
-CSV (path,label), a zip holding the folder layout (read in place), or Hugging Face `datasets`
-(`hf:<hub id>` or a `save_to_disk` folder).
+This module holds the dataset class, the readers (item -> PIL image) and helpers shared by
+the sources (`longtail.data.sources`) and presets (`longtail.data.presets`); opening a dataset
+from a spec is `longtail.data.open_images.open_images`.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from longtail.config import call_with_options
 from longtail.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = frozenset(
@@ -226,36 +224,28 @@ def natural_key(text: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
+def check_options(what: str, options: Mapping[str, Any], valid: Iterable[str]) -> None:
+    """One-line ConfigError naming the first unknown option and listing every valid one."""
+    names = sorted(set(valid))
+    unknown = [key for key in options if key not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(
+            f"{what}: unknown option '{unknown[0]}'{hint}; valid options: {', '.join(names) or 'none'}"
+        )
+
+
+def check_on_corrupt(on_corrupt: str) -> str:
+    """The on_corrupt policy, checked before any image is read."""
+    if on_corrupt not in ON_CORRUPT:
+        raise ConfigError(f"on_corrupt must be one of {', '.join(ON_CORRUPT)}, got '{on_corrupt}'")
+    return on_corrupt
+
+
 def finish(
     dataset: ImageDataset, on_corrupt: str = "error", progress: bool = True
 ) -> ImageDataset:
     """Apply the on_corrupt policy: 'error' (raise on load) or 'skip' (drop bad images now)."""
-    if on_corrupt not in ON_CORRUPT:
-        raise ConfigError(f"on_corrupt must be one of {', '.join(ON_CORRUPT)}, got '{on_corrupt}'")
+    check_on_corrupt(on_corrupt)
     return dataset.drop_corrupt(progress) if on_corrupt == "skip" else dataset
-
-
-def open_images(
-    spec: str, split: str = "train", root: str | os.PathLike | None = None, **options: Any
-) -> ImageDataset:
-    """Open a dataset from a preset name, folder, list file, CSV, zip or `hf:` spec.
-
-    `root` is the dataset root for presets and the image root for list/CSV files (default:
-    the list file's folder). Options: `on_corrupt`, `class_names` (file or list), source
-    options (e.g. `label_column`), and `ir`/`profile`/`sampling_strategy`/`seed` to make any
-    source long-tailed (see `longtail.data.presets.long_tailed`).
-    """
-    from longtail.data import presets, sources
-
-    spec = str(spec)
-    if spec in presets.DATASETS:
-        return call_with_options(presets.DATASETS.get(spec), spec, split, root, **options)
-    lt_keys = {"ir", "imbalance_ratio", "profile", "sampling_strategy", "seed", "head_fraction"}
-    lt_options = {k: options.pop(k) for k in list(options) if k in lt_keys}
-    on_corrupt = options.pop("on_corrupt", "error")
-    progress = options.pop("progress", True)
-    kind = sources.detect_source(spec, presets.DATASETS.names())
-    dataset = call_with_options(sources.SOURCES.get(kind), f"{kind} source", spec, split, root, **options)
-    if lt_options:
-        dataset = presets.long_tailed(dataset, **lt_options)
-    return finish(dataset, on_corrupt, progress)

@@ -1,6 +1,6 @@
-"""Long-tailed class-count profiles and the seeded per-class subsampler of the LDAM/LIFT builders.
+"""Long-tailed class-count profiles and the seeded per-class subsampler of the CIFAR-LT builders.
 
-Exponential profile (CIFAR-LT, METHODS.md 7.1): n_i = floor(n_max * IR^(-i/(C-1))), computed
+Exponential profile (CIFAR-LT, docs/methods.md §7.1): n_i = floor(n_max * IR^(-i/(C-1))), computed
 exactly as LDAM/LIFT do, `int(n_max * (1/IR) ** (i / (C - 1)))`. That float expression gives
 the literature totals (CIFAR-100-LT: 10,847 / 12,608 / 19,573 for IR 100 / 50 / 10), whereas
 the algebraically equal `(IR^(-1/(C-1)))^i` lands just below integers and loses one image at
@@ -124,27 +124,50 @@ def _count(value, key) -> int:
     return int(value)
 
 
-def subsample_per_class(
-    labels: np.ndarray, targets: np.ndarray, seed: int = 0
-) -> np.ndarray:
-    """Indices keeping targets[c] samples of each class, exactly as the LDAM/LIFT CIFAR-LT builder.
+SELECTIONS = ("ldam", "lt_soups")  # which generator draws the long-tailed subset
 
-    One legacy NumPy stream seeded once (RandomState(seed) == np.random.seed(seed)); for each
-    class in label order: its indices in data order, shuffled in place, the first targets[c]
-    kept. Output order = class by class, shuffled order within a class (as LDAM's new data).
+
+def check_selection(selection: str) -> str:
+    """The selection name, checked before any data is read."""
+    if selection not in SELECTIONS:
+        raise ConfigError(f"selection must be one of {', '.join(SELECTIONS)}, got '{selection}'")
+    return selection
+
+
+def subsample_per_class(
+    labels: np.ndarray, targets: np.ndarray, seed: int = 0, selection: str = "ldam"
+) -> np.ndarray:
+    """Indices keeping targets[c] samples of each class, as the CIFAR-LT builders of the papers.
+
+    One generator seeded once; for each class in label order: its indices in data order,
+    shuffled in place, the first targets[c] kept. Output order = class by class, shuffled
+    order within a class (as the builders' new data). The generator is
+    - `selection="ldam"` (default): the legacy `np.random.RandomState(seed)`, i.e.
+      `np.random.seed(seed)` then `np.random.shuffle`, as LDAM-DRW and the LIFT code base
+      (LIFT, and Sage which is built on it) build CIFAR-10/100-LT;
+    - `selection="lt_soups"`: `np.random.default_rng(seed)`, as the LT-Soups authors' code
+      (its CIFAR-100-LT and controlled CIFAR-100). Same counts, other images: for
+      CIFAR-100-LT IR 100 only 5,585 of the 10,847 images coincide with the LDAM draw.
     A shuffle's permutation depends only on the length, so any storage with the same
-    within-class order (e.g. the CIFAR-10 JPEG zip) selects the same images.
+    within-class order (pickles or the class-sorted JPEG zip) selects the same images.
     """
-    labels = np.asarray(labels)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     targets = np.asarray(targets, dtype=np.int64)
-    rng = np.random.RandomState(seed)
+    check_selection(selection)
+    if labels.size and labels.min() < 0:
+        raise DataError(f"negative label {int(labels.min())}")
+    counts = np.bincount(labels, minlength=targets.size)[: targets.size]
+    short = np.flatnonzero(targets > counts)
+    if short.size:
+        c = int(short[0])
+        raise DataError(f"class {c} has {int(counts[c])} samples, the profile asks for {int(targets[c])}")
+    order = np.argsort(labels, kind="stable")  # class by class, data order within a class
+    starts = np.cumsum(counts) - counts
+    rng = np.random.RandomState(seed) if selection == "ldam" else np.random.default_rng(seed)
     chosen = []
-    # Loop over classes (not samples): each class needs its own shuffle call on the shared
-    # stream, in order, to reproduce the reference selection.
+    # One shuffle call per class on the shared stream, in class order (the reference draw).
     for c, n in enumerate(targets.tolist()):
-        idx = np.flatnonzero(labels == c)
-        if n > idx.size:
-            raise DataError(f"class {c} has {idx.size} samples, the profile asks for {n}")
+        idx = order[starts[c]: starts[c] + counts[c]].copy()
         rng.shuffle(idx)
         chosen.append(idx[:n])
     return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)

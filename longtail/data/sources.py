@@ -1,12 +1,17 @@
-"""Image sources for `open_images`: folder, zip, list file, CSV and Hugging Face `datasets`.
+"""Image sources: an image folder (`root/<class>/*.jpg`, optionally under `train/`, `test/`
+split folders), a zip holding that layout (read in place), a list file (`relative/path label`
+lines, the ImageNet-LT / Places-LT / iNaturalist-2018 format), a CSV (path,label), or Hugging
+Face `datasets` (`hf:<hub id>` or a `save_to_disk` folder).
 
 Each source is `open_<kind>(spec, split, root, **options) -> ImageDataset`, registered in
-SOURCES; `detect_source` picks the kind from the spec's form (prefix, suffix, folder markers).
+SOURCES; `detect_source` picks the kind from the spec's form (prefix, suffix, folder markers)
+and `open_source` opens any of them.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +25,7 @@ from longtail.data.images import (
     HFReader,
     ImageDataset,
     ZipReader,
+    check_options,
     natural_key,
     read_class_names,
 )
@@ -48,10 +54,24 @@ def detect_source(spec: str, presets: Sequence[str] = ()) -> str:
                 f"(use a folder, {', '.join(SUFFIX_KINDS)} or hf:<id>)"
             )
         return kind
-    raise DataError(
-        f"data '{spec}' not found: not a preset ({', '.join(presets)}), "
-        "an existing folder or file, or hf:<hub id>"
-    )
+    preset = f"a preset ({', '.join(presets)}), " if presets else ""
+    raise DataError(f"data '{spec}' not found: not {preset}an existing folder or file, or hf:<hub id>")
+
+
+def source_options(kind: str | None = None) -> list[str]:
+    """Option names that source `kind` accepts (every kind's when None), in signature order."""
+    names: list[str] = []
+    for k in [kind] if kind else SOURCES.names():
+        params = list(inspect.signature(SOURCES.get(k)).parameters)[3:]  # after spec, split, root
+        names += [p for p in params if p not in names]
+    return names
+
+
+def open_source(spec: str, split: str = "train", root=None, **options: Any) -> ImageDataset:
+    """The dataset at a folder, zip, list file, CSV or `hf:` spec (source options only)."""
+    kind = detect_source(str(spec))
+    check_options(f"{kind} source", options, source_options(kind))
+    return SOURCES.get(kind)(str(spec), split, root, **options)
 
 
 def _names_option(class_names: str | os.PathLike | Sequence[str] | None) -> list[str] | None:

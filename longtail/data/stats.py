@@ -26,7 +26,7 @@ def assign_groups(
 
 @dataclass(frozen=True)
 class ClassStats:
-    """Statistics of per-class training counts (see METHODS.md sections 0, 2.2 and 7)."""
+    """Statistics of per-class training counts (see docs/methods.md §0, §2.2 and §7)."""
 
     counts: np.ndarray
     class_names: tuple[str, ...]

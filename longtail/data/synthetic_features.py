@@ -22,7 +22,7 @@ from longtail.data.features import FeatureSet, save_features
 from longtail.data.profiles import exponential_profile
 from longtail.errors import ConfigError, DataError
 from longtail.io import write_json
-from longtail.methods.latent.vmf import log_vmf_normalizer, sample_vmf
+from longtail.maths.vmf import log_vmf_normalizer, sample_vmf
 
 NAME = "synthetic_features"
 

@@ -1,4 +1,4 @@
-"""Long-tail evaluation metrics (METHODS.md 7.6): accuracy, class means, shot groups, F1, ECE.
+"""Long-tail evaluation metrics (docs/methods.md §7.6): accuracy, class means, shot groups, F1, ECE.
 
 Classes with no test samples are left out of every class mean (listed under
 `absent_test_classes`); groups with no evaluated class are reported as None, never 0 or NaN.
@@ -150,3 +150,13 @@ def evaluate(
         ],
         "reliability": reliability,
     }
+
+
+SUMMARY_KEYS = ("all", "class_mean", "many", "medium", "few", "worst_class", "hmean", "gmean", "macro_f1",
+                "ece", "fit_seconds")
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The `--json` contract of every command: all, many, medium, few, ece (+ a few more),
+    fractions or None (fit_seconds in seconds, None when the metrics come from re-evaluation)."""
+    return {k: metrics.get(k) for k in SUMMARY_KEYS}

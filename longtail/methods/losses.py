@@ -1,4 +1,4 @@
-"""Long-tail classification losses (METHODS.md 1.2, 5.3, 6): CE, class re-weighting, logit
+"""Long-tail classification losses (docs/methods.md §1.2, §5.3, §6): CE, class re-weighting, logit
 adjustment, CF, CCAR.
 
 Every loss is an `nn.Module` with `forward(logits, targets) -> scalar` (batch mean) and
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longtail.errors import ConfigError, DataError
-from longtail.methods.registry import LOSSES
 from longtail.registry import Registry
 
+LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")  # loss=NAME: factory(class_counts, **loss_options)
 CCAR_WEIGHTS: Registry = Registry("CCAR weight function")
 CCAR_FREQS = ("total", "max")
 CCAR_PT = ("raw", "adjusted")
@@ -82,7 +82,7 @@ def compensation_factor(class_counts, gamma: float = 0.06, mu: float = 0.5) -> S
     """Sage CF loss, exactly Eq. 22: -log(e^{z_y} n_y L_y / sum_k e^{z_k} n_k L_k).
 
     Lambda_c = mu * n_c^gamma * S_N / (C * n_min), applied in log space; mu and S_N/(C n_min)
-    are class-independent and cancel in the softmax (kept for fidelity, METHODS.md 5.3).
+    are class-independent and cancel in the softmax (kept for fidelity, docs/methods.md §5.3).
     """
     if mu <= 0:
         raise ConfigError(f"cf: mu must be > 0, got {mu}")
@@ -132,7 +132,7 @@ def weighted_cross_entropy(class_counts, weighting: str = "inverse", beta: float
 
 
 # ---------------------------------------------------------------------------------------------
-# CCAR (METHODS.md 6): per-sample weights Omega(p_t, f_c) multiplying a base loss.
+# CCAR (docs/methods.md §6): per-sample weights Omega(p_t, f_c) multiplying a base loss.
 
 
 @CCAR_WEIGHTS.register("exp")

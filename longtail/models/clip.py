@@ -1,7 +1,7 @@
 """CLIP backbones on Hugging Face `transformers.CLIPModel`: presets, hub/folder loading, tiny_clip.
 
 The feature is the post-LayerNorm CLS token before the visual projection (`pooler_output`,
-METHODS.md 1.1). `.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
+docs/methods.md §1.1). `.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class CLIPBackbone(Backbone):
 
     @torch.no_grad()
     def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """METHODS.md 1.1: mean of unit text embeddings over templates, @ visual_projection.weight,
+        """docs/methods.md §1.1: mean of unit text embeddings over templates, @ visual_projection.weight,
         normalised -> (C, feature_dim) float32 on the model's device."""
         if self.tokenizer is None:
             raise ConfigError(f"backbone '{self.name}' has no tokenizer; cannot embed class names")

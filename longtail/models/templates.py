@@ -1,4 +1,4 @@
-"""Prompt templates for text-initialised classifiers (METHODS.md 1.1 and 5.7)."""
+"""Prompt templates for text-initialised classifiers (docs/methods.md §1.1 and §5.7)."""
 
 from __future__ import annotations
 
@@ -45,6 +45,6 @@ def get_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def fill_templates(class_name: str, templates: Sequence[str]) -> list[str]:
-    """Prompts for one class; underscores in the class name become spaces (METHODS.md 1.1)."""
+    """Prompts for one class; underscores in the class name become spaces (docs/methods.md §1.1)."""
     name = class_name.replace("_", " ")
     return [t.format(name) for t in templates]

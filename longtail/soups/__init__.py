@@ -1,5 +1,8 @@
-"""Model soups: streaming weight-space merges, greedy soups, MonoSoup and the LT-Soups pipeline."""
+"""Model soups: streaming weight-space merges, greedy soups, MonoSoup and the LT-Soups pipeline.
 
-from longtail.soups.formats import _register_evaluators
+Modules: merge (coefficients, streamed linear merges), greedy, monosoup (the SVD edit),
+recipe (YAML recipes), soup_run (a soup run folder), lt_soups (the LT-Soups pipeline on the
+fine-tuning engine), kinds (the "soup" / "monosoup" run kinds, registered on import).
+"""
 
-_register_evaluators()
+from longtail.soups import kinds  # noqa: F401  (registers the run kinds)

@@ -230,11 +230,3 @@ def merge(
     """Merge `ingredients` with a registered method; returns the weights and the coefficients."""
     coefs = merge_coefficients(method, len(ingredients), base is not None, **params)
     return linear_merge(ingredients, coefs, base), coefs
-
-
-def wise_sweep(
-    finetuned: Sequence[Source], base: Source, alphas: Sequence[float]
-) -> Iterator[tuple[float, StateDict]]:
-    """WiSE-FT interpolation for each alpha in turn (one merged model alive at a time)."""
-    for alpha in alphas:
-        yield float(alpha), merge("wise", finetuned, base, alpha=float(alpha))[0]

@@ -2,8 +2,9 @@
 
 Decoding (PIL) runs in DataLoader workers and yields (H, W, 3) uint8 arrays of one size, so
 batches are cheap to move; random-resized-crop, flip and normalisation run batched on the GPU
-with kornia (LIFT: bicubic RRC to the model size, flip, CLIP mean/std). LIFT+'s minimalist
-crops (square, minimum scale growing over the epochs) and five-crop TTE are options.
+with kornia (RRC to the model size, flip, CLIP mean/std). Resizing is `bilinear` (LIFT and
+LT-Soups) or `bicubic` (LIFT+). LIFT+'s minimalist crops (square, minimum scale growing over
+the epochs) and five-crop TTE are options.
 """
 
 from __future__ import annotations
@@ -44,9 +45,19 @@ class DecodedImages(torch.utils.data.Dataset):
         return torch.from_numpy(self.transform.to_uint8(self.images.load(int(i)))), self.labels[i]
 
 
-def decode_transform(side: int, mean, std) -> EvalTransform:
-    """Shorter side -> `side`, centre crop side x side (bicubic, as LIFT)."""
-    return EvalTransform(size=int(side), crop_size=(int(side), int(side)), mean=tuple(mean), std=tuple(std))
+def decode_transform(side: int, mean, std, interpolation: str = "bilinear") -> EvalTransform:
+    """Shorter side -> `side`, centre crop side x side (PIL, `interpolation`)."""
+    return EvalTransform(size=int(side), crop_size=(int(side), int(side)), mean=tuple(mean), std=tuple(std),
+                         resample=interpolation)
+
+
+def test_transform(spec: dict) -> EvalTransform:
+    """The test/validation transform of a model's input spec: shorter side -> round(size * ratio),
+    centre crop size (ratio 256/224: LIFT's and the LT-Soups authors' resize 256 + crop 224)."""
+    size = spec["size"]
+    return EvalTransform(size=round(size * spec["test_resize_ratio"]), crop_size=(size, size),
+                         mean=tuple(spec["mean"]), std=tuple(spec["std"]),
+                         resample=spec.get("interpolation", "bicubic"))  # runs saved before the option
 
 
 class Normalize(nn.Module):
@@ -66,13 +77,14 @@ class Normalize(nn.Module):
 
 @AUGMENTATIONS.register("rrc_flip")
 class RandomResizedCropFlip(nn.Module):
-    """LIFT's train transform on the device: bicubic random-resized-crop, horizontal flip, normalise."""
+    """The train transform on the device: random-resized-crop, horizontal flip, normalise."""
 
-    def __init__(self, size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> None:
+    def __init__(self, size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                 interpolation: str = "bilinear") -> None:
         super().__init__()
         self.norm = Normalize(mean, std)
         self.crop = K.RandomResizedCrop((size, size), scale=tuple(scale), ratio=tuple(ratio),
-                                        resample="BICUBIC", align_corners=False)
+                                        resample=interpolation.upper(), align_corners=False)
         self.flip = K.RandomHorizontalFlip()
 
     def forward(self, batch: Tensor) -> Tensor:
@@ -84,21 +96,22 @@ class RandomResizedCropFlip(nn.Module):
 class ResizeOnly(nn.Module):
     """No randomness: resize the decoded square to the model size and normalise."""
 
-    def __init__(self, size: int, mean, std, scale=None, ratio=None) -> None:
+    def __init__(self, size: int, mean, std, scale=None, ratio=None, interpolation: str = "bilinear") -> None:
         super().__init__()
-        self.size = size
+        self.size, self.mode = size, interpolation
         self.norm = Normalize(mean, std)
 
     def forward(self, batch: Tensor) -> Tensor:
         x = self.norm.to_float(batch)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bicubic",
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode=self.mode,
                                                 align_corners=False, antialias=True).clamp_(0.0, 1.0)
         return self.norm(x)
 
 
 def train_augmentation(name: str, size: int, mean, std, scale: tuple[float, float],
-                       schedule: str = "none", epoch: int = 0, epochs: int = 1) -> nn.Module:
+                       schedule: str = "none", epoch: int = 0, epochs: int = 1,
+                       interpolation: str = "bilinear") -> nn.Module:
     """The epoch's train augmentation; with a crop schedule (LIFT+), square crops whose minimum
     scale moves from scale[0] (first epoch) towards scale[1] (last epoch)."""
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -107,7 +120,7 @@ def train_augmentation(name: str, size: int, mean, std, scale: tuple[float, floa
         s = CROP_SCHEDULES.get(schedule)(min(max(t, 0.0), 1.0))
         scale = (scale[0] + s * (scale[1] - scale[0]), scale[1])
         ratio = (1.0, 1.0)
-    return AUGMENTATIONS.get(name)(size, mean, std, scale=scale, ratio=ratio)
+    return AUGMENTATIONS.get(name)(size, mean, std, scale=scale, ratio=ratio, interpolation=interpolation)
 
 
 def five_crops(batch: Tensor, size: int) -> Tensor:

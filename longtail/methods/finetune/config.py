@@ -1,7 +1,9 @@
-"""The fine-tuning configuration: one flat dataclass, so every field is a `key=value` override.
+"""The fine-tuning configuration: one flat dataclass, so every field is a `KEY=VALUE` override.
 
-Dict-valued fields (`data_options`, `adapter_options`, `loss_options`) take sub-keys with a dot:
-`loss_options.gamma=0.06`. Presets (presets.py) fill the fields; users override them last.
+Dict-valued fields (`data_options`, `backbone_options`, `adapter_options`, `loss_options`,
+`origin`) take sub-keys with a dot (`loss_options.gamma=0.06`, via `longtail.config.apply_overrides`).
+Presets (presets.py) fill the fields; users override them last. Construction validates every
+range and every registry name, so a typo fails before any data or model is loaded.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from longtail.config import update_dataclass
 from longtail.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "no")
+SCHEDULE_UNITS = ("epoch", "step")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 @dataclass
@@ -19,25 +24,29 @@ class FitConfig:
     """Everything a fine-tuning run depends on (written to the run's config.yaml)."""
 
     # --- data -----------------------------------------------------------------------------
-    dataset: str = "synthetic_images"  # data preset name (presets.DATA_PRESETS)
-    data_spec: str = "synthetic_images"  # what `open_images` gets (preset, folder, list file, ...)
+    dataset: str = "synthetic_images"  # data-layer dataset name (or any open_images spec)
     data_options: dict[str, Any] = field(default_factory=dict)  # extra open_images options
     root: str | None = None  # dataset root folder (real datasets)
     train_list: str | None = None  # list file of the training split (ImageNet-LT, Places-LT, ...)
     test_list: str | None = None  # list file of the test split
     test_split: str = "test"
-    decode_size: int | None = None  # CPU decode side for training images; None: image_size*256/224
+    val_split: str | None = None  # selection split; None: the first val_per_class test images per class
+    val_per_class: int = 0  # > 0: hold out that many test images per class for selection (not tested on)
+    balance_exponent: int | None = None  # train on n'_c = min(n_c, n_min 2^i) (LT-Soups); None: all
+    subset_seed: int = 0  # seed of that per-class draw (LT-Soups: the exponent's position in F)
+    decode_size: int | None = None  # CPU decode side of training images; None: image_size * test_resize_ratio
     num_workers: int = 4  # DataLoader workers that decode JPEGs into uint8 tensors
     # --- backbone -------------------------------------------------------------------------
     backbone: str = "tiny_clip"  # longtail.models.load_backbone name, hub id or folder
     backbone_options: dict[str, Any] = field(default_factory=dict)
     # --- method ---------------------------------------------------------------------------
     method: str = "lift"  # method preset name (presets.METHOD_PRESETS), recorded for reports
-    adapter: str = "adaptformer"  # longtail.models.adapters name: adaptformer, sg-adapter, lora, none, full, ...
+    adapter: str = "adaptformer"  # longtail.models.adapters name; none = head only, full = every backbone weight
     adapter_options: dict[str, Any] = field(default_factory=dict)  # e.g. adapter_options.r=8
     head_init: str = "text"  # text | class_mean | random (HEAD_INITS)
     templates: str = "lift"  # template set for text init: lift (1) | sage60 (60)
-    scale: float = 25.0  # cosine-classifier scale s (LIFT: 25)
+    scale: float = 25.0  # cosine-classifier scale s (LIFT: 25, LT-Soups: 30)
+    init_from: str | None = None  # fit run folder whose weights start training (LT-Soups stage 2)
     loss: str = "la"  # loss registry name: ce, la, balanced-softmax, cf, ccar, ccar-la, ccar-bs
     loss_options: dict[str, Any] = field(default_factory=lambda: {"tau": 1.0})
     fit: bool = False  # Sage FIT: zero-shot cross logits with learnable s1, s2
@@ -45,18 +54,25 @@ class FitConfig:
     lambda2: float = 0.0  # weight of l(z_t)
     lambda3: float = 0.0  # weight of l(z_hat)
     # --- optimisation ---------------------------------------------------------------------
-    optimizer: str = "sgd"  # sgd | adamw
+    optimizer: str = "sgd"  # OPTIMIZERS: sgd | adamw
     lr: float = 0.01
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 5e-4
     epochs: int = 10
+    steps: int | None = None  # optimizer-step budget (LT-Soups); None: epochs over the data
     batch_size: int = 128  # global batch per optimizer step (all processes, all micro-batches)
     grad_accum: int = 1  # micro-batches per optimizer step
-    lr_schedule: str = "cosine"  # cosine | constant
+    lr_schedule: str = "cosine"  # SCHEDULES: cosine | constant
     schedule_unit: str = "epoch"  # epoch (LIFT: the LR changes once per epoch) | step
     warmup_epochs: float = 0.0  # linear warmup length, in epochs
+    warmup_steps: int | None = None  # linear warmup length in steps (overrides warmup_epochs)
+    warmup_start_factor: float = 1e-6  # step unit: the warmup starts at this fraction of lr
+    final_lr_fraction: float = 0.0  # the cosine ends at this fraction of lr (LT-Soups: 0.1)
+    ema_decay: float | None = None  # EMA of the trained weights (LT-Soups: 0.99); None: off
+    n_evals: int = 0  # best-of-N: validate N times, keep the best (EMA) weights; 0: the last weights
     # --- augmentation and test ------------------------------------------------------------
     augment: str = "rrc_flip"  # rrc_flip | none (AUGMENTATIONS)
+    interpolation: str = "bilinear"  # image resizing: bilinear (LIFT, LT-Soups) | bicubic (LIFT+)
     crop_scale_min: float = 0.08
     crop_scale_max: float = 1.0
     crop_schedule: str = "none"  # LIFT+ minimalist crops: none | linear | convex | concave | min | max
@@ -64,15 +80,18 @@ class FitConfig:
     tte: bool = False  # five-crop test-time ensembling (shorter side -> size+24)
     eval_batch_size: int = 256
     # --- system ---------------------------------------------------------------------------
-    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU) | bf16 | fp16 | no
+    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | no; CPU: fp32
     device: str = "auto"
     seed: int = 0
-    save_every: int = 0  # also checkpoint every N optimizer steps (0: at epoch ends only)
+    save_every: int = 0  # also checkpoint every N optimizer steps
+    keep_checkpoints: bool = True  # keep the resume checkpoint once the run finished
     progress: bool = True
+    origin: dict[str, Any] = field(default_factory=dict)  # provenance only (LT-Soups: exponent, branch)
 
     def __post_init__(self) -> None:
         checks = [
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.steps is None or self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}"),
             (self.batch_size % self.grad_accum == 0,
@@ -82,12 +101,48 @@ class FitConfig:
              f"need 0 < crop_scale_min <= crop_scale_max <= 1, got {self.crop_scale_min}, {self.crop_scale_max}"),
             (self.scale > 0, f"scale must be > 0, got {self.scale}"),
             (min(self.lambda1, self.lambda2, self.lambda3) >= 0, "lambda1..3 must be >= 0"),
-            (self.schedule_unit in ("epoch", "step"), f"schedule_unit must be epoch or step, got {self.schedule_unit}"),
-            (self.precision in ("auto", "bf16", "fp16", "no"), f"precision must be auto, bf16, fp16 or no, got {self.precision}"),
+            (self.schedule_unit in SCHEDULE_UNITS, f"schedule_unit must be epoch or step, got {self.schedule_unit}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision}"),
+            (self.interpolation in INTERPOLATIONS,
+             f"interpolation must be bilinear or bicubic, got {self.interpolation}"),
+            (0 < self.warmup_start_factor <= 1, f"warmup_start_factor must be in (0, 1], got {self.warmup_start_factor}"),
+            (0 <= self.final_lr_fraction <= 1, f"final_lr_fraction must be in [0, 1], got {self.final_lr_fraction}"),
+            (self.ema_decay is None or 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.n_evals >= 0, f"n_evals must be >= 0, got {self.n_evals}"),
+            (self.val_per_class >= 0, f"val_per_class must be >= 0, got {self.val_per_class}"),
+            (self.n_evals == 0 or self.val_per_class > 0 or self.val_split is not None,
+             "n_evals > 0 selects on validation images: set val_per_class=N or val_split=NAME"),
+            (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
+            (self.test_resize_ratio >= 1, f"test_resize_ratio must be >= 1, got {self.test_resize_ratio}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Every registry name (UnknownNameError lists the valid ones); imports, no data."""
+        from longtail.methods.finetune.augment import AUGMENTATIONS, CROP_SCHEDULES
+        from longtail.methods.finetune.model import HEAD_INITS
+        from longtail.methods.finetune.optim import OPTIMIZERS, SCHEDULES
+        from longtail.methods.losses import loss_parameters
+        from longtail.models.adapters import make_adapter_config
+        from longtail.models.templates import get_templates
+
+        OPTIMIZERS.get(self.optimizer)
+        SCHEDULES.get(self.lr_schedule)
+        AUGMENTATIONS.get(self.augment)
+        if self.crop_schedule != "none":
+            CROP_SCHEDULES.get(self.crop_schedule)
+        HEAD_INITS.get(self.head_init)
+        get_templates(self.templates)
+        accepted = loss_parameters(self.loss)
+        unknown = sorted(set(self.loss_options) - set(accepted))
+        if unknown:
+            raise ConfigError(f"loss '{self.loss}' has no parameter {unknown[0]!r}; "
+                              f"it accepts: {', '.join(accepted) or 'none'}")
+        make_adapter_config(self.adapter, **self.adapter_options)
+        _check_dataset(self.dataset)
 
     @property
     def micro_batch(self) -> int:
@@ -97,42 +152,23 @@ class FitConfig:
         return dataclasses.asdict(self)
 
 
-DICT_FIELDS = ("data_options", "backbone_options", "adapter_options", "loss_options")
+def _check_dataset(name: str) -> None:
+    """A bare name must be a data-layer dataset; paths and `hf:` specs are checked when opened."""
+    if any(c in name for c in "/\\:."):
+        return
+    from longtail.data.presets import DATASETS
+
+    DATASETS.get(name)
 
 
 def valid_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(FitConfig)]
 
 
-def apply_overrides(cfg: FitConfig, overrides: dict[str, Any]) -> FitConfig:
-    """`cfg` with `overrides`; 'name.sub' keys update dict fields; unknown keys list the valid ones."""
-    plain: dict[str, Any] = {}
-    nested = {name: dict(getattr(cfg, name)) for name in DICT_FIELDS}
-    for key, value in overrides.items():
-        head, dot, sub = key.partition(".")
-        if dot:
-            if head not in nested:
-                raise ConfigError(
-                    f"'{key}': only {', '.join(DICT_FIELDS)} take dotted sub-keys; "
-                    f"valid keys: {', '.join(valid_keys())}"
-                )
-            nested[head][sub] = value
-        else:
-            plain[key] = value
-    plain = {k: _coerce(k, v) for k, v in plain.items()}
-    for name, value in nested.items():
-        plain.setdefault(name, value)
-    return update_dataclass(cfg, plain)
-
-
-_FLOAT_FIELDS = {f.name for f in dataclasses.fields(FitConfig) if f.type == "float"}
-_OPTIONAL_FIELDS = {f.name for f in dataclasses.fields(FitConfig) if "None" in str(f.type)}
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """YAML gives ints for '1': float fields get floats; optional fields take 'none' as None."""
-    if key in _OPTIONAL_FIELDS and isinstance(value, str) and value.lower() in ("none", "null"):
-        return None
-    if key in _FLOAT_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+def config_from_dict(values: dict[str, Any], where: str = "config") -> FitConfig:
+    """A FitConfig from a saved dict (config.yaml / adapter_config.json); unknown keys are errors."""
+    values = {k: v for k, v in values.items() if k not in ("kind", "format_version")}
+    unknown = sorted(set(values) - set(valid_keys()))
+    if unknown:
+        raise ConfigError(f"{where}: unknown fit config key '{unknown[0]}' (written by another longtail version?)")
+    return FitConfig(**values)

@@ -1,6 +1,11 @@
 """The fine-tuned classifier: backbone (+ adapter) -> post-LN CLS feature -> cosine head, plus FIT.
 
-With FIT (Sage, METHODS.md 5.4) the model also runs the frozen zero-shot encoder on the same
+One class for every fine-tuning run (LIFT, LIFT+, Sage, linear probe, full fine-tuning, LT-Soups
+ingredients and stage 2) and one state-dict layout: `weights()` holds the trainable tensors
+(`backbone.model.vision_model.*` for adapters / full fine-tuning, `head.weight`, `s1`, `s2`),
+`w_zs`, and any backbone tensor loaded from another run (`init_from`).
+
+With FIT (Sage, docs/methods.md §5.4) the model also runs the frozen zero-shot encoder on the same
 (augmented) pixels, in eval mode under no_grad, and returns the cross logits
 z_v = s cos(W, f_zs), z_t = s cos(W_zs, f) and z_hat = z + s1 z_v + s2 z_t.
 """
@@ -155,6 +160,32 @@ class FineTuneModel(nn.Module):
                 if tuple(target.shape) != tuple(value.shape):
                     raise DataError(f"checkpoint '{name}' has shape {tuple(value.shape)}, expected {tuple(target.shape)}")
                 target.copy_(value)
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Load saved `weights()`: every trainable tensor must be there; other tensors (e.g. a
+        soup's backbone under a head-only run) must name a tensor of this model and are kept in
+        `weights()` from now on."""
+        trainable = set(self.trainable_state_dict())
+        own = self.state_dict()
+        missing = sorted(trainable - set(state))
+        unexpected = sorted(set(state) - set(own) - {"w_zs"})
+        if missing or unexpected:
+            raise DataError(f"weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        self.load_trainable_state_dict({k: state[k] for k in trainable})
+        extra = sorted(set(state) - trainable)
+        with torch.no_grad():
+            for name in extra:
+                if tuple(own[name].shape) != tuple(state[name].shape):
+                    raise DataError(f"weights '{name}' have shape {tuple(state[name].shape)}, expected {tuple(own[name].shape)}")
+                own[name].copy_(state[name])
+        self.extra_keys = tuple(sorted(set(getattr(self, "extra_keys", ())) | set(extra)))
+
+    def weights(self) -> dict[str, Tensor]:
+        """What a run saves: `trainable_state_dict()` plus the backbone tensors loaded from elsewhere."""
+        state = self.trainable_state_dict()
+        own = self.state_dict()
+        state.update({k: own[k].detach() for k in getattr(self, "extra_keys", ()) if k not in state})
+        return state
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

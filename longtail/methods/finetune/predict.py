@@ -1,12 +1,14 @@
-"""Inference for fine-tuned models: the LIFT test transform, optional five-crop TTE, batched logits.
+"""Inference for fine-tuned models: the one prediction loop (logits, or frozen features).
 
-Test transform: shorter side -> round(size * 256/224), centre crop size (decoded in CPU
-workers); TTE: shorter side -> size + 24, the four corner crops and the centre crop on the
-device, logits averaged over the five crops.
+Test transform: shorter side -> round(size * test_resize_ratio), centre crop size, decoded
+in CPU workers (`augment.test_transform`); TTE: shorter side -> size + 24, the four corner
+crops and the centre crop on the device, logits averaged over the five crops.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,78 +17,82 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from longtail.device import resolve_device
-from longtail.methods.finetune.augment import DecodedImages, Normalize, decode_transform, five_crops
-from longtail.models.preprocess import EvalTransform
+from longtail.methods.finetune.augment import (
+    DecodedImages,
+    Normalize,
+    decode_transform,
+    five_crops,
+    test_transform,
+)
 
 
 def input_spec(backbone: nn.Module, cfg: Any) -> dict[str, Any]:
-    """The model's input size and normalisation (from its eval transform) + the test resize ratio."""
+    """The model's input size and normalisation (from its eval transform), test resize ratio and
+    interpolation: what `predict_logits` needs, saved with the weights."""
     transform = backbone.transform
     return {"size": int(transform.output_size[0]), "mean": list(transform.mean),
-            "std": list(transform.std), "test_resize_ratio": float(cfg.test_resize_ratio)}
+            "std": list(transform.std), "test_resize_ratio": float(cfg.test_resize_ratio),
+            "interpolation": cfg.interpolation}
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """Mixed precision on CUDA per `precision` (auto: bf16 if supported, else fp16); off on CPU."""
     if device.type != "cuda" or precision == "no":
         return torch.autocast(device.type, enabled=False)
     dtype = torch.float16 if precision == "fp16" or not torch.cuda.is_bf16_supported() else torch.bfloat16
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _loader(dataset, transform: EvalTransform, batch_size: int, num_workers: int, device) -> DataLoader:
-    return DataLoader(DecodedImages(dataset, transform), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, pin_memory=device.type == "cuda")
-
-
 @torch.no_grad()
+def predict(forward: Callable[[Tensor], Tensor], dataset, spec: dict[str, Any], batch_size: int = 256,
+            device: str | torch.device = "auto", num_workers: int = 0, precision: str = "auto",
+            tte: bool = False, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(outputs (N, K) float32, labels (N,)) of `forward` over a dataset's test-transformed images.
+
+    `forward` maps a normalised (B, 3, size, size) batch to (B, K); with `tte` it sees the
+    five crops as one batch and the outputs are averaged over them.
+    """
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    size = spec["size"]
+    transform = (decode_transform(size + 24, spec["mean"], spec["std"], spec.get("interpolation", "bicubic"))
+                 if tte else test_transform(spec))
+    norm = Normalize(spec["mean"], spec["std"]).to(device)
+    loader = DataLoader(DecodedImages(dataset, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    out: list[Tensor] = []
+    labels: list[Tensor] = []
+    for images, y in tqdm(loader, desc="predict", disable=not (progress and sys.stderr.isatty()), leave=False):
+        x = norm(norm.to_float(images.to(device, non_blocking=True)))
+        with autocast(device, precision):
+            if tte:
+                z = forward(five_crops(x, size).flatten(0, 1)).float().view(5, x.shape[0], -1).mean(0)
+            else:
+                z = forward(x).float()
+        out.append(z.cpu())
+        labels.append(y)
+    return torch.cat(out).numpy().astype(np.float32), torch.cat(labels).numpy()
+
+
 def predict_logits(model: nn.Module, dataset, batch_size: int = 256, tte: bool = False,
                    device: str | torch.device = "auto", num_workers: int = 0,
                    precision: str = "auto", progress: bool = False) -> np.ndarray:
-    """(N, C) float32 prediction logits (z_hat; averaged over the five crops with TTE)."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    spec = model.input_spec
-    size = spec["size"]
+    """(N, C) float32 prediction logits (z_hat) of a FineTuneModel, in eval mode."""
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    if tte:
-        transform = decode_transform(size + 24, spec["mean"], spec["std"])
-    else:
-        transform = EvalTransform(size=round(size * spec["test_resize_ratio"]), crop_size=(size, size),
-                                  mean=tuple(spec["mean"]), std=tuple(spec["std"]))
-    norm = Normalize(spec["mean"], spec["std"]).to(device)
     was_training = model.training
     model.eval().to(device)
-    out: list[Tensor] = []
-    loader = _loader(dataset, transform, batch_size, num_workers, device)
     try:
-        for images, _ in tqdm(loader, desc="predict", disable=not (progress and sys.stderr.isatty()), leave=False):
-            x = norm(norm.to_float(images.to(device, non_blocking=True)))
-            with _autocast(device, precision):
-                if tte:
-                    crops = five_crops(x, size)  # (5, B, 3, size, size)
-                    z = model(crops.flatten(0, 1))["z_hat"].float().view(5, x.shape[0], -1).mean(0)
-                else:
-                    z = model(x)["z_hat"].float()
-            out.append(z.cpu())
+        logits, _ = predict(lambda x: model(x)["z_hat"], dataset, model.input_spec, batch_size, device,
+                            num_workers, precision, tte, progress)
     finally:
         model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float32)
+    return logits
 
 
-@torch.no_grad()
 def frozen_features(backbone: nn.Module, dataset, cfg: Any, device) -> tuple[Tensor, Tensor]:
     """Frozen-backbone features of a dataset with the test transform (for class-mean init)."""
-    spec = input_spec(backbone, cfg)
-    size = spec["size"]
-    transform = EvalTransform(size=round(size * spec["test_resize_ratio"]), crop_size=(size, size),
-                              mean=tuple(spec["mean"]), std=tuple(spec["std"]))
-    norm = Normalize(spec["mean"], spec["std"]).to(device)
     backbone.eval().to(device)
-    feats, labels = [], []
-    for images, y in _loader(dataset, transform, cfg.eval_batch_size, cfg.num_workers, device):
-        with _autocast(device, cfg.precision):
-            feats.append(backbone.forward_features(norm(norm.to_float(images.to(device)))).float().cpu())
-        labels.append(y)
-    return torch.cat(feats), torch.cat(labels)
+    feats, labels = predict(backbone.forward_features, dataset, input_spec(backbone, cfg), cfg.eval_batch_size,
+                            device, cfg.num_workers, cfg.precision)
+    return torch.from_numpy(feats), torch.from_numpy(labels)

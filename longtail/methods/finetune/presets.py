@@ -1,37 +1,32 @@
 """Presets on three axes, as in LIFT+: data (-d), backbone (-b) and method (-m).
 
-Each preset is a dict of FitConfig fields. They are applied in the order data, backbone,
-method, the method's per-dataset entry (e.g. Sage's Table 8), then the user's key=value pairs.
+-d takes any dataset name of the data layer (`longtail.data.presets.DATASETS`, e.g.
+`cifar100_ir100`, `synthetic_images`); `DATASET_SETTINGS` holds the fine-tuning settings
+that depend on the dataset (decode size, epochs). Backbone and method presets are dicts of
+FitConfig fields. They apply in the order dataset settings, backbone, method, the method's
+per-dataset entry (e.g. Sage's Table 8), then the user's KEY=VALUE pairs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from longtail.methods.finetune.config import FitConfig, apply_overrides
+from longtail.config import apply_overrides
+from longtail.methods.finetune.config import FitConfig
 from longtail.registry import Registry
 
-DATA_PRESETS: Registry[dict[str, Any]] = Registry("data preset")
 BACKBONE_PRESETS: Registry[dict[str, Any]] = Registry("backbone preset")
 METHOD_PRESETS: Registry[dict[str, Any]] = Registry("method preset")
-# method -> {data preset -> overrides}: per-dataset hyperparameters of a method
+# dataset name -> fine-tuning settings; method -> {dataset -> overrides} (per-dataset hyperparameters)
+DATASET_SETTINGS: dict[str, dict[str, Any]] = {}
 PER_DATASET: dict[str, dict[str, dict[str, Any]]] = {}
 
-# --- data (METHODS.md section 7) -------------------------------------------------------------
-DATA_PRESETS.register("synthetic_images", {
-    "data_spec": "synthetic_images", "num_workers": 0,
-})
-for _ir in (100, 50, 10):
-    DATA_PRESETS.register(f"cifar100_ir{_ir}", {
-        "data_spec": "cifar100_lt", "data_options": {"ir": _ir},
-        "decode_size": 32,  # keep the 32-px originals; the GPU crop-resize upsamples (LIFT)
-    })
-    DATA_PRESETS.register(f"cifar10_ir{_ir}", {
-        "data_spec": "cifar10_lt", "data_options": {"ir": _ir}, "decode_size": 32,
-    })
-DATA_PRESETS.register("imagenet_lt", {"data_spec": "imagenet_lt"})
-DATA_PRESETS.register("places_lt", {"data_spec": "places_lt"})
-DATA_PRESETS.register("inat2018", {"data_spec": "inat2018", "epochs": 20})
+# --- datasets (docs/methods.md §7) ------------------------------------------------------------
+DATASET_SETTINGS["synthetic_images"] = {"num_workers": 0}
+_CIFAR = {"decode_size": 32}  # keep the 32-px originals; the device crop-resize upsamples (LIFT)
+for _name in ("cifar10_lt", "cifar100_lt", "cifar100_controlled",
+              *(f"cifar{c}_ir{ir}" for c in (10, 100) for ir in (100, 50, 10))):
+    DATASET_SETTINGS[_name] = dict(_CIFAR)
 
 # --- backbones: fine-tuning settings per backbone; any other name goes to load_backbone ---------
 BACKBONE_PRESETS.register("tiny_clip", {"backbone": "tiny_clip", "eval_batch_size": 64, "num_workers": 0})
@@ -41,19 +36,20 @@ BACKBONE_PRESETS.register("clip_vit_l14", {"backbone": "clip_vit_l14"})
 
 # --- methods ---------------------------------------------------------------------------------
 _LIFT_OPTIM = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
-               "batch_size": 128, "lr_schedule": "cosine", "schedule_unit": "epoch"}
+               "batch_size": 128, "lr_schedule": "cosine", "schedule_unit": "epoch",
+               "interpolation": "bilinear"}  # LIFT's code resizes bilinearly
 
-METHOD_PRESETS.register("lift", {  # METHODS.md 1.3-1.4 (LIFT code defaults)
+METHOD_PRESETS.register("lift", {  # docs/methods.md §1.3-1.4 (LIFT code defaults)
     **_LIFT_OPTIM, "epochs": 10, "adapter": "adaptformer", "head_init": "text",
     "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
     "augment": "rrc_flip", "crop_schedule": "none",
 })
 METHOD_PRESETS.register("lift_plus", {  # LIFT+ code defaults: 5 epochs, lr 0.02, minimalist crops
-    **_LIFT_OPTIM, "lr": 0.02, "epochs": 5, "adapter": "adaptformer", "head_init": "text",
+    **_LIFT_OPTIM, "lr": 0.02, "epochs": 5, "interpolation": "bicubic", "adapter": "adaptformer", "head_init": "text",
     "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
     "augment": "rrc_flip", "crop_schedule": "convex",
 })
-METHOD_PRESETS.register("sage", {  # METHODS.md 5.5; defaults = the CIFAR-100-LT rho=100 row
+METHOD_PRESETS.register("sage", {  # docs/methods.md §5.5; defaults = the CIFAR-100-LT rho=100 row
     **_LIFT_OPTIM, "epochs": 10, "adapter": "sg-adapter", "adapter_options": {"alpha": 0.1},
     "head_init": "text", "templates": "sage60", "loss": "cf",
     "loss_options": {"gamma": 0.05, "mu": 0.5}, "fit": True,
@@ -77,7 +73,7 @@ def _sage_row(alpha: float, mu: float, gamma: float, l1: float, l2: float, l3: f
             "lambda1": l1, "lambda2": l2, "lambda3": l3}
 
 
-PER_DATASET["sage"] = {  # METHODS.md 5.5, Sage Table 8 [P]
+PER_DATASET["sage"] = {  # docs/methods.md §5.5, Sage Table 8 [P]
     "cifar100_ir100": _sage_row(0.1, 0.5, 0.05, 0.015, 0.015, 0.4),
     "cifar100_ir50": _sage_row(0.1, 0.5, 0.06, 0.0001, 0.010, 0.6),
     "cifar100_ir10": _sage_row(0.1, 0.5, 0.06, 0.002, 0.005, 0.2),
@@ -93,17 +89,19 @@ PER_DATASET["zero_shot"] = {"inat2018": {"epochs": 0}}
 
 
 def build_config(dataset: str, backbone: str, method: str, overrides: dict[str, Any] | None = None) -> FitConfig:
-    """FitConfig from the three presets plus the user's overrides (unknown keys are errors)."""
+    """FitConfig from the dataset settings, the backbone and method presets plus the user's
+    overrides (unknown keys and names are ConfigErrors, before anything is loaded)."""
     layers: list[dict[str, Any]] = [
-        DATA_PRESETS.get(dataset),
+        DATASET_SETTINGS.get(dataset, {}),
         BACKBONE_PRESETS.get(backbone) if backbone in BACKBONE_PRESETS else {"backbone": backbone},
         METHOD_PRESETS.get(method),  # replaces whole dict fields (e.g. sage's loss_options)
+        _flatten(PER_DATASET.get(method, {}).get(dataset, {})),
+        dict(overrides or {}),
     ]
     cfg = FitConfig(dataset=dataset, method=method)
     for layer in layers:
         cfg = apply_overrides(cfg, layer)
-    cfg = apply_overrides(cfg, _flatten(PER_DATASET.get(method, {}).get(dataset, {})))
-    return apply_overrides(cfg, dict(overrides or {}))
+    return cfg
 
 
 def _flatten(layer: dict[str, Any]) -> dict[str, Any]:

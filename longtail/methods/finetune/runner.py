@@ -1,48 +1,77 @@
 """A whole fine-tuning run: run folder, training (resumable), final weights, metrics, report.
 
-Also what `longtail eval` / `report` use on fit runs: `load_finetuned(run_dir)` rebuilds the
-model from the folder and `evaluate_fit_run` is registered for run kind "fit".
+Files of a fit run: config.yaml, env.json, status.json, data_stats.json (what was trained
+on), classes.json (class names, full training counts, groups), adapter_model.safetensors +
+adapter_config.json (`FineTuneModel.weights()` and the config that rebuilds the model),
+metrics.json, per_class.csv, report.html, and checkpoints/ while (or, with
+keep_checkpoints, after) it runs.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from longtail.errors import ConfigError, DataError
-from longtail.eval.evaluators import RUN_EVALUATORS
-from longtail.io import read_json
+from longtail.errors import ConfigError
 from longtail.methods.finetune import checkpoint as ckpt
-from longtail.methods.finetune.config import FitConfig, valid_keys
-from longtail.methods.finetune.trainer import (
-    FitResult,
-    evaluate_model,
-    make_accelerator,
-    open_split,
-    train,
-)
+from longtail.methods.finetune.config import FitConfig, config_from_dict
+from longtail.methods.finetune.engine import FitResult, make_accelerator, train_loop
+from longtail.methods.finetune.loading import CLASSES, evaluate_model
 
 KIND = "fit"
-CLASSES = "classes.json"
-RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device")
+RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device", "save_every", "keep_checkpoints", "origin")
 
 
 def config_from_run(run_dir: str | Path) -> FitConfig:
-    """The FitConfig a run folder was made with."""
+    """The FitConfig a fit run folder was made with (ConfigError if it is another kind of run)."""
     from longtail.runs import load_run
 
-    return FitConfig(**{k: v for k, v in load_run(run_dir)["config"].items() if k in valid_keys()})
+    config = load_run(run_dir)["config"]
+    if config.get("kind") != KIND:
+        raise ConfigError(f"{run_dir} is a '{config.get('kind')}' run, not a fit run")
+    return config_from_dict(config, f"{run_dir}/config.yaml")
+
+
+def check_resumable(saved: FitConfig, cfg: FitConfig) -> None:
+    """A resumed run must keep every setting but the runtime-only ones (one-line error naming it)."""
+    new, old = cfg.to_dict(), saved.to_dict()
+    for key in new:
+        if key not in RESUME_SAFE_KEYS and new[key] != old[key]:
+            raise ConfigError(f"--resume: '{key}' differs from the run's ({old[key]!r} -> {new[key]!r}); "
+                              f"only {', '.join(RESUME_SAFE_KEYS)} may change")
+
+
+def train(cfg: FitConfig, run=None, stop_after_steps: int | None = None, accelerator=None,
+          on_step: Callable[[int], None] | None = None) -> FitResult:
+    """Build data, backbone, model and loss per `cfg`, then run the engine (see engine.train_loop)."""
+    from longtail.methods.finetune.data import open_splits
+    from longtail.methods.finetune.model import FitLoss, build_model
+    from longtail.methods.finetune.predict import frozen_features, input_spec
+    from longtail.methods.losses import make_loss
+    from longtail.models.backbone import load_backbone
+
+    acc = accelerator or make_accelerator(cfg)
+    splits = open_splits(cfg, test=False)
+    backbone = load_backbone(cfg.backbone, **cfg.backbone_options)
+    model = build_model(cfg, backbone, splits.train.class_names,
+                        lambda: frozen_features(backbone, splits.train, cfg, acc.device))
+    if cfg.init_from:
+        model.load_weights(ckpt.load_weights(cfg.init_from)[0])
+    model.input_spec = input_spec(backbone, cfg)
+    base = make_loss(cfg.loss, splits.train.class_counts(), **cfg.loss_options)
+    criterion = FitLoss(base, (cfg.lambda1, cfg.lambda2, cfg.lambda3))
+    result = train_loop(cfg, acc, model, criterion, splits.train, splits.val, run, stop_after_steps, on_step)
+    result.splits = splits
+    return result
 
 
 def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
-        stop_after_steps: int | None = None, report: bool = True) -> FitResult:
+        stop_after_steps: int | None = None, report: bool = True,
+        on_step: Callable[[int], None] | None = None) -> FitResult:
     """Train and evaluate per `cfg` in a new run folder `out` (or continue the run at `out`)."""
     from accelerate.utils import broadcast_object_list
 
-    from longtail.data.stats import class_stats
     from longtail.runs import create_run
 
     acc = make_accelerator(cfg)
@@ -51,6 +80,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
         if resume:
             if out is None or not (Path(out) / "config.yaml").is_file():
                 raise ConfigError(f"--resume needs the folder of an existing fit run, got {out}")
+            check_resumable(config_from_run(out), cfg)
             run = create_run(out, KIND, cfg.to_dict(), staged=False, resume=True)
         else:
             run = create_run(out, KIND, cfg.to_dict(), seed=cfg.seed, device=cfg.device, staged=False)
@@ -58,68 +88,45 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     if run is None:  # other ranks: same folder, checkpoints are written by the main process
         run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True)
     try:
-        result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc)
+        result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
     except BaseException:
         # A new run that fails before its first checkpoint has nothing to resume: remove it,
         # so the same --out can be used again. Runs with a checkpoint stay for --resume.
-        if not resume and acc.is_main_process and not (run.dir / "checkpoints" / ckpt.LATEST).exists():
+        if not resume and acc.is_main_process and not (run.dir / ckpt.CHECKPOINTS / ckpt.LATEST).exists():
             shutil.rmtree(run.dir, ignore_errors=True)
         raise
     if result.interrupted or not acc.is_main_process:
         return result
-    train_set = open_split(cfg, "train")
-    counts = train_set.class_counts()
-    stats = class_stats(counts, train_set.class_names, group_counts=train_set.group_counts)
-    run.write_json("data_stats.json", stats.to_dict())
-    run.write_json(CLASSES, {"class_names": train_set.class_names, "train_counts": counts,
-                             "group_counts": train_set.group_counts})
-    ckpt.save_weights(run.dir, result.model.trainable_state_dict(),
+    finish_run(run, cfg, result, report)
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(run.dir / ckpt.CHECKPOINTS, ignore_errors=True)
+    return result
+
+
+def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True) -> None:
+    """Write a trained model's side files, weights, metrics and report into its run folder."""
+    from longtail.data.stats import class_stats
+    from longtail.methods.finetune.data import open_split
+
+    splits = result.splits
+    full, train_set = splits.full_train, splits.train
+    run.write_json("data_stats.json", class_stats(train_set.class_counts(), train_set.class_names,
+                                                  group_counts=train_set.group_counts).to_dict())
+    counts = full.class_counts()
+    run.write_json(CLASSES, {"class_names": full.class_names, "train_counts": counts,
+                             "group_counts": full.group_counts})
+    ckpt.save_weights(run.dir, result.model.weights(),
                       {"kind": KIND, "config": cfg.to_dict(), "input_spec": result.model.input_spec})
-    test_set = open_split(cfg, cfg.test_split)
-    metrics = evaluate_model(result.model, cfg, test_set, counts, train_set.group_counts, train_set.class_names)
+    test_set = splits.test if splits.test is not None else open_split(cfg, cfg.test_split)
+    metrics = evaluate_model(result.model, cfg, test_set, counts, full.group_counts, full.class_names)
     metrics.update(result.metrics["throughput"])
     metrics["history"] = result.history
+    if result.selection:
+        metrics["selection"] = result.selection
     metrics["method"], metrics["label"] = cfg.method, f"{cfg.method}/{cfg.backbone}/{cfg.dataset}"
-    from longtail.experiment import write_per_class_csv
-
-    write_per_class_csv(run.path("per_class.csv"), metrics.get("per_class", []))
     run.finish(metrics)
     if report:
         from longtail.eval.report import write_report
 
         write_report(run.dir)
     result.metrics = metrics
-    return result
-
-
-def load_finetuned(run_dir: str | Path, device: str = "auto"):
-    """(model ready for predict_logits, class info dict) rebuilt from a finished fit run."""
-    from longtail.device import resolve_device
-    from longtail.methods.finetune.model import build_model
-    from longtail.models.backbone import load_backbone
-
-    run_dir = Path(run_dir)
-    state, meta = ckpt.load_weights(run_dir)
-    cfg = FitConfig(**{k: v for k, v in meta["config"].items() if k in valid_keys()})
-    info = read_json(run_dir / CLASSES)
-    backbone = load_backbone(cfg.backbone, **cfg.backbone_options)
-    model = build_model(cfg, backbone, info["class_names"], init=False)
-    model.load_trainable_state_dict(state)
-    model.input_spec = meta["input_spec"]
-    return model.to(resolve_device(device)).eval(), {**info, "config": cfg}
-
-
-@RUN_EVALUATORS.register(KIND)
-def evaluate_fit_run(run: dict[str, Any], test: str | None = None) -> dict[str, Any]:
-    """`longtail eval RUN [--test SPEC]`: rebuild the fine-tuned model and evaluate it."""
-    from longtail.data.images import open_images
-    from longtail.methods.finetune.trainer import evaluate_model
-
-    model, info = load_finetuned(run["folder"])
-    cfg: FitConfig = info["config"]
-    test_set = open_split(cfg, cfg.test_split) if test is None else open_images(test, split="test")
-    if test_set.class_names != info["class_names"]:
-        raise DataError(f"test set classes differ from the run's {len(info['class_names'])} training classes")
-    counts = np.asarray(info["train_counts"])
-    groups = None if info.get("group_counts") is None else np.asarray(info["group_counts"])
-    return evaluate_model(model, cfg, test_set, counts, groups, info["class_names"])

@@ -1,5 +1,5 @@
 """In-class nearest neighbours (blockwise, never an n x n matrix) and the local vMF
-concentration kappa_i of every training embedding (METHODS 4.3, 4.4 step 2).
+concentration kappa_i of every training embedding (docs/methods.md §4.3, §4.4 step 2).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from longtail.errors import DataError
-from longtail.methods.latent.vmf import banerjee_kappa
+from longtail.maths.vmf import banerjee_kappa
 
 # Similarity entries per block (rows x class size): 2^24 floats = 64 MiB in float32.
 BLOCK_ELEMENTS = 1 << 24

@@ -1,8 +1,9 @@
 """Probe methods `vmf-kde`, `gaussian-kde`, `smote`: oversample the (normalised) training
-embeddings, then train the probe's head on real + synthetic rows (METHODS 4.4 steps 3-5).
+embeddings, then train the probe's head on real + synthetic rows (docs/methods.md §4.4 steps 3-5).
 
-Options come from `cfg.method_params` (e.g. `--set
-method_params="{k_neighbors: 3}"`): any field of the oversampler plus `loss_prior`.
+Options come from `cfg.method_options` (e.g. `method_options.k_neighbors=3`): any field of the
+oversampler except seed/device (those are the probe's) plus `loss_prior`; they are checked
+when the ProbeConfig is built.
 
 Priors after resampling: the loss (LA, balanced-softmax, ...) uses the class counts of the
 data it is trained on, `loss_prior="resampled"` (default; with the default balanced targets LA
@@ -14,6 +15,7 @@ counts, so groups and any post-hoc `posthoc_tau` use the real training prior.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,33 @@ import torch.nn.functional as F
 
 from longtail.data.features import FeatureSet
 from longtail.errors import ConfigError
-from longtail.methods.latent.oversample import SyntheticSamples, make_oversampler
-from longtail.methods.probe import Probe, ProbeConfig, select_adjustments, train_head
-from longtail.methods.registry import PROBE_METHODS
+from longtail.methods.latent.oversample import OVERSAMPLERS, SyntheticSamples, make_oversampler
+from longtail.methods.probe.config import ProbeConfig
+from longtail.methods.probe.methods import add_zero_shot, adjust, initial_weights
+from longtail.methods.probe.model import Probe
+from longtail.methods.probe.registry import probe_method
+from longtail.methods.probe.train import train_head_with
 
 LOSS_PRIORS = ("resampled", "original")
 PLOT_CLASSES = 4  # tail classes shown in the diagnostic projection
+_PROBE_OWNED = ("seed", "device")  # oversampler fields set from the ProbeConfig, not method_options
+
+
+def _split_options(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(loss_prior, oversampler options) from method_options; ConfigError on a bad one."""
+    params = dict(options)
+    loss_prior = params.pop("loss_prior", "resampled")
+    if loss_prior not in LOSS_PRIORS:
+        raise ConfigError(f"loss_prior must be one of {LOSS_PRIORS}, got '{loss_prior}'")
+    owned = sorted(set(params) & set(_PROBE_OWNED))
+    if owned:
+        raise ConfigError(f"method '{name}': set {owned[0]} as the probe's own key ({owned[0]}=...), "
+                          "not in method_options")
+    valid = ["loss_prior"] + [f.name for f in fields(OVERSAMPLERS.get(name)) if f.name not in _PROBE_OWNED]
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ConfigError(f"method '{name}': unknown method_options key '{unknown[0]}' (valid: {', '.join(valid)})")
+    return loss_prior, params
 
 
 def oversample_features(
@@ -47,12 +70,7 @@ def oversample_features(
 
 def fit_oversampled(name: str, train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
     """Resample with oversampler `name`, train cfg.head with cfg.loss, then optional interpolation/post-hoc."""
-    from longtail.methods import prototypes
-
-    params = dict(cfg.method_params)
-    loss_prior = params.pop("loss_prior", "resampled")
-    if loss_prior not in LOSS_PRIORS:
-        raise ConfigError(f"loss_prior must be one of {LOSS_PRIORS}, got '{loss_prior}'")
+    loss_prior, params = _split_options(name, cfg.method_options)
     real_counts = train.class_counts()
     x, synth = oversample_features(train, name, cfg, params)
     device = synth.features.device  # stay on the oversampler's device (GPU) for training
@@ -60,17 +78,14 @@ def fit_oversampled(name: str, train: FeatureSet, cfg: ProbeConfig, val: Feature
     labels = torch.cat([torch.as_tensor(train.labels, device=device).long(), synth.labels])
     resampled_counts = np.bincount(labels.cpu().numpy(), minlength=train.num_classes)
     loss_counts = resampled_counts if loss_prior == "resampled" else real_counts
-    init = prototypes.prototype_init(train, cfg) if cfg.init == "prototypes" else None
-    probe = train_head(features, labels, loss_counts, cfg, init=init, class_names=train.names())
+    probe = train_head_with(cfg, features, labels, loss_counts, init=initial_weights(train, cfg),
+                            class_names=train.names())
     probe.class_counts = np.asarray(real_counts, dtype=np.int64)
     probe.info["oversampling"] = {
         **synth.info, "loss_prior": loss_prior, "real_counts": real_counts.tolist(),
         "resampled_counts": resampled_counts.tolist(),
     }
-    if cfg.interpolate is not None:
-        probe.zero_shot = prototypes.zero_shot_head(train, cfg, why="interpolate")
-        probe.info["zero_shot_rule"] = prototypes.zero_shot_rule(probe.zero_shot)
-    probe = select_adjustments(probe, cfg, val)
+    probe = adjust(add_zero_shot(probe, train, cfg), cfg, val)
     # Not saved with the head: kept on the object for the run report's diagnostic figure.
     probe.synthetic = synth
     probe.write_figures = _figure_writer(x.numpy(), np.asarray(train.labels), synth, real_counts, train.names())
@@ -97,9 +112,12 @@ def _register(name: str, summary: str) -> None:
     def fit(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
         return fit_oversampled(name, train, cfg, val)
 
+    def check_options(options: dict[str, Any]) -> None:
+        _split_options(name, options)
+
     fit.__doc__ = summary
     fit.__name__ = f"fit_{name.replace('-', '_')}"
-    PROBE_METHODS.register(name, fit)
+    probe_method(name, check_options=check_options)(fit)
 
 
 _register("vmf-kde", "Latent vMF-KDE oversampling to the largest class, then the linear probe (arXiv 2509.15859).")

@@ -1,5 +1,5 @@
 """Latent-space oversamplers behind one imbalanced-learn-like interface (`fit_resample(X, y)`):
-`vmf-kde` (METHODS 4.4), `gaussian-kde`, `smote` and `none`, registered in OVERSAMPLERS.
+`vmf-kde` (docs/methods.md §4.4), `gaussian-kde` and `smote`, registered in OVERSAMPLERS.
 
 Written in torch rather than wrapping imbalanced-learn: SMOTE there is CPU/numpy only and has
 no vMF or per-sample Gaussian KDE; here every strategy is batched and runs on the GPU.
@@ -19,8 +19,8 @@ from torch import Tensor
 from longtail.data.profiles import strategy_targets
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
+from longtail.maths.vmf import sample_vmf
 from longtail.methods.latent.concentration import class_slices, in_class_knn, local_concentration
-from longtail.methods.latent.vmf import sample_vmf
 from longtail.registry import Registry
 
 OVERSAMPLERS: Registry = Registry("oversampler")
@@ -71,8 +71,7 @@ class Oversampler:
     seed: int = 0
     device: str = "auto"
 
-    name = "none"
-    adds_samples = True
+    name = "oversampler"
 
     def settings(self) -> dict[str, Any]:
         """JSON-friendly settings for run metadata."""
@@ -105,7 +104,7 @@ class Oversampler:
         targets = torch.as_tensor(
             resolve_oversampling_targets(self.sampling_strategy, counts.cpu().numpy(), class_names), device=device
         )
-        n_new = targets - counts if self.adds_samples else torch.zeros_like(counts)
+        n_new = targets - counts
         generator = torch.Generator(device=device).manual_seed(self.seed)
         order, starts, _ = class_slices(y, num_classes)
         cls = torch.repeat_interleave(torch.arange(num_classes, device=device), n_new)
@@ -133,14 +132,6 @@ class Oversampler:
     ) -> Tensor:
         """Synthetic rows (len(seeds), d) for seeds (real row indices) of classes `cls`."""
         raise NotImplementedError
-
-
-@OVERSAMPLERS.register("none")
-@dataclass
-class NoOversampler(Oversampler):
-    """The baseline: no synthetic rows whatever the sampling strategy."""
-
-    adds_samples = False
 
 
 @OVERSAMPLERS.register("vmf-kde")

@@ -1,4 +1,4 @@
-"""AdaptFormer as used by LIFT (METHODS 1.3): a bottleneck MLP in parallel with every block's MLP."""
+"""AdaptFormer as used by LIFT (docs/methods.md §1.3): a bottleneck MLP in parallel with every block's MLP."""
 
 from __future__ import annotations
 

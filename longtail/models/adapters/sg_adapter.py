@@ -1,4 +1,4 @@
-"""Sage's SG-Adapter (METHODS 5.2): AdaptFormer-style branch guided by the mean classifier row."""
+"""Sage's SG-Adapter (docs/methods.md §5.2): AdaptFormer-style branch guided by the mean classifier row."""
 
 from __future__ import annotations
 

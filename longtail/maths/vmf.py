@@ -1,8 +1,11 @@
-"""Von Mises-Fisher toolkit in torch: stable log-normaliser, A_d(kappa), Banerjee's kappa
-estimate and Wood's (1994) sampler vectorised over a batch of (mu, kappa) pairs (METHODS 4.3-4.6).
+"""Von Mises-Fisher maths in torch: stable log-normaliser, A_d(kappa), Banerjee's kappa
+estimate and Wood's (1994) sampler vectorised over a batch of (mu, kappa) pairs
+(docs/methods.md §4.3-4.6).
 
-Written by hand because no library covers it: torch has no Bessel I_v of arbitrary order,
-and `scipy.stats.vonmises_fisher` draws from one (mu, kappa) per call on the CPU only.
+In the core layer because both the `synthetic_features` benchmark (data) and the latent
+oversamplers (methods) use it. Written by hand because no library covers it: torch has no
+Bessel I_v of arbitrary order, and `scipy.stats.vonmises_fisher` draws from one (mu, kappa)
+per call on the CPU only.
 """
 
 from __future__ import annotations
@@ -94,40 +97,12 @@ def mean_resultant_length(d: int, kappa: Tensor) -> Tensor:
     return torch.where(kappa > 0, ratio, torch.zeros_like(ratio))
 
 
-def mean_resultant_length_approx(d: int, kappa: Tensor) -> Tensor:
-    """Bound-type approximation of A_d (METHODS 4.6): ~1e-4 relative at d = 768, poor at small d."""
-    kappa = _as_f64(kappa)
-    return kappa / ((d / 2.0 - 0.5) + torch.sqrt(kappa**2 + (d / 2.0 + 0.5) ** 2))
-
-
 def banerjee_kappa(r_bar: Tensor | float, d: int, max_kappa: float = 1e7) -> Tensor:
     """Banerjee et al. (2005): kappa_hat = r (d - r^2) / (1 - r^2), capped at `max_kappa`."""
     r = _as_f64(r_bar)
     denom = (1.0 - r) * (1.0 + r)  # 1 - r^2 without cancellation near r = 1
     kappa = torch.where(denom > 0, r * (d - r * r) / denom.clamp_min(1e-300), torch.full_like(r, max_kappa))
     return kappa.clamp(max=max_kappa)
-
-
-def fit_vmf(x: Tensor, max_kappa: float = 1e7) -> tuple[Tensor, Tensor]:
-    """Mean direction and Banerjee kappa of unit rows x (n, d): (mu (d,), kappa float64 scalar)."""
-    total = x.double().sum(0)
-    r_bar = total.norm() / x.shape[0]
-    return torch.nn.functional.normalize(total, dim=0).to(x.dtype), banerjee_kappa(r_bar, x.shape[1], max_kappa)
-
-
-def log_vmf_pdf(x: Tensor, mu: Tensor, kappa: Tensor) -> Tensor:
-    """log f(x; mu, kappa) row by row: x, mu (n, d), kappa (n,) -> (n,) float64."""
-    d = x.shape[-1]
-    dot = (x.double() * mu.double()).sum(-1)
-    return log_vmf_normalizer(d, kappa).to(dot.device) + _as_f64(kappa, dot.device) * dot
-
-
-def vmf_kde_log_density(u: Tensor, centers: Tensor, kappa: Tensor) -> Tensor:
-    """Log-density of the vMF KDE (1/n) sum_i f(u; c_i, kappa_i) at query rows u (m, d) -> (m,)."""
-    d = centers.shape[1]
-    kappa = _as_f64(kappa, centers.device)
-    log_terms = log_vmf_normalizer(d, kappa).to(centers.device) + (u.double() @ centers.double().T) * kappa
-    return torch.logsumexp(log_terms, dim=1) - math.log(centers.shape[0])
 
 
 def _check_dim(d: int) -> None:

@@ -1,12 +1,17 @@
-"""Full-batch L-BFGS and minibatch AdamW trainers for probe heads (registry `OPTIMIZERS`).
+"""Solvers that train a probe head (registry `SOLVERS`, chosen by `solver=`): full-batch L-BFGS
+and minibatch AdamW. Named solvers, not optimizers, so as not to collide with the fine-tuning
+engine's optimizers (`sgd`, `adamw` on image batches).
 
-Each trainer is `fn(head, loss_fn, x, y, cfg, generator) -> info dict`; `cfg` is a ProbeConfig.
+Each solver is `fn(head, loss_fn, x, y, *, anchor, generator, **options) -> info dict` with its
+own explicit keyword options (`solver_options(name)` lists them); `anchor` is None for plain L2
+towards zero, or the frozen initial weights for L2-SP (Li et al. 2018).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,15 +19,13 @@ from torch import Tensor, nn
 
 from longtail.registry import Registry
 
-if TYPE_CHECKING:
-    from longtail.methods.probe import ProbeConfig
-
-OPTIMIZERS: Registry = Registry("probe optimizer")
+SOLVERS: Registry[Callable[..., dict[str, Any]]] = Registry("probe solver")
+_COMMON = ("head", "loss_fn", "x", "y", "anchor", "generator")  # not user options
 
 
-def _l2_anchor(head: nn.Module, cfg: ProbeConfig) -> Tensor | float:
-    """What the L2 penalty pulls W towards: 0, or a frozen copy of the initial weights (L2-SP)."""
-    return head.weight.detach().clone() if cfg.l2_target == "init" else 0.0
+def solver_options(name: str) -> list[str]:
+    """The option names solver `name` accepts (its keyword parameters beyond the common ones)."""
+    return [p for p in inspect.signature(SOLVERS.get(name)).parameters if p not in _COMMON]
 
 
 _EPS = 1e-12  # F.normalize's clamp on the norm
@@ -118,27 +121,29 @@ def _closed_form(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, l2: 
     return _SoftmaxObjective(head, x, y, *terms(), l2=l2, anchor=anchor)
 
 
-@OPTIMIZERS.register("lbfgs")
-def _train_lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg: ProbeConfig,
-                 generator: torch.Generator) -> dict[str, Any]:
+@SOLVERS.register("lbfgs")
+def lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, *, anchor: Tensor | None = None,
+          generator: torch.Generator | None = None, l2: float | None = None, lr: float = 1.0,
+          max_iter: int = 1000, tol: float = 1e-4, history_size: int = 10) -> dict[str, Any]:
     """Full-batch L-BFGS with strong-Wolfe line search on mean loss + l2/2 ||W - anchor||^2.
 
-    CE-type losses on linear/cosine heads use closed-form gradients; others (CCAR) use autograd.
+    l2 None: 1/N for a linear head (scikit-learn's C = 1), 0 for a cosine head. Stops when
+    max |gradient| <= tol (scikit-learn's tol). CE-type losses on linear/cosine heads use
+    closed-form gradients; others (CCAR) use autograd.
     """
-    l2 = cfg.l2
     if l2 is None:  # scikit-learn: C * sum(loss) + ||W||^2 / 2  ==  N C (mean loss + ||W||^2 / (2 N C))
         l2 = 1.0 / x.shape[0] if head.spec()["type"] == "linear" else 0.0
-    opt = torch.optim.LBFGS(head.parameters(), lr=cfg.lr or 1.0, max_iter=cfg.max_iter,
-                            max_eval=int(cfg.max_iter * 1.25) + 1, tolerance_grad=cfg.tol,
-                            tolerance_change=1e-9, history_size=cfg.history_size,
+    opt = torch.optim.LBFGS(head.parameters(), lr=lr, max_iter=max_iter,
+                            max_eval=int(max_iter * 1.25) + 1, tolerance_grad=tol,
+                            tolerance_change=1e-9, history_size=history_size,
                             line_search_fn="strong_wolfe")
 
-    anchor = _l2_anchor(head, cfg)
-    closed = _closed_form(head, loss_fn, x, y, l2, anchor)
+    target = 0.0 if anchor is None else anchor
+    closed = _closed_form(head, loss_fn, x, y, l2, target)
 
     def objective() -> Tensor:
         loss = loss_fn(head(x), y)
-        return loss + 0.5 * l2 * (head.weight - anchor).square().sum() if l2 else loss
+        return loss + 0.5 * l2 * (head.weight - target).square().sum() if l2 else loss
 
     def closure() -> Tensor:
         if closed is not None:
@@ -152,7 +157,7 @@ def _train_lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg:
         loss.backward()
         return loss
 
-    if cfg.max_iter > 0:
+    if max_iter > 0:
         opt.step(closure)
     state = opt.state[head.weight]
     with torch.no_grad():
@@ -161,26 +166,29 @@ def _train_lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg:
             "l2": float(l2), "final_objective": final, "gradient": "autograd" if closed is None else "closed-form"}
 
 
-@OPTIMIZERS.register("adamw")
-def _train_adamw(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, cfg: ProbeConfig,
-                 generator: torch.Generator) -> dict[str, Any]:
-    """Minibatch AdamW with a cosine learning-rate schedule; batches drawn from the seeded generator."""
+@SOLVERS.register("adamw")
+def adamw(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, *, anchor: Tensor | None = None,
+          generator: torch.Generator | None = None, lr: float = 1e-2, epochs: int = 30,
+          weight_decay: float = 1e-4, batch_size: int = 256) -> dict[str, Any]:
+    """Minibatch AdamW with a cosine learning-rate schedule; batches drawn from `generator`.
+
+    With an anchor (L2-SP) AdamW's decoupled decay is off and the loss gets an explicit
+    weight_decay/2 ||W - anchor||^2 instead.
+    """
     n = x.shape[0]
-    steps_per_epoch = -(-n // cfg.batch_size)
-    anchor = _l2_anchor(head, cfg) if cfg.l2_target == "init" else None
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr or 1e-2,
-                            weight_decay=0.0 if anchor is not None else cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs * steps_per_epoch))
+    steps_per_epoch = -(-n // batch_size)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0 if anchor is not None else weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * steps_per_epoch))
     last = float("nan")
-    for _ in range(cfg.epochs):
+    for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(x.device)
-        for idx in order.split(cfg.batch_size):
+        for idx in order.split(batch_size):
             opt.zero_grad()
             loss = loss_fn(head(x[idx]), y[idx])
             if anchor is not None:  # L2-SP: explicit pull towards the initial weights
-                loss = loss + 0.5 * cfg.weight_decay * (head.weight - anchor).square().sum()
+                loss = loss + 0.5 * weight_decay * (head.weight - anchor).square().sum()
             loss.backward()
             opt.step()
             sched.step()
         last = float(loss.detach())
-    return {"steps": cfg.epochs * steps_per_epoch, "final_loss": last}
+    return {"steps": epochs * steps_per_epoch, "final_loss": last}

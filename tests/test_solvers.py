@@ -1,4 +1,5 @@
-"""L-BFGS trainer: closed-form loss/gradients equal autograd's; same optimum as the autograd path."""
+"""Probe solvers: L-BFGS closed-form loss/gradients equal autograd's (same optimum, same path);
+the solver options a ProbeConfig passes are exactly each solver's keyword options."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,8 @@ import torch.nn.functional as F
 
 from longtail.methods.heads import CosineHead, LinearHead
 from longtail.methods.losses import make_loss
-from longtail.methods.optimizers import OPTIMIZERS, _closed_form
 from longtail.methods.probe import ProbeConfig
+from longtail.methods.probe.solvers import SOLVERS, _closed_form, solver_options
 
 COUNTS = np.array([40, 20, 8, 3, 1])
 LOSSES = [("ce", {}), ("la", {"tau": 0.7}), ("balanced-softmax", {}), ("cf", {}),
@@ -86,8 +87,8 @@ def _fit_both(loss, kind, dtype, tol):
         g = torch.Generator().manual_seed(0)
         head = _head(kind, {"scale": 10.0} if kind == "cosine" else {}, 8, g, dtype)
         loss_fn = make_loss(loss, COUNTS)
-        info = OPTIMIZERS.get("lbfgs")(head, _AutogradOnly(loss_fn) if wrap else loss_fn, x, y,
-                                       ProbeConfig(tol=tol, head=kind), g)
+        info = SOLVERS.get("lbfgs")(head, _AutogradOnly(loss_fn) if wrap else loss_fn, x, y,
+                                    generator=g, tol=tol)
         assert info["gradient"] == ("autograd" if wrap else "closed-form")
         z = head(x).detach()
         results.append((info, z - z.mean(1, keepdim=True)))  # bias unpenalised: logits up to a row constant
@@ -106,3 +107,24 @@ def test_lbfgs_closed_form_float32_same_optimum_and_predictions():
     (closed, z_closed), (auto, z_auto) = _fit_both("la", "linear", torch.float32, tol=1e-4)
     assert closed["final_objective"] == pytest.approx(auto["final_objective"], rel=1e-6)
     assert torch.equal(z_closed.argmax(1), z_auto.argmax(1))
+
+
+def test_config_passes_each_solver_its_own_options():
+    assert solver_options("lbfgs") == ["l2", "lr", "max_iter", "tol", "history_size"]
+    assert solver_options("adamw") == ["lr", "epochs", "weight_decay", "batch_size"]
+    lbfgs = ProbeConfig(max_iter=7, epochs=3, l2=0.5).head_training()
+    assert lbfgs["solver_options"] == {"l2": 0.5, "max_iter": 7, "tol": 1e-4, "history_size": 10}
+    adamw = ProbeConfig(solver="adamw", epochs=3, lr=0.1).head_training()
+    assert adamw["solver_options"] == {"lr": 0.1, "epochs": 3, "weight_decay": 1e-4, "batch_size": 256}
+
+
+def test_adamw_l2_sp_pulls_towards_the_anchor():
+    x, y, g = _problem(n=40, d=4, dtype=torch.float32)
+    start = torch.randn(COUNTS.size, 4, generator=g)
+    results = {}
+    for anchored in (False, True):
+        head = LinearHead(COUNTS.size, 4, weight=start)
+        SOLVERS.get("adamw")(head, make_loss("ce", COUNTS), x, y, anchor=start.clone() if anchored else None,
+                             generator=torch.Generator().manual_seed(0), epochs=20, weight_decay=50.0, lr=0.05)
+        results[anchored] = float((head.weight.detach() - start).norm())
+    assert results[True] < 0.5 * results[False]

@@ -1,0 +1,45 @@
+"""`open_images(spec)`: one entry point for image data, from a preset name or any source.
+
+A spec is a dataset preset (`longtail.data.presets.DATASETS`, e.g. `cifar100_ir100`), an image
+folder, a zip, a list file, a CSV or `hf:<hub id>` (`longtail.data.sources`). Every source can
+be made long-tailed on the fly with `ir` / `profile` / `sampling_strategy` options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from longtail.data.images import ImageDataset, check_on_corrupt, check_options, finish
+from longtail.data.presets import DATASETS, long_tailed
+from longtail.data.profiles import check_selection
+from longtail.data.sources import SOURCES, detect_source, source_options
+
+# Options that make any source long-tailed (see `longtail.data.presets.long_tailed`).
+LT_OPTIONS = ("ir", "imbalance_ratio", "profile", "sampling_strategy", "seed", "head_fraction", "selection")
+
+
+def open_images(
+    spec: str | os.PathLike, split: str = "train", root: str | os.PathLike | None = None,
+    **options: Any,
+) -> ImageDataset:
+    """Open a dataset from a preset name, folder, list file, CSV, zip or `hf:` spec.
+
+    `root` is the dataset root for presets and the image root for list/CSV files (default:
+    the list file's folder). Options: `on_corrupt` ('error' or 'skip'), `progress`, the
+    source's own options (e.g. `class_names`, `label_column`) and LT_OPTIONS. An unknown
+    option is a one-line ConfigError listing every valid one, raised before any image is read.
+    """
+    spec = str(spec)
+    if spec in DATASETS:
+        return DATASETS.get(spec)(split, root, **options)
+    kind = detect_source(spec, DATASETS.names())
+    check_options(f"{kind} source", options, [*source_options(kind), *LT_OPTIONS, "on_corrupt", "progress"])
+    lt = {k: options.pop(k) for k in LT_OPTIONS if k in options}
+    check_selection(lt.get("selection", "ldam"))
+    on_corrupt = check_on_corrupt(options.pop("on_corrupt", "error"))
+    progress = options.pop("progress", True)
+    dataset = SOURCES.get(kind)(spec, split, root, **options)
+    if lt:
+        dataset = long_tailed(dataset, **lt)
+    return finish(dataset, on_corrupt, progress)

@@ -1,0 +1,120 @@
+"""The data of a fine-tuning run: its splits, the LT-Soups balanced subset, step-indexed batches.
+
+Batch b of epoch e depends only on (seed, e, b), so a run restarted at any optimizer step
+sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from longtail.errors import DataError
+
+
+class EpochBatches(Sampler[list[int]]):
+    """Index batches of epoch `epoch` from batch `start` on: a shuffle that depends only on
+    (seed, epoch), identical on every process (accelerate splits each batch across them).
+
+    drop_last=False keeps the incomplete last batch (LIFT); drop_last=True drops it (LT-Soups),
+    and a set smaller than one batch then gives one batch per epoch drawn with replacement.
+    There is deliberately no `set_epoch`: accelerate would call it with its own counter.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
+                 drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.drop_last = start, drop_last
+
+    @staticmethod
+    def per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
+        """Batches in one epoch."""
+        if drop_last:
+            return max(n // batch_size, 1)
+        return math.ceil(n / batch_size)
+
+    def __len__(self) -> int:
+        return self.per_epoch(self.n, self.batch_size, self.drop_last) - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        bs = self.batch_size
+        if self.drop_last and self.n < bs:
+            if self.start == 0:
+                yield torch.randint(self.n, (bs,), generator=g).tolist()
+            return
+        order = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.start, self.per_epoch(self.n, bs, self.drop_last)):
+            yield order[b * bs:(b + 1) * bs]
+
+
+def subset_counts(counts: np.ndarray, exponent: int | None) -> np.ndarray:
+    """n'_c = min(n_c, n_min 2^i) (docs/methods.md §2.4); None or i < 0: the whole training set."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if exponent is None or exponent < 0:
+        return counts.copy()
+    return np.minimum(counts, int(counts.min()) * 2**exponent)
+
+
+def subset_indices(labels: np.ndarray, exponent: int | None, seed: int) -> np.ndarray:
+    """Per class n'_c indices uniformly without replacement (`default_rng(seed)`), sorted."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    if (counts == 0).any():
+        raise DataError(f"class {int(np.argmin(counts))} has no training images")
+    rng = np.random.default_rng(seed)
+    target = subset_counts(counts, exponent)
+    picks = [rng.choice(np.flatnonzero(labels == c), size=int(n), replace=False) for c, n in enumerate(target)]
+    return np.sort(np.concatenate(picks))
+
+
+def open_split(cfg, split: str):
+    """One split through `open_images` (list files from train_list / test_list)."""
+    from longtail.data.open_images import open_images
+
+    options = dict(cfg.data_options)
+    list_file = cfg.train_list if split == "train" else cfg.test_list
+    if list_file:
+        options["list_file"] = list_file
+    return open_images(cfg.dataset, split=split, root=cfg.root, **options)
+
+
+@dataclass
+class Splits:
+    """train: what is trained on (the subset); full_train: its source (counts for the groups);
+    val: selection images (or None); test: evaluation images (the test split minus val)."""
+
+    train: Any
+    full_train: Any
+    val: Any | None
+    test: Any | None
+
+
+def open_splits(cfg, test: bool = True) -> Splits:
+    """The run's splits; the test split is opened only with `test` (or to carve val out of it)."""
+    full = open_split(cfg, "train")
+    train = full
+    if cfg.balance_exponent is not None:
+        train = full.subset(subset_indices(full.labels, cfg.balance_exponent, cfg.subset_seed))
+    val = test_set = None
+    if test or (cfg.val_split is None and cfg.val_per_class):
+        test_set = open_split(cfg, cfg.test_split)
+    if cfg.val_split is not None:
+        val = open_split(cfg, cfg.val_split)
+    elif cfg.val_per_class:
+        val, test_set = held_out(test_set, cfg.val_per_class)
+    return Splits(train, full, val, test_set)
+
+
+def held_out(dataset, per_class: int):
+    """(val, rest): the first `per_class` images of each class in file order, and the others."""
+    from longtail.data.controlled_cifar import validation_split
+
+    val_idx, rest_idx = validation_split(dataset.labels, per_class)
+    return dataset.subset(val_idx), dataset.subset(rest_idx)

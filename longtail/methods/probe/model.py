@@ -1,0 +1,166 @@
+"""A trained probe: head + how features become the evaluated logits, saved as safetensors + JSON.
+
+logits = ((1 - alpha) * zero-shot(f) + alpha * head(f) - posthoc_tau * log pi) / temperature,
+with f optionally L2-normalised, the zero-shot head (class prototypes) optional, alpha the
+interpolation weight and temperature the calibration divisor (argmax unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from longtail.data.features import FeatureSet
+from longtail.data.stats import require_nonempty
+from longtail.errors import DataError
+from longtail.io import atomic_write, write_json
+from longtail.methods.heads import build_head, head_tensors
+
+_CHUNK = 65536  # rows per inference chunk
+
+
+def log_prior(class_counts: np.ndarray) -> np.ndarray:
+    """log pi_c = log(n_c / N); DataError when a class is empty."""
+    counts = np.asarray(class_counts, dtype=np.float64)
+    require_nonempty(counts)
+    return np.log(counts / counts.sum())
+
+
+class Probe:
+    """A trained head plus how to turn features into the logits that are evaluated."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        class_counts: np.ndarray,
+        *,
+        normalize: bool = True,
+        posthoc_tau: float = 0.0,
+        zero_shot: nn.Module | None = None,
+        alpha: float = 1.0,
+        temperature: float = 1.0,
+        class_names: list[str] | None = None,
+        config: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.head = head.cpu().eval()
+        self.class_counts = np.asarray(class_counts, dtype=np.int64)
+        self.normalize = bool(normalize)
+        self.posthoc_tau = float(posthoc_tau)
+        self.zero_shot = None if zero_shot is None else zero_shot.cpu().eval()
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)  # divides the final logits; argmax unchanged
+        self.class_names = class_names
+        self.config = config or {}
+        self.info = info or {}
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.head.weight.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.head.weight.shape[1])
+
+    def check_compatible(self, data: FeatureSet) -> None:
+        """One-line DataError unless `data` has this probe's feature dimension and classes."""
+        if data.dim != self.dim:
+            raise DataError(f"{data.source}: feature dimension {data.dim} differs from the probe's ({self.dim})")
+        if data.class_names is not None and self.class_names is not None and data.class_names != self.class_names:
+            raise DataError(f"{data.source}: class names differ from the probe's training classes")
+        if data.labels.size and int(data.labels.max()) >= self.num_classes:
+            raise DataError(f"{data.source}: label {int(data.labels.max())} out of range for "
+                            f"{self.num_classes} probe classes")
+
+    @torch.no_grad()
+    def parts(self, features: np.ndarray | Tensor) -> tuple[Tensor, Tensor | None]:
+        """(trained-head logits, zero-shot logits or None), before interpolation and post-hoc."""
+        x = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+        x = x.to(torch.float32).cpu()
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise DataError(f"features must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        if self.normalize:
+            x = F.normalize(x, dim=-1)
+        trained = torch.cat([self.head(c) for c in x.split(_CHUNK)])
+        zs = None if self.zero_shot is None else torch.cat([self.zero_shot(c) for c in x.split(_CHUNK)])
+        return trained, zs
+
+    def combine(self, trained: Tensor, zs: Tensor | None, alpha: float, tau: float) -> Tensor:
+        """(1 - alpha) * zero-shot + alpha * trained (exact at 0 and 1), then z - tau * log pi."""
+        z = trained
+        if zs is not None and alpha != 1.0:
+            z = zs if alpha == 0.0 else (1.0 - alpha) * zs + alpha * trained
+        if tau != 0.0:
+            z = z - tau * torch.as_tensor(log_prior(self.class_counts), dtype=z.dtype)
+        return z
+
+    def logits(self, features: np.ndarray | Tensor) -> np.ndarray:
+        """(N, C) logits used for prediction and evaluation."""
+        trained, zs = self.parts(features)
+        return (self.combine(trained, zs, self.alpha, self.posthoc_tau) / self.temperature).numpy()
+
+    def predict(self, features: np.ndarray | Tensor) -> np.ndarray:
+        """Predicted class per row (argmax of `logits`)."""
+        return self.logits(features).argmax(axis=1)
+
+    def save(self, folder: str | Path) -> None:
+        """Write head.safetensors (weights) and head.json (everything else); never overwrites."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if (folder / "head.safetensors").exists() or (folder / "head.json").exists():
+            raise DataError(f"{folder}: a saved head already exists (not overwriting)")
+        tensors = head_tensors(self.head, "head.")
+        if self.zero_shot is not None:
+            tensors.update(head_tensors(self.zero_shot, "zero_shot."))
+        atomic_write(folder / "head.safetensors", lambda p: save_file(tensors, str(p)))
+        write_json(folder / "head.json", {
+            "format": 1,
+            "head": self.head.spec(),
+            "zero_shot": None if self.zero_shot is None else self.zero_shot.spec(),
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "normalize": self.normalize,
+            "posthoc_tau": self.posthoc_tau,
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "class_counts": self.class_counts,
+            "class_names": self.class_names,
+            "config": self.config,
+            "info": self.info,
+        })
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Probe:
+        """Rebuild a probe written by `save` (weights via safetensors, never unpickled)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        for name in ("head.json", "head.safetensors"):
+            if not (folder / name).exists():
+                raise DataError(f"{folder}: missing {name}")
+        meta = json.loads((folder / "head.json").read_text(encoding="utf-8"))
+        tensors = load_file(str(folder / "head.safetensors"))
+
+        def rebuild(spec: dict, prefix: str) -> nn.Module:
+            return build_head(spec, meta["num_classes"], meta["dim"],
+                              weight=tensors[f"{prefix}weight"], bias=tensors.get(f"{prefix}bias"))
+
+        return cls(
+            rebuild(meta["head"], "head."),
+            np.asarray(meta["class_counts"]),
+            normalize=meta["normalize"],
+            posthoc_tau=meta["posthoc_tau"],
+            zero_shot=None if meta["zero_shot"] is None else rebuild(meta["zero_shot"], "zero_shot."),
+            alpha=meta["alpha"],
+            temperature=meta.get("temperature", 1.0),
+            class_names=meta["class_names"],
+            config=meta["config"],
+            info=meta["info"],
+        )

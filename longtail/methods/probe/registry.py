@@ -1,0 +1,70 @@
+"""The probe-method registry: `method=NAME` picks a `ProbeMethod` (how to fit, which options).
+
+Methods register themselves when their module is imported; `load_methods()` imports the
+built-in method modules by name (`importlib`), so this module sits below every method and the
+probe config can validate `method` / `method_options` without importing the methods' code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from longtail.errors import ConfigError
+from longtail.registry import Registry
+
+# Modules whose import registers the built-in probe methods.
+BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.latent")
+
+
+@dataclass(frozen=True)
+class ProbeMethod:
+    """One probe method.
+
+    fit: `fit(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None) -> Probe`.
+    check_options: raises ConfigError on bad `cfg.method_options` (None: the method takes none);
+      called when the config is built, before any data is read.
+    trains: False for methods without a trained head (zero-shot), which cannot interpolate.
+    """
+
+    fit: Callable[..., Any]
+    check_options: Callable[[dict[str, Any]], None] | None = None
+    trains: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "__doc__", self.fit.__doc__)  # `longtail list` shows the method's own doc
+
+    def validate_options(self, name: str, options: dict[str, Any]) -> None:
+        if self.check_options is not None:
+            self.check_options(options)
+        elif options:
+            raise ConfigError(f"method '{name}' takes no method_options (got {', '.join(sorted(options))})")
+
+
+PROBE_METHODS: Registry[ProbeMethod] = Registry("probe method")
+
+
+def probe_method(
+    name: str, *, check_options: Callable[[dict[str, Any]], None] | None = None, trains: bool = True
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: register `fit` as probe method `name` (returns `fit` unchanged)."""
+
+    def register(fit: Callable[..., Any]) -> Callable[..., Any]:
+        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains))
+        return fit
+
+    return register
+
+
+def load_methods() -> Registry[ProbeMethod]:
+    """Import the built-in method modules (registering their methods); returns the registry."""
+    for module in BUILTIN_METHOD_MODULES:
+        importlib.import_module(module)
+    return PROBE_METHODS
+
+
+def get_method(name: str) -> ProbeMethod:
+    """The registered method `name` (UnknownNameError listing every method otherwise)."""
+    return load_methods().get(name)

@@ -1,0 +1,155 @@
+"""The probe run kind: fit + evaluate + write a complete run folder, and re-evaluate one later.
+
+A probe run folder holds config.yaml (kind "probe": the ProbeConfig under `probe`, the feature
+files as given and as absolute paths, the shot-group thresholds), env.json, data_stats.json,
+metrics.json, per_class.csv, head/ (head.safetensors + head.json) and report.html.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longtail.data.features import FeatureSet, check_compatible
+from longtail.data.open_features import open_features
+from longtail.data.stats import ClassStats, class_stats, require_nonempty
+from longtail.errors import DataError
+from longtail.eval.metrics import evaluate
+from longtail.methods.probe.config import ProbeConfig, upgrade_saved
+from longtail.methods.probe.model import Probe
+from longtail.methods.probe.train import fit_probe
+from longtail.runs import RunKind, create_run, register_kind
+
+KIND = "probe"
+SPLITS = ("train", "test", "val")
+
+
+def train_stats(train: FeatureSet, many: int = 100, few: int = 20) -> ClassStats:
+    """Class statistics of a training feature set (groups may be overridden by meta.group_counts)."""
+    counts = train.class_counts()
+    require_nonempty(counts, train.names())
+    group_counts = train.meta.get("group_counts")
+    return class_stats(
+        counts,
+        train.names(),
+        group_counts=None if group_counts is None else np.asarray(group_counts),
+        many_threshold=many,
+        few_threshold=few,
+    )
+
+
+def _absolute(source: str) -> str | None:
+    """The absolute path of a feature file source, or None (built-in preset, in-memory data)."""
+    path = Path(source)
+    return str(path.resolve()) if path.suffix and path.exists() else None
+
+
+def run_probe(
+    train: FeatureSet,
+    test: FeatureSet,
+    cfg: ProbeConfig,
+    *,
+    val: FeatureSet | None = None,
+    out: str | Path | None = None,
+    label: str | None = None,
+    many: int = 100,
+    few: int = 20,
+    report: bool = True,
+    extra_config: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Fit `cfg` on `train`, evaluate on `test`, write the run folder; return (folder, metrics).
+
+    metrics = `eval.metrics.evaluate` + fit_seconds, label and `post_hoc` (the interpolation
+    alpha, post-hoc tau and temperature in use, chosen on `val` where cfg says "auto").
+    """
+    check_compatible(train, test)  # val is checked by fit_probe
+    stats = train_stats(train, many, few)
+    sets = {"train": train, "test": test, "val": val}
+    config = {
+        "label": label or cfg.method,
+        "probe": cfg.to_dict(),
+        **{split: None if data is None else data.source for split, data in sets.items()},
+        "absolute_paths": {split: None if data is None else _absolute(data.source) for split, data in sets.items()},
+        "feature_dim": train.dim,
+        "num_classes": train.num_classes,
+        "many_threshold": many,
+        "few_threshold": few,
+        **(extra_config or {}),
+    }
+    with create_run(out, KIND, config, seed=cfg.seed, device=cfg.device) as run:
+        run.write_json("data_stats.json", stats.to_dict())
+        start = time.perf_counter()
+        probe = fit_probe(train, cfg, val)
+        fit_seconds = time.perf_counter() - start
+        metrics = evaluate(
+            probe.logits(test.features),
+            test.labels,
+            stats.counts,
+            group_counts=stats.group_counts,
+            class_names=list(stats.class_names),
+            many_threshold=many,
+            few_threshold=few,
+        )
+        metrics["fit_seconds"] = fit_seconds
+        metrics["label"] = config["label"]
+        metrics["post_hoc"] = {"alpha": probe.alpha, "posthoc_tau": probe.posthoc_tau,
+                               "temperature": probe.temperature}
+        probe.save(run.path("head"))
+        if hasattr(probe, "write_figures"):  # oversampling methods: real vs synthetic projection
+            probe.write_figures(run.path("figures"), test=test)
+        folder = run.finish(metrics)
+    if report:
+        from longtail.eval.report import write_report
+
+        write_report(folder)
+    return folder, metrics
+
+
+def saved_feature_path(config: dict[str, Any], split: str, folder: Path) -> str:
+    """Where a run's `split` features are now: the recorded absolute path if it exists, else the
+    path as given (a preset name, an absolute path, relative to the working directory, or
+    relative to the run folder, in that order)."""
+    given = config.get(split)
+    if given is None:
+        raise DataError(f"{folder}: the run recorded no {split} features")
+    absolute = (config.get("absolute_paths") or {}).get(split)
+    if absolute and Path(absolute).exists():
+        return absolute
+    path = Path(given)
+    if not path.suffix or path.is_absolute() or path.exists() or not (folder / path).exists():
+        return given
+    return str(folder / path)
+
+
+def evaluate_probe_run(run: dict[str, Any], test: str | None = None) -> dict[str, Any]:
+    """Reload the saved head and evaluate it on `test` (default: the run's own test features)
+    with the training statistics of the run; a test set of other classes or dimension is a
+    one-line DataError."""
+    config, folder = run["config"], Path(run["folder"])
+    stats = run.get("data_stats")
+    if not stats:
+        raise DataError(f"{folder}: missing data_stats.json")
+    probe = Probe.load(folder / "head")
+    spec = test or saved_feature_path(config, "test", folder)
+    test_set = open_features(spec)
+    probe.check_compatible(test_set)
+    return evaluate(
+        probe.logits(test_set.features),
+        test_set.labels,
+        np.asarray(stats["counts"]),
+        group_counts=stats.get("group_counts"),
+        class_names=stats.get("class_names"),
+        many_threshold=config.get("many_threshold", 100),
+        few_threshold=config.get("few_threshold", 20),
+    )
+
+
+def load_probe_config(config: dict[str, Any]) -> ProbeConfig:
+    """The validated ProbeConfig of a saved probe run (its config.yaml as a dict)."""
+    return ProbeConfig.from_dict(upgrade_saved(config["probe"], config.get("format_version", 0)))
+
+
+register_kind(RunKind(KIND, evaluate=evaluate_probe_run, load_config=load_probe_config))
