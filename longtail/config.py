@@ -148,18 +148,6 @@ def _type_name(hint: Any) -> str:
             list: "a list", dict: "a mapping"}.get(base, getattr(base, "__name__", str(base)))
 
 
-def update_dataclass(cfg: T, overrides: dict[str, Any]) -> T:
-    """A copy of dataclass `cfg` with `overrides`; unknown keys raise ConfigError listing valid ones."""
-    valid = [f.name for f in dataclasses.fields(cfg)]
-    unknown = sorted(set(overrides) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-            f"valid keys: {', '.join(valid)}"
-        )
-    return dataclasses.replace(cfg, **overrides)
-
-
 def call_with_options(fn: Any, what: str, *args: Any, **options: Any) -> Any:
     """fn(*args, **options); an option fn does not accept is a ConfigError listing valid ones."""
     params = list(inspect.signature(fn).parameters.values())

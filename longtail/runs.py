@@ -4,13 +4,13 @@ metrics and weights; nothing is overwritten and a failed run leaves nothing half
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import importlib
 import platform
 import shutil
 import subprocess
 import sys
-import csv
-import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from importlib import metadata

@@ -40,6 +40,18 @@ CASES = [
      "batch_size must be >= 1"),
     (["features", "--data", MISSING, "--backbone", "tiny_clip", "--out", "x.npz", "bogus=1"],
      "unknown config key 'bogus'; valid keys: data, backbone, out"),
+    (["fit", "-d", "synthetic_images", "-b", "tiny_clip", "-m", "lift", f"root={MISSING}", "optimizer=sgdd"],
+     "unknown optimizer 'sgdd'; choose from: adamw, sgd"),
+    (["fit", "-d", "synthetic_images", "-b", "tiny_clip", "-m", "lift", f"root={MISSING}", "adapter=adaptformerr"],
+     "unknown adapter 'adaptformerr'"),
+    (["fit", "-d", "synthetic_images", "-b", "tiny_clip", "-m", "liftt"], "unknown method preset 'liftt'"),
+    (["fit", "-d", "cifar100_ir100", "-b", "tiny_clip", "-m", "lift", f"root={MISSING}", "loss=laa"],
+     "unknown loss 'laa'"),
+    (["lt-soups", "-d", "cifar100_ir100", "-b", "tiny_clip", "--out", f"{MISSING}/lts", f"root={MISSING}",
+      "merge=recursivee"], "merge"),
+    (["soup", "-m", "uniformm", f"{MISSING}/a", f"{MISSING}/b"], "unknown soup method 'uniformm'"),
+    (["monosoup", "--w1", f"{MISSING}/a", "--w0", f"{MISSING}/b", "mode=energyy"], "energyy"),
+    (["demo", "--out", f"{MISSING}/demo", "num_clases=3"], "unknown option 'num_clases'"),
 ]
 
 

@@ -37,7 +37,7 @@ def pixels(n: int = 3, seed: int = 0) -> torch.Tensor:
 
 
 def test_step0_identities_sage():
-    """METHODS 5.9 at step 0: adapted == frozen encoder; z = z_v = z_t; Loss = (1+l1+l2+l3) l_CF(z); z_hat = z."""
+    """docs/methods.md §5.9 at step 0: adapted == frozen encoder; z = z_v = z_t; Loss = (1+l1+l2+l3) l_CF(z); z_hat = z."""
     cfg, model = tiny_model("sage")
     x = pixels()
     model.eval()
@@ -91,7 +91,7 @@ def test_gradient_paths(method, options):
 
 
 def test_sg_adapter_text_vector_carries_gradient_to_head_by_default():
-    """Sage default (METHODS 5.2): w_bar is not detached, so l(z_t) reaches W through the adapters."""
+    """Sage default (docs/methods.md §5.2): w_bar is not detached, so l(z_t) reaches W through the adapters."""
     _, model = tiny_model("sage")
     perturb_adapter(model)
     _, head, _ = _grads(model, make_loss("la", COUNTS)(model(pixels())["z_t"], torch.tensor([0, 1, 3])))

@@ -1,4 +1,4 @@
-"""Linear merges: coefficients (METHODS.md 2.7), streaming from safetensors, greedy soup."""
+"""Linear merges: coefficients (docs/methods.md §2.7), streaming from safetensors, greedy soup."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MonoSoup: the hand-computed diagonal cases and invariants of METHODS.md 3.7."""
+"""MonoSoup: the hand-computed diagonal cases and invariants of docs/methods.md §3.7."""
 
 from __future__ import annotations
 

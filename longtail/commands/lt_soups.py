@@ -21,7 +21,7 @@ continues from its checkpoint. Settings are KEY=VALUE pairs (see --list); the pi
 plan.yaml refuses a different setting in the same folder.
 
 examples:
-  longtail lt-soups -d synthetic_images -b tiny_clip --out runs/lts max_steps=20 branches=1
+  longtail lt-soups -d synthetic_images -b tiny_clip --out runs/lts exponents=[0,1] branches=1 max_steps=3
   # SLURM, CIFAR-100-LT rho=100: |F| * K = 7 * 2 = 14 jobs
   #SBATCH --array=0-13
   longtail lt-soups -d cifar100_ir100 -b clip_vit_b16 --out runs/lts --job $SLURM_ARRAY_TASK_ID

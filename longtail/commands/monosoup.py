@@ -1,4 +1,4 @@
-"""`longtail monosoup`: MonoSoup, a data-free edit of one fine-tuned checkpoint (METHODS.md 3)."""
+"""`longtail monosoup`: MonoSoup, a data-free edit of one fine-tuned checkpoint (docs/methods.md §3)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every linear merge (uniform, weighted, recursive LT-Soups interpolation, WiSE-FT) is a set
 of coefficients over the ingredients (and an optional base theta_0); `linear_merge` applies
 them with one float32 running sum, reading each safetensors file tensor by tensor, so peak
-memory stays about two models whatever the number of ingredients (METHODS.md 2.6).
+memory stays about two models whatever the number of ingredients (docs/methods.md §2.6).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def weighted_weights(n: int, has_base: bool = False, weights: Sequence[float] = 
 def recursive_weights(n: int, has_base: bool = True, lam: float = 0.7) -> Coefficients:
     """LT-Soups: soup <- (1 - lam) soup + lam theta_j in the given order, from theta_0.
 
-    Closed form (METHODS.md 2.4 step 3): theta_j gets lam (1-lam)^(n-1-j), theta_0 gets
+    Closed form (docs/methods.md §2.4 step 3): theta_j gets lam (1-lam)^(n-1-j), theta_0 gets
     (1-lam)^n. Without a base the first ingredient plays theta_0's role.
     """
     _require_ingredients(n)

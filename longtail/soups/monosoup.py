@@ -1,4 +1,4 @@
-"""MonoSoup (arXiv 2602.09689, METHODS.md 3): a data-free edit of one fine-tuned checkpoint.
+"""MonoSoup (arXiv 2602.09689, docs/methods.md §3): a data-free edit of one fine-tuned checkpoint.
 
 Each layer's update Delta = W1 - W0 is split by a thin SVD into its top-k (high-energy)
 part and the remainder, which are re-weighted by coefficients computed from the spectrum.
@@ -92,7 +92,7 @@ def edit_matrix(w0: torch.Tensor, w1: torch.Tensor, cfg: MonoSoupConfig) -> tupl
 
 
 def skip_reason(w0: torch.Tensor | None, w1: torch.Tensor, cfg: MonoSoupConfig) -> str | None:
-    """Why a tensor is kept at W1 (METHODS.md 3.3), or None when it is edited."""
+    """Why a tensor is kept at W1 (docs/methods.md §3.3), or None when it is edited."""
     if w0 is None:
         return "missing in W0"
     if w0.shape != w1.shape:
@@ -133,7 +133,7 @@ def edit_groups(keys: list[str], cfg: MonoSoupConfig) -> Iterator[tuple[str, ...
 def monosoup(
     w0: Mapping[str, torch.Tensor], w1: Mapping[str, torch.Tensor], cfg: MonoSoupConfig | None = None
 ) -> tuple[StateDict, list[dict]]:
-    """Edit every eligible tensor of W1 towards W0 (METHODS.md 3.3-3.4); returns weights and a log."""
+    """Edit every eligible tensor of W1 towards W0 (docs/methods.md §3.3-§3.4); returns weights and a log."""
     cfg = cfg or MonoSoupConfig()
     out: StateDict = {}
     log: list[dict] = []
@@ -163,7 +163,7 @@ def monosoup(
 def lora_dense_state(
     w0: Mapping[str, torch.Tensor], lora: Mapping[str, torch.Tensor], scaling: float
 ) -> StateDict:
-    """W0 with each LoRA pair folded in as the exact dense update scaling * B @ A (METHODS.md 3.5).
+    """W0 with each LoRA pair folded in as the exact dense update scaling * B @ A (docs/methods.md §3.5).
 
     LoRA keys follow peft: '<path>.lora_A[.adapter].weight' / '<path>.lora_B[...].weight',
     with an optional 'base_model.model.' prefix; the edited base key is '<path>.weight'.

@@ -42,7 +42,7 @@ HEAD_INITS: Registry[Callable[[InitContext], Tensor | None]] = Registry("head in
 
 @HEAD_INITS.register("text")
 def text_init(ctx: InitContext) -> Tensor:
-    """LIFT/Sage semantic init (METHODS.md 1.1); backbones without a text tower refuse clearly."""
+    """LIFT/Sage semantic init (docs/methods.md §1.1); backbones without a text tower refuse clearly."""
     from longtail.models.templates import get_templates
 
     if not getattr(ctx.backbone, "has_text", False):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from peft import LoraConfig as PeftLoraConfig
-from peft import LoraModel
+if TYPE_CHECKING:
+    from peft import LoraModel
 
 from longtail.models.adapters.base import (
     AdapterConfig,
@@ -66,6 +67,9 @@ class LoRAConfig(AdapterConfig):
 
     def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
         r = resolve_r(self.r, num_classes, parts.num_layers)
+        from peft import LoraConfig as PeftLoraConfig  # imported here: peft is slow to import
+        from peft import LoraModel
+
         peft_cfg = PeftLoraConfig(
             r=r,
             lora_alpha=r if self.lora_alpha is None else self.lora_alpha,
