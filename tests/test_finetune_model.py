@@ -69,7 +69,7 @@ def _grads(model, loss):
     return adapter_norm, 0.0 if head is None else float(head.abs().sum()), s
 
 
-@pytest.mark.parametrize("method, options", [("lift", {"fit": True, "lambda1": 0.1, "lambda2": 0.1, "lambda3": 0.5}),
+@pytest.mark.parametrize("method, options", [("lift", {"feature_interchange": True, "lambda1": 0.1, "lambda2": 0.1, "lambda3": 0.5}),
                                              ("sage", {"adapter_options.detach_text": True})])
 def test_gradient_paths(method, options):
     """l(z_v) reaches only W; l(z_t) only the adapters; s1, s2 only through l(z_hat)."""
@@ -99,7 +99,7 @@ def test_sg_adapter_text_vector_carries_gradient_to_head_by_default():
 
 
 def test_frozen_zero_shot_pass_is_eval_and_no_grad_for_full_ft():
-    cfg, model = tiny_model("full_ft", fit=True, lambda3=1.0)
+    cfg, model = tiny_model("full_ft", feature_interchange=True, lambda3=1.0)
     assert model.zero_shot is not None  # in-place method: a frozen copy
     with torch.no_grad():
         for p in model.backbone.parameters():

@@ -154,7 +154,7 @@ def write_comparison_report(
         if not run["metrics"]:
             continue
         label = run["config"].get("label") or Path(run["folder"]).name
-        rows.append((label, run["metrics"] | {"fit_seconds": (run["metrics"].get("fit_seconds"))}))
+        rows.append((label, run["metrics"]))
     sections = [f'<p class="note">{html.escape(note)}</p>'] if note else []
     table_rows = list(references) + rows
     sections.append("<h2>Metrics (accuracy and ECE in %)</h2>"

@@ -49,7 +49,7 @@ class FitConfig:
     init_from: str | None = None  # fit run folder whose weights start training (LT-Soups stage 2)
     loss: str = "la"  # loss registry name: ce, la, balanced-softmax, cf, ccar, ccar-la, ccar-bs
     loss_options: dict[str, Any] = field(default_factory=lambda: {"tau": 1.0})
-    fit: bool = False  # Sage FIT: zero-shot cross logits with learnable s1, s2
+    feature_interchange: bool = False  # Sage FIT: zero-shot cross logits with learnable s1, s2
     lambda1: float = 0.0  # weight of l(z_v)
     lambda2: float = 0.0  # weight of l(z_t)
     lambda3: float = 0.0  # weight of l(z_hat)

@@ -90,15 +90,15 @@ class FineTuneModel(nn.Module):
     Keys: 'z' (fine-tuned), and with FIT 'z_v', 'z_t'; 'z_hat' is always what is predicted.
     """
 
-    def __init__(self, backbone: nn.Module, head: CosineHead, handle=None, fit: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, head: CosineHead, handle=None, interchange: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.handle = handle
-        self.fit = fit
+        self.interchange = interchange
         self.register_buffer("w_zs", head.weight.detach().clone())  # W_zs: the initial classifier
         self.zero_shot: nn.Module | None = None
-        if fit:
+        if interchange:
             self.s1 = nn.Parameter(torch.zeros(()))
             self.s2 = nn.Parameter(torch.zeros(()))
 
@@ -125,7 +125,7 @@ class FineTuneModel(nn.Module):
     def forward(self, pixels: Tensor) -> dict[str, Tensor]:
         f = self.features(pixels)
         z = self.head(f)
-        if not self.fit:
+        if not self.interchange:
             return {"z": z, "z_hat": z}
         f_zs = self.zero_shot_features(pixels).to(f.dtype)
         scale = self.head.scale
@@ -225,16 +225,16 @@ def build_model(cfg, backbone: nn.Module, class_names: Sequence[str],
         weight = None if weight is None else weight.detach().float().cpu()
     adapter_cfg = make_adapter_config(cfg.adapter, **cfg.adapter_options)
     zero_shot = None
-    if cfg.fit and not adapter_cfg.can_disable:  # in-place methods: keep a frozen copy
+    if cfg.feature_interchange and not adapter_cfg.can_disable:  # in-place methods: keep a frozen copy
         zero_shot = copy.deepcopy(backbone).eval()
     with torch.random.fork_rng(devices=[]):  # adapter init (Kaiming) reproducible from cfg.seed
         torch.manual_seed(cfg.seed)
         handle = inject_adapter(vision_tower(backbone), adapter_cfg, num_classes)
     generator = torch.Generator().manual_seed(cfg.seed)
     head = CosineHead(num_classes, int(backbone.feature_dim), weight=weight, generator=generator, scale=cfg.scale)
-    model = FineTuneModel(backbone, head, handle, fit=cfg.fit)
+    model = FineTuneModel(backbone, head, handle, interchange=cfg.feature_interchange)
     model.zero_shot = zero_shot
-    if cfg.fit and cfg.lambda3 == 0:  # s1, s2 are trained only through l(z_hat)
+    if cfg.feature_interchange and cfg.lambda3 == 0:  # s1, s2 are trained only through l(z_hat)
         model.s1.requires_grad_(False)
         model.s2.requires_grad_(False)
     return model

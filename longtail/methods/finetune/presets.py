@@ -41,30 +41,30 @@ _LIFT_OPTIM = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 
 
 METHOD_PRESETS.register("lift", {  # docs/methods.md §1.3-1.4 (LIFT code defaults)
     **_LIFT_OPTIM, "epochs": 10, "adapter": "adaptformer", "head_init": "text",
-    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
     "augment": "rrc_flip", "crop_schedule": "none",
 })
 METHOD_PRESETS.register("lift_plus", {  # LIFT+ code defaults: 5 epochs, lr 0.02, minimalist crops
     **_LIFT_OPTIM, "lr": 0.02, "epochs": 5, "interpolation": "bicubic", "adapter": "adaptformer", "head_init": "text",
-    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
     "augment": "rrc_flip", "crop_schedule": "convex",
 })
 METHOD_PRESETS.register("sage", {  # docs/methods.md §5.5; defaults = the CIFAR-100-LT rho=100 row
     **_LIFT_OPTIM, "epochs": 10, "adapter": "sg-adapter", "adapter_options": {"alpha": 0.1},
     "head_init": "text", "templates": "sage60", "loss": "cf",
-    "loss_options": {"gamma": 0.05, "mu": 0.5}, "fit": True,
+    "loss_options": {"gamma": 0.05, "mu": 0.5}, "feature_interchange": True,
     "lambda1": 0.015, "lambda2": 0.015, "lambda3": 0.4, "augment": "rrc_flip",
 })
 METHOD_PRESETS.register("zero_shot", {
-    "epochs": 0, "adapter": "none", "head_init": "text", "templates": "lift", "fit": False,
+    "epochs": 0, "adapter": "none", "head_init": "text", "templates": "lift", "feature_interchange": False,
 })
 METHOD_PRESETS.register("linear_probe", {  # classifier only, on the frozen backbone
     **_LIFT_OPTIM, "epochs": 10, "adapter": "none", "head_init": "text", "templates": "lift",
-    "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
 })
 METHOD_PRESETS.register("full_ft", {  # heavy fine-tuning baseline of LIFT (every weight trained)
     **_LIFT_OPTIM, "epochs": 10, "adapter": "full", "head_init": "text",
-    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "fit": False,
+    "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
 })
 
 
