@@ -35,11 +35,14 @@ def test_probe_json_contract_and_run_folder(files, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     for key in ("all", "many", "medium", "few", "ece"):
         assert key in out
-    for key in ("all", "many", "medium", "ece"):
-        assert 0.0 <= out[key] <= 1.0
     # counts 150 -> 5 (IR 30) over 6 classes: every group is populated
     assert out["few"] is not None
     run = tmp_path / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("all", "many", "medium", "few", "ece", "class_mean"):
+        assert out[key] == pytest.approx(saved[key]), key  # --json prints what the run folder keeps
+    per_class = [float(row.split(",")[-1]) for row in (run / "per_class.csv").read_text().splitlines()[1:]]
+    assert out["class_mean"] == pytest.approx(sum(per_class) / len(per_class))
     for name in ("config.yaml", "env.json", "data_stats.json", "metrics.json", "per_class.csv",
                  "report.html", "head/head.safetensors", "head/head.json"):
         assert (run / name).exists(), name
