@@ -54,7 +54,7 @@ def accuracy_table(args: argparse.Namespace) -> None:
     print(f"  {'method':<14}{'balanced':>10}{'few':>8}{'many':>8}{'synthetic':>11}{'fit s':>8}")
     for name, method in METHODS.items():
         start = time.perf_counter()
-        probe = fit_probe(bench.train, ProbeConfig(method=method, seed=args.seed, device=args.device))
+        probe = fit_probe(bench.train, ProbeConfig(method=method, loss="ce", seed=args.seed, device=args.device))
         seconds = time.perf_counter() - start
         m = evaluate(probe.logits(bench.test.features), bench.test.labels, counts)
         synth = probe.info.get("oversampling", {}).get("num_synthetic", 0)

@@ -81,8 +81,8 @@ def run(bench, threads: int, args: argparse.Namespace) -> None:
             obj = objective(model.coef_, model.intercept_, x, train.labels) if not extra else None
             rows.append((name, model.decision_function(x_test), seconds, obj, int(model.n_iter_[0])))
         for name, cfg in {
-            "longtail probe CE (L-BFGS)": ProbeConfig(loss="ce", device=args.device),
-            "longtail probe LA tau=1 (L-BFGS)": ProbeConfig(loss="la", device=args.device),
+            "longtail probe CE (L-BFGS)": ProbeConfig(method="linear", loss="ce", device=args.device),
+            "longtail probe LA tau=1 (L-BFGS)": ProbeConfig(method="linear", loss="la", device=args.device),
         }.items():
             probe, seconds = timed(lambda cfg=cfg: fit_probe(train, cfg), args.repeats)
             w, b = probe.head.weight.detach().numpy(), probe.head.bias.detach().numpy()

@@ -85,7 +85,7 @@ def parse_args() -> argparse.Namespace:
 
 def row_configs(device: str) -> list[ProbeConfig]:
     """The validated ProbeConfig of every row (a bad row fails here, before any image is read)."""
-    base = ProbeConfig(device=device)
+    base = ProbeConfig(method="linear", loss="ce", device=device)  # each row changes what it names
     return [apply_overrides(base, overrides) for _, overrides in ROWS]
 
 
@@ -170,7 +170,7 @@ def main() -> None:
         refs.append(("full balanced train (5,000/class), LR CE", replace(train_all, source="cifar10_full")))
     for label, data in refs:
         start = time.perf_counter()
-        probe = fit_probe(data, ProbeConfig(device=args.device), val)
+        probe = fit_probe(data, ProbeConfig(method="linear", loss="ce", device=args.device), val)
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
 
     table = markdown_table(results)

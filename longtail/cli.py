@@ -67,11 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:
-        print(f"longtail {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _error(args.command, str(err))
+    except OSError as err:
+        # Last resort for a user path the command could not read or write (a read-only or
+        # missing folder, a file where a folder should be); the usual home of such a check
+        # is before any work (`longtail.io.check_writable`). OSErrors without a path are not
+        # about the user's input: they keep their traceback.
+        if err.filename is None:
+            raise
+        return _error(args.command, f"{err.filename}: {err.strerror or type(err).__name__}")
     except KeyboardInterrupt:
         print(f"longtail {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(command: str, message: str) -> int:
+    """Print the error as exactly one line and return exit status 2: control characters and
+    line separators inside a user-supplied value are shown escaped (a newline as \\n)."""
+    one_line = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                       for ch in message.strip())
+    print(f"longtail {command}: error: {one_line}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

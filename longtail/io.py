@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from longtail.errors import ConfigError, DataError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -75,7 +77,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A JSON file's content; a corrupt or non-UTF-8 file is a one-line DataError naming it."""
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from err
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
@@ -83,4 +89,96 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    """A YAML file's content; a malformed or non-UTF-8 file is a one-line DataError naming it."""
+    try:
+        return yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise DataError(f"{path}: not valid YAML ({where}{problem})") from err
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """A text file's content; missing, unreadable or binary files are one-line DataErrors."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or type(err).__name__})") from err
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def load_weights_file(path: str | os.PathLike, framework: str = "pt") -> dict[str, Any]:
+    """Every tensor of a .safetensors file (never unpickled); a truncated, corrupt or
+    unreadable file is a one-line DataError naming it. framework: 'pt' (torch) or 'np'."""
+    with open_weights_file(path, framework) as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}
+
+
+@contextmanager
+def open_weights_file(path: str | os.PathLike, framework: str = "pt") -> Iterator[Any]:
+    """safetensors' `safe_open` handle (memory-mapped, read tensor by tensor), with the same
+    one-line DataError as `load_weights_file` for a bad file. Errors raised by the caller's
+    own code inside the `with` block pass through untouched."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(path), framework=framework, device="cpu")
+    except SafetensorError as err:
+        raise DataError(f"{path}: not a valid safetensors file (truncated or corrupt)") from err
+    except OSError as err:
+        raise DataError(f"{path}: cannot read weights ({err.strerror or type(err).__name__})") from err
+    with handle:
+        yield _CheckedHandle(handle, path)
+
+
+class _CheckedHandle:
+    """A safe_open handle whose reads turn safetensors' own errors into the one-line DataError."""
+
+    def __init__(self, handle: Any, path: str | os.PathLike) -> None:
+        self._handle = handle
+        self._path = path
+
+    def keys(self) -> list[str]:
+        return list(self._handle.keys())
+
+    def metadata(self) -> dict[str, str] | None:
+        return self._handle.metadata()
+
+    def get_tensor(self, key: str) -> Any:
+        from safetensors import SafetensorError
+
+        try:
+            return self._handle.get_tensor(key)
+        except SafetensorError as err:
+            raise DataError(f"{self._path}: not a valid safetensors file (tensor '{key}' unreadable)") from err
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def check_writable(path: str | os.PathLike, what: str = "--out", folder: bool = True) -> Path:
+    """Fail before any work when `path` (a folder, or a file when folder=False) cannot be
+    created: the nearest existing ancestor must be a writable folder, and an existing `path`
+    must be of the wanted type. One-line ConfigError naming the obstacle; nothing is created.
+    (Whether an existing run folder may be reused is the run's own check, `runs.create_run`.)"""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{what} {path}: is a file, not a folder")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{what} {path}: is a folder, not a file")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: folder is not writable")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor.parent != ancestor:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {path}: cannot be created, {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: cannot be created, folder {ancestor} is not writable")
+    return path

@@ -31,7 +31,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name read from a file (a list)
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'; choose from: {', '.join(self.names())}"
             ) from None
@@ -40,7 +40,10 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        try:
+            return name in self._items
+        except TypeError:  # unhashable: no registered name
+            return False
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

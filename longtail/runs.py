@@ -133,12 +133,31 @@ class Run:
         if self.staged and not self.finished and self.dir.exists():
             shutil.rmtree(self.dir)
 
+    def mark(self, status: str, error: str | None = None) -> None:
+        """Record an unfinished unstaged run's status ('running', 'interrupted' or 'failed',
+        with the one-line error) in status.json; a finished or vanished run is left alone."""
+        if self.staged or self.finished or not self.dir.is_dir():
+            return
+        record = {"status": status, "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        if error is not None:
+            record["error"] = error
+        self.write_json("status.json", record)
+
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        """A staged run that raised is dropped; an unstaged one (kept for --resume) records
+        'interrupted' (KeyboardInterrupt, SystemExit) or 'failed' with the error's first line."""
+        if exc_type is None:
+            return
+        if self.staged:
             self.abort()
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+            self.mark("interrupted")
+        else:
+            lines = str(exc).strip().splitlines()
+            self.mark("failed", f"{exc_type.__name__}: {lines[0] if lines else ''}".rstrip(": "))
 
 
 def create_run(
@@ -160,7 +179,9 @@ def create_run(
             raise ConfigError(f"run folder already exists, not overwritten: {folder} (choose another --out)")
         if staged:
             raise ConfigError("resume needs an unstaged run")
-        return Run(folder, staged=False)
+        run = Run(folder, staged=False)
+        run.mark("running")
+        return run
     run = Run(folder, staged=staged)
     if run.dir.exists():  # leftovers of an interrupted staged run
         shutil.rmtree(run.dir)

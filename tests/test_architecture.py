@@ -24,7 +24,7 @@ SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 # "longtail" itself (the package __init__) is matched only exactly.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("longtail.errors", "longtail.registry", "longtail.io", "longtail.config",
-              "longtail.device", "longtail.runs", "longtail.maths")),
+              "longtail.device", "longtail.runs", "longtail.maths", "longtail.progress")),
     ("data", ("longtail.data",)),
     ("eval", ("longtail.eval",)),
     ("models", ("longtail.models",)),

@@ -200,8 +200,10 @@ def test_bad_inputs(tmp_path, folder):
     with pytest.raises(DataError, match="unsupported data file type '.json'"):
         open_images(str(tmp_path / "x.json"))
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    with pytest.raises(DataError, match="no images found"):
+    with pytest.raises(DataError, match="class folder 'cls' has no images"):
         open_images(str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="no images found"):
+        open_images(str(tmp_path / "empty"), empty_classes="drop")
     with pytest.raises(DataError, match="label 3 out of range for 2 classes"):
         ImageDataset(["a", "b"], [0, 3], ["p", "q"], reader=FileReader(tmp_path))
     with pytest.raises(DataError, match="no images"):

@@ -74,10 +74,10 @@ def test_second_call_hits_cache(tiny, dataset, tmp_path, monkeypatch):
         extract_features(tiny, dataset, device="cpu", cache=False, progress=False)
 
 
-def test_interrupted_extraction_resumes_from_saved_shards(tiny, dataset, tmp_path, monkeypatch):
+def test_interrupted_extraction_resumes_from_saved_shards(tiny, dataset, tmp_path, monkeypatch, capsys):
     import longtail.models.features as features_module
 
-    monkeypatch.setattr(features_module, "SHARD_SIZE", 3)  # 7 images -> shards of 3, 3, 1
+    monkeypatch.setattr(features_module, "SHARD_IMAGES", 3)  # batches of 2: shards close at 4, 7
     full = extract_features(tiny, dataset, batch_size=2, device="cpu", cache=False, progress=False)
     real, calls = tiny.forward_features, []
 
@@ -88,15 +88,19 @@ def test_interrupted_extraction_resumes_from_saved_shards(tiny, dataset, tmp_pat
         return real(pixels)
 
     monkeypatch.setattr(tiny, "forward_features", dies_on_the_third_batch)
+    capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path, progress=False)
     shards = sorted(p.name for p in tmp_path.glob("*.shards/*.npy"))
-    assert shards == ["000000000-000000003.npy"] and not list(tmp_path.glob("*.npz"))
+    assert shards == ["000000000-000000004.npy"] and not list(tmp_path.glob("*.npz"))
+    err = capsys.readouterr().err
+    assert "kept 4 of 7 images in 1 shards under" in err and "run the same command again" in err
 
     calls.clear()
     monkeypatch.setattr(tiny, "forward_features", lambda pixels: calls.append(pixels.shape[0]) or real(pixels))
     resumed = extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path, progress=False)
-    assert sum(calls) == 4  # only images 3..6 were recomputed
+    assert sum(calls) == 3  # only images 4..6 were recomputed
+    assert "reusing 4 images from 1 shards" in capsys.readouterr().err
     np.testing.assert_allclose(resumed.features, full.features, rtol=1e-6, atol=1e-6)
     assert len(list(tmp_path.glob("*.npz"))) == 1 and not list(tmp_path.glob("*.shards"))
 

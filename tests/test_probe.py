@@ -22,7 +22,7 @@ def _blobs(seed=0, counts=(60, 30, 12, 6), d=8, spread=1.0):
 
 def test_learns_separable_problem():
     fs = _blobs(spread=0.05)
-    for cfg in (ProbeConfig(), ProbeConfig(method="cosine"), ProbeConfig(solver="adamw", epochs=100, lr=0.1)):
+    for cfg in (ProbeConfig(method="linear", loss="ce"), ProbeConfig(method="cosine"), ProbeConfig(solver="adamw", epochs=100, lr=0.1)):
         probe = fit_probe(fs, cfg)
         assert (probe.predict(fs.features) == fs.labels).all(), cfg
 
@@ -31,7 +31,7 @@ def test_lbfgs_matches_sklearn():
     fs = _blobs(seed=1, spread=1.5)
     x = fs.features / np.linalg.norm(fs.features, axis=1, keepdims=True)
     sk = LogisticRegression(C=1.0, max_iter=1000, tol=1e-6).fit(x.astype(np.float64), fs.labels)
-    probe = fit_probe(fs, ProbeConfig(tol=1e-6))
+    probe = fit_probe(fs, ProbeConfig(method="linear", loss="ce", tol=1e-6))
     ours = probe.logits(fs.features)
     ref = sk.decision_function(x)
     # Same objective and optimum: logits agree up to a per-row constant (softmax invariance).
@@ -42,17 +42,17 @@ def test_lbfgs_matches_sklearn():
 
 def test_deterministic_and_seeded():
     fs = _blobs(seed=2)
-    for cfg in (ProbeConfig(), ProbeConfig(solver="adamw", epochs=3, seed=5)):
+    for cfg in (ProbeConfig(method="linear", loss="ce"), ProbeConfig(solver="adamw", epochs=3, seed=5)):
         a, b = fit_probe(fs, cfg).logits(fs.features), fit_probe(fs, cfg).logits(fs.features)
         assert np.array_equal(a, b)
-    c = fit_probe(fs, ProbeConfig(solver="adamw", epochs=3, seed=6)).logits(fs.features)
+    c = fit_probe(fs, ProbeConfig(method="linear", loss="ce", solver="adamw", epochs=3, seed=6)).logits(fs.features)
     assert not np.array_equal(a, c)
 
 
 def test_logit_adjusted_loss_favours_tail():
     fs = _blobs(seed=3, counts=(200, 100, 10, 5), spread=2.0)
-    ce = fit_probe(fs, ProbeConfig(loss="ce")).predict(fs.features)
-    la = fit_probe(fs, ProbeConfig(loss="la", loss_options={"tau": 1.0})).predict(fs.features)
+    ce = fit_probe(fs, ProbeConfig(method="linear", loss="ce")).predict(fs.features)
+    la = fit_probe(fs, ProbeConfig(method="linear", loss="la", loss_options={"tau": 1.0})).predict(fs.features)
     assert (la >= 2).sum() > (ce >= 2).sum()  # more predictions of the two tail classes
 
 
@@ -73,12 +73,12 @@ def test_save_load_round_trip(tmp_path):
 def test_posthoc_tau_fixed_and_auto():
     fs = _blobs(seed=5, counts=(200, 100, 10, 5), spread=2.5)
     val = _blobs(seed=5, counts=(50, 50, 50, 50), spread=2.5)  # same means (same seed), balanced
-    probe = fit_probe(fs, ProbeConfig())
-    fixed = fit_probe(fs, ProbeConfig(posthoc_tau=1.0))
+    probe = fit_probe(fs, ProbeConfig(method="linear", loss="ce"))
+    fixed = fit_probe(fs, ProbeConfig(method="linear", loss="ce", posthoc_tau=1.0))
     log_pi = np.log(fs.class_counts() / fs.num_samples)
     assert np.allclose(fixed.logits(val.features), probe.logits(val.features) - log_pi, atol=1e-5)
 
-    auto = fit_probe(fs, ProbeConfig(posthoc_tau="auto"), val)
+    auto = fit_probe(fs, ProbeConfig(method="linear", loss="ce", posthoc_tau="auto"), val)
     raw = probe.logits(val.features)
     scores = [balanced_accuracy(raw - t * log_pi, val.labels) for t in TAU_GRID]
     assert auto.posthoc_tau == pytest.approx(TAU_GRID[int(np.argmax(scores))])
@@ -100,11 +100,11 @@ def test_errors():
     fs = _blobs()
     empty = FeatureSet(fs.features, np.where(fs.labels == 2, 1, fs.labels), class_names=fs.names())
     with pytest.raises(DataError, match="class 'c2' has no training samples"):
-        fit_probe(empty, ProbeConfig())
+        fit_probe(empty, ProbeConfig(method="linear", loss="ce"))
     with pytest.raises(ConfigError, match="validation set"):
-        fit_probe(fs, ProbeConfig(posthoc_tau="auto"))
+        fit_probe(fs, ProbeConfig(method="linear", loss="ce", posthoc_tau="auto"))
     with pytest.raises(DataError, match="shape"):
-        fit_probe(fs, ProbeConfig()).logits(np.zeros((2, 3), np.float32))
+        fit_probe(fs, ProbeConfig(method="linear", loss="ce")).logits(np.zeros((2, 3), np.float32))
     with pytest.raises(DataError, match="NaN"):
         train_head(np.full((4, 2), np.nan), np.arange(4), np.ones(4))
     with pytest.raises(ConfigError, match="L2-SP"):
@@ -120,7 +120,7 @@ def test_errors():
     ({"loss": "ce", "loss_options": {"tau": 0.5}}, "loss 'ce': unknown loss_options key 'tau' (valid: none)"),
     ({"loss": "la", "loss_options": {"tau": "abc"}}, "loss 'la': bad loss_options"),
     ({"loss": "weighted-ce", "loss_options": {"beta": 2.0}}, "beta must be in [0, 1)"),
-    ({"method_options": {"k": 1}}, "method 'linear' takes no method_options (got k)"),
+    ({"method_options": {"k": 1}}, "method 'cosine' takes no method_options (got k)"),
     ({"method": "smote", "method_options": {"kappa": 3}}, "method 'smote': unknown method_options key 'kappa'"),
     ({"method": "zero-shot", "interpolate": 0.5}, "interpolate applies to trained methods"),
     ({"posthoc_tau": "best"}, "posthoc_tau must be none, 'auto' or a finite number, got 'best'"),
@@ -145,10 +145,10 @@ def test_config_rejects_bad_values_on_construction(values, message):
 def test_config_grammar_and_round_trip():
     from longtail.config import apply_overrides
 
-    cfg = apply_overrides(ProbeConfig(), {"loss": "la", "loss_options.tau": 0.5, "method": "cosine", "lr": 1})
+    cfg = apply_overrides(ProbeConfig(method="linear", loss="ce"), {"loss": "la", "loss_options.tau": 0.5, "method": "cosine", "lr": 1})
     assert cfg.loss_options == {"tau": 0.5} and cfg.method == "cosine" and cfg.lr == 1.0
     assert ProbeConfig.from_dict(cfg.to_dict()) == cfg
-    assert ProbeConfig(posthoc_tau=1).posthoc_tau == 1.0 and ProbeConfig(posthoc_tau="auto").posthoc_tau == "auto"
+    assert ProbeConfig(method="linear", loss="ce", posthoc_tau=1).posthoc_tau == 1.0 and ProbeConfig(posthoc_tau="auto").posthoc_tau == "auto"
     # the loss gets exactly loss_options: tau 0.5 here, not a default or a second field
     assert cfg.head_training()["loss_options"] == {"tau": 0.5}
 
@@ -170,7 +170,7 @@ def test_weighted_ce_matches_sklearn_class_weight_balanced():
     fs = _blobs(seed=3, spread=1.5)
     x = fs.features / np.linalg.norm(fs.features, axis=1, keepdims=True)
     sk = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000, tol=1e-8).fit(x, fs.labels)
-    ours = fit_probe(fs, ProbeConfig(loss="weighted-ce", tol=1e-7))
+    ours = fit_probe(fs, ProbeConfig(method="linear", loss="weighted-ce", tol=1e-7))
     assert np.allclose(ours.head.weight.detach().numpy(), sk.coef_, atol=2e-3)
     assert np.array_equal(ours.predict(fs.features), sk.predict(x))
 
@@ -179,8 +179,8 @@ def test_temperature_scaling_keeps_predictions_and_lowers_val_nll(tmp_path):
     import torch.nn.functional as F
 
     train, val = _blobs(seed=4, spread=2.0), _blobs(seed=5, spread=2.0, counts=(20, 20, 20, 20))
-    plain = fit_probe(train, ProbeConfig(loss="la"))
-    calibrated = fit_probe(train, ProbeConfig(loss="la", calibrate="temperature"), val)
+    plain = fit_probe(train, ProbeConfig(method="linear", loss="la"))
+    calibrated = fit_probe(train, ProbeConfig(method="linear", loss="la", calibrate="temperature"), val)
     assert np.array_equal(plain.predict(val.features), calibrated.predict(val.features))
 
     def nll(probe):
@@ -190,4 +190,4 @@ def test_temperature_scaling_keeps_predictions_and_lowers_val_nll(tmp_path):
     calibrated.save(tmp_path / "head")
     assert Probe.load(tmp_path / "head").temperature == calibrated.temperature
     with pytest.raises(ConfigError, match="validation set"):
-        fit_probe(train, ProbeConfig(calibrate="temperature"))
+        fit_probe(train, ProbeConfig(method="linear", loss="ce", calibrate="temperature"))

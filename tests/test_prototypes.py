@@ -47,7 +47,7 @@ def test_zero_shot_linear_prototypes_with_bias_is_nearest_mean():
 def test_prototype_init_without_training_is_zero_shot(head, solver):
     train, _ = _data(seed=1)
     zs = fit_probe(train, ProbeConfig(method="zero-shot")).logits(train.features)
-    cfg = ProbeConfig(init="prototypes", head=head, solver=solver, max_iter=0, epochs=0)
+    cfg = ProbeConfig(method="linear", loss="ce", init="prototypes", head=head, solver=solver, max_iter=0, epochs=0)
     init = fit_probe(train, cfg).logits(train.features)
     assert np.allclose(init, zs, atol=1e-4)
 
@@ -55,18 +55,18 @@ def test_prototype_init_without_training_is_zero_shot(head, solver):
 def test_interpolation_endpoints_are_exact():
     train, _ = _data(seed=2)
     zs = fit_probe(train, ProbeConfig(method="zero-shot")).logits(train.features)
-    trained = fit_probe(train, ProbeConfig()).logits(train.features)
+    trained = fit_probe(train, ProbeConfig(method="linear", loss="ce")).logits(train.features)
     assert not np.allclose(zs, trained)
-    assert np.array_equal(fit_probe(train, ProbeConfig(interpolate=0.0)).logits(train.features), zs)
-    assert np.array_equal(fit_probe(train, ProbeConfig(interpolate=1.0)).logits(train.features), trained)
-    half = fit_probe(train, ProbeConfig(interpolate=0.5)).logits(train.features)
+    assert np.array_equal(fit_probe(train, ProbeConfig(method="linear", loss="ce", interpolate=0.0)).logits(train.features), zs)
+    assert np.array_equal(fit_probe(train, ProbeConfig(method="linear", loss="ce", interpolate=1.0)).logits(train.features), trained)
+    half = fit_probe(train, ProbeConfig(method="linear", loss="ce", interpolate=0.5)).logits(train.features)
     assert np.allclose(half, 0.5 * zs + 0.5 * trained, atol=1e-5)
 
 
 def test_auto_interpolation_with_posthoc_and_save_load(tmp_path):
     train, _ = _data(seed=3)
     val, _ = _data(seed=3, counts=(30, 30, 30, 30))
-    probe = fit_probe(train, ProbeConfig(interpolate="auto", posthoc_tau="auto"), val)
+    probe = fit_probe(train, ProbeConfig(method="linear", loss="ce", interpolate="auto", posthoc_tau="auto"), val)
     sel = probe.info["selection"]
     assert probe.alpha in ALPHA_GRID and np.asarray(sel["scores"]).shape == (11, 21)
     assert balanced_accuracy(probe.logits(val.features), val.labels) == pytest.approx(sel["best"])
@@ -92,9 +92,9 @@ def test_l2_sp_pulls_towards_the_prototypes_not_zero(solver):
     train, _ = _data()
     strong = dict(loss="la", init="prototypes", solver=solver, epochs=30)
     strong |= {"l2": 10.0} if solver == "lbfgs" else {"weight_decay": 10.0}
-    start = fit_probe(train, ProbeConfig(init="prototypes", max_iter=0, epochs=0)).head.weight.detach()
-    anchored = fit_probe(train, ProbeConfig(l2_target="init", **strong)).head.weight.detach()
-    plain = fit_probe(train, ProbeConfig(**strong)).head.weight.detach()
+    start = fit_probe(train, ProbeConfig(method="linear", loss="ce", init="prototypes", max_iter=0, epochs=0)).head.weight.detach()
+    anchored = fit_probe(train, ProbeConfig(method="linear", l2_target="init", **strong)).head.weight.detach()
+    plain = fit_probe(train, ProbeConfig(method="linear", **strong)).head.weight.detach()
     # a strong anchor keeps W next to its prototype start; plain L2 shrinks it towards 0
     assert float((anchored - start).norm()) < 0.1 * float(start.norm())
     assert float((plain - start).norm()) > 0.5 * float(start.norm())
@@ -103,4 +103,4 @@ def test_l2_sp_pulls_towards_the_prototypes_not_zero(solver):
 def test_l2_sp_needs_prototype_init():
     train, _ = _data()
     with pytest.raises(ConfigError, match="L2-SP"):
-        fit_probe(train, ProbeConfig(l2_target="init"))
+        fit_probe(train, ProbeConfig(method="linear", loss="ce", l2_target="init"))

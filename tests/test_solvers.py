@@ -112,9 +112,9 @@ def test_lbfgs_closed_form_float32_same_optimum_and_predictions():
 def test_config_passes_each_solver_its_own_options():
     assert solver_options("lbfgs") == ["l2", "lr", "max_iter", "tol", "history_size"]
     assert solver_options("adamw") == ["lr", "epochs", "weight_decay", "batch_size"]
-    lbfgs = ProbeConfig(max_iter=7, epochs=3, l2=0.5).head_training()
+    lbfgs = ProbeConfig(method="linear", loss="ce", max_iter=7, epochs=3, l2=0.5).head_training()
     assert lbfgs["solver_options"] == {"l2": 0.5, "max_iter": 7, "tol": 1e-4, "history_size": 10}
-    adamw = ProbeConfig(solver="adamw", epochs=3, lr=0.1).head_training()
+    adamw = ProbeConfig(method="linear", loss="ce", solver="adamw", epochs=3, lr=0.1).head_training()
     assert adamw["solver_options"] == {"lr": 0.1, "epochs": 3, "weight_decay": 1e-4, "batch_size": 256}
 
 

@@ -58,7 +58,7 @@ def test_bayes_rule_beats_trained_probes(bench):
     assert abs(bayes_test - bench.bayes_balanced_accuracy) < 0.075
     scores = {}
     for loss in ("ce", "la"):
-        probe = fit_probe(bench.train, ProbeConfig(loss=loss))
+        probe = fit_probe(bench.train, ProbeConfig(method="linear", loss=loss))
         scores[loss] = balanced_accuracy(probe.logits(test.features), test.labels)
         assert bayes_test >= scores[loss]
         assert bench.bayes_balanced_accuracy >= scores[loss]

@@ -9,7 +9,10 @@ HELP = "re-evaluate a saved run (any kind) and print its metrics"
 DESCRIPTION = """\
 Reload the weights saved in a run folder (probe, fit, soup, MonoSoup, LT-Soups) and evaluate
 them again: on the run's own test data, or on another test set given with --test (a feature
-file for probe runs, a dataset spec for image runs). Prints overall / class-mean / many /
+file for probe runs, a dataset spec for image runs). The run's own test data is checked
+against the fingerprint recorded when the run was made (feature files: size and content
+hash; image folders: the dataset fingerprint) and refused if it changed; pass --test to
+evaluate on the changed data anyway (the output then says so). Prints overall / class-mean / many /
 medium / few accuracy, worst class, harmonic/geometric mean, macro-F1 and ECE. Nothing in
 the run folder is changed; --out writes the metrics to a new JSON file.
 
@@ -28,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     from pathlib import Path
 
     from longtail.errors import ConfigError
@@ -41,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         write_json(args.out, metrics)
     values = {k: v for k, v in summary(metrics).items() if k != "fit_seconds"}  # a training property
+    test_set = metrics.get("test_set")
+    if test_set is not None:
+        whose = "the run's own test set" if test_set.get("own") else "not the run's own test set"
+        print(f"evaluated on {test_set['source']} ({whose})", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(to_jsonable(values)))
     else:

@@ -25,7 +25,18 @@ $LONGTAIL_CACHE/features (default ~/.cache/longtail/features), so repeating a ru
   FILE.npy  your own C x d array (checked for shape, class count and NaN)
 
 --data is a preset (e.g. cifar100_lt), an image folder (root/class_x/*.jpg), a list file,
-a .csv, a .zip or hf:<hub id>; --backbone is a preset (tiny_clip, clip_vit_b16, clip_vit_b32,
+a .csv, a .zip or hf:<hub id>. A folder (or zip) with train/ and test/ subfolders holds two
+splits (--split test reads test/); a plain folder of classes, a list file or a CSV is one
+split, train, and --split test or val on it is an error. A class folder with no images is an
+error too (--option empty_classes=drop leaves it out, =keep keeps it as an empty class).
+
+Validation drawn from the training split: val_split=0.1 (about 10 % of each class) or
+val_per_class=N, stratified and seeded (seed=0); each class keeps at least one training
+image (a class of one image gets no validation image). Then --split val writes the drawn
+part and --split train the rest (same rule and seed, so the two never overlap); the rule,
+seed and per-class counts are stored in the file's meta (val_split).
+
+--backbone is a preset (tiny_clip, clip_vit_b16, clip_vit_b32,
 clip_vit_l14, clip_vit_l14_laion2b, efficientnet_lite0, efficientnet_lite2), a Hugging Face
 hub id or a folder saved with save_pretrained.
 
@@ -33,6 +44,8 @@ examples:
   longtail features --data cifar100_lt --root data/ --split train --backbone clip_vit_b16 --out train.npz
   longtail features --data cifar100_lt --root data/ --split test --backbone clip_vit_b16 --out test.npz
   longtail features --data photos/ --backbone clip_vit_l14 --templates sage60 --out feats.safetensors
+  longtail features --data photos/ --split val val_split=0.1 --backbone efficientnet_lite0 --out val.npz
+  longtail features --data photos/ --split train val_split=0.1 --backbone efficientnet_lite0 --out train.npz
   longtail features --data photos/ --backbone efficientnet_lite0 --prototypes imagenet \\
       --imagenet-map map.txt --out feats.npz
 """
@@ -46,8 +59,11 @@ class FeaturesConfig:
     backbone: str
     out: str
     root: str | None = None
-    split: str = "train"
+    split: str = "train"  # with val_split / val_per_class: train (the rest) or val (the drawn part)
     data_options: dict[str, Any] = field(default_factory=dict)
+    val_split: float | None = None  # draw this fraction of each class of the training split as val
+    val_per_class: int = 0  # or N images of each class (0: off); either way each class keeps one
+    seed: int = 0  # seed of that draw
     revision: str | None = None
     backbone_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 64
@@ -62,6 +78,7 @@ class FeaturesConfig:
 
     def __post_init__(self) -> None:
         from longtail.data.features import SUFFIXES
+        from longtail.data.splits import check_part
         from longtail.device import resolve_device
         from longtail.errors import ConfigError
         from longtail.models.templates import TEMPLATES
@@ -72,6 +89,13 @@ class FeaturesConfig:
             raise ConfigError("batch_size must be >= 1 and workers >= 0")
         resolve_device(self.device)  # a misspelt device, or cuda without a GPU, fails here
         TEMPLATES.get(self.templates)
+        check_part(self.split, self.val_rule())
+
+    def val_rule(self):
+        """The validation rule of val_split / val_per_class / seed (inactive when neither is set)."""
+        from longtail.data.splits import ValRule
+
+        return ValRule(self.val_split, self.val_per_class, self.seed)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,7 +153,7 @@ def prototype_request(cfg: FeaturesConfig) -> tuple[str | None, dict]:
 
 def run(args: argparse.Namespace) -> int:
     from longtail.data.features import save_features
-    from longtail.data.open_images import open_images
+    from longtail.data.splits import open_part
     from longtail.errors import ConfigError, DataError
     from longtail.models.backbone import load_backbone
     from longtail.models.features import extract_features, load_prototype_file
@@ -142,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if source is None and not Path(cfg.prototypes).is_file():
         raise DataError(f"prototype file not found: {cfg.prototypes}")
 
-    dataset = open_images(cfg.data, split=cfg.split, root=cfg.root, **cfg.data_options)
+    dataset, drawn = open_part(cfg.data, cfg.split, cfg.root, cfg.val_rule(), **cfg.data_options)
     backbone = load_backbone(cfg.backbone, revision=cfg.revision, **cfg.backbone_options)
     prototypes = source
     if source is None:
@@ -163,13 +187,15 @@ def run(args: argparse.Namespace) -> int:
             "root": cfg.root,
             "split": cfg.split,
             "options": cfg.data_options,
+            "val_split": drawn,
             "prototype_source": str(cfg.prototypes if source is None else source),
             "templates": cfg.templates if _uses_text(source, backbone) else None,
         },
     )
     save_features(fs, out)
     protos = "none" if fs.prototypes is None else f"{fs.prototypes.shape[0]} prototypes"
-    print(f"wrote {out}: {fs.num_samples} x {fs.dim} features, {fs.num_classes} classes, {protos}")
+    part = "" if drawn is None else f" ({cfg.split} part of the training split, {drawn['rule']}, seed {cfg.seed})"
+    print(f"wrote {out}: {fs.num_samples} x {fs.dim} features, {fs.num_classes} classes, {protos}{part}")
     return 0
 
 

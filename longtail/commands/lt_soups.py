@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     from longtail.config import parse_overrides
     from longtail.errors import ConfigError
+    from longtail.io import check_writable
     from longtail.soups.lt_soups import LTSoupsConfig, run_lt_soups
 
     if args.list:
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"lt-soups needs {', '.join(missing)} (--out: the pipeline folder shared by every job)")
     cfg = build_config(args.data, args.backbone, parse_overrides(args.overrides))
+    check_writable(args.out)
     folder = run_lt_soups(cfg, args.out, job=args.job, stage=args.stage)
     table = folder / "comparison.json"
     if args.job is None and table.exists():

@@ -9,8 +9,9 @@ DESCRIPTION = """\
 Edit a fine-tuned checkpoint W1 towards its pretrained/zero-shot weights W0 without data:
 each layer's update W1 - W0 is split by a thin SVD into its top-k part and the rest, which
 are re-weighted from the spectrum (k from the effective rank by default, or an energy
-threshold). Biases, LayerNorms, scalars, tensors missing in W0 and untouched tensors are
-kept. q/k/v projections are edited as one stacked matrix by default (as the fused
+threshold). Biases, LayerNorms, scalars, tensors missing in W0 (adapters) and untouched
+tensors are kept. W0 and W1 must be one architecture: tensors missing on both sides, or a
+tensor with another shape, are an error naming the first one. q/k/v projections are edited as one stacked matrix by default (as the fused
 reference implementation). SVD runs in float32 (or float64) on the GPU when present.
 Writes a new run folder (kind "monosoup") with the edited weights, monosoup_log.json (k,
 energy, lambdas per tensor); an edit of a fit run is in the fit layout and is evaluated
@@ -44,13 +45,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from longtail.config import apply_overrides, parse_overrides
     from longtail.errors import ConfigError
+    from longtail.io import check_writable
     from longtail.methods.finetune import RunModel, is_fit_layout
     from longtail.soups.merge import load_state_dict, weights_file
-    from longtail.soups.monosoup import MonoSoupConfig, config_dict, lora_dense_state, monosoup
+    from longtail.soups.monosoup import MonoSoupConfig, check_bases, config_dict, lora_dense_state, monosoup
     from longtail.soups.soup_run import format_table, row, write_soup_run
 
     flags = {k: getattr(args, k) for k in ("mode", "energy", "qkv", "precision") if getattr(args, k) is not None}
     cfg = apply_overrides(MonoSoupConfig(device=args.device), {**flags, **parse_overrides(args.overrides)})
+    if args.out:
+        check_writable(args.out)
     w1_file = weights_file(args.w1)
     fit_layout = is_fit_layout(args.w1)
     if (args.eval or args.w0 == "zero-shot") and not fit_layout:
@@ -60,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     w1 = load_state_dict(w1_file)
     if args.lora_scaling is not None:
         w1 = lora_dense_state(w0, w1, args.lora_scaling)
+    check_bases(w0, w1, f"--w0 {args.w0}, --w1 {args.w1}: ")  # before anything is written
     edited, log = monosoup(w0, w1, cfg)
     n_edit = sum(bool(e["edited"]) for e in log)
     config = {"label": "MonoSoup", "method": "monosoup", "w0": args.w0, "w1": str(args.w1), **config_dict(cfg),

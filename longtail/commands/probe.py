@@ -18,6 +18,11 @@ loss_options.tau=0.5, method_options.k_neighbors=3); the flags --method, --loss,
 the same keys (KEY=VALUE wins over a flag). The config is checked before any file is read:
 an unknown key, name or option fails at once and lists the valid ones.
 
+Choices made on a validation set (--posthoc-tau auto, --interpolate auto, --calibrate) use
+--val FILE, or without it val_split=0.1 / val_per_class=N: that part of the training
+features, drawn per class with seed=, is held out of training (each class keeps at least one
+sample); the draw is recorded in the run's config.yaml (val_split).
+
 Feature files are .npz or .safetensors with `features` (N x d), `labels` (N) and optionally
 `class_names`, `prototypes` (C x d), `prototype_bias` (C).
 
@@ -27,6 +32,7 @@ examples:
   longtail probe --train train.npz --test test.npz --val val.npz --method vmf-kde --loss la --json
   longtail probe --train train.npz --test test.npz --val val.npz --init prototypes --interpolate auto
   longtail probe --train train.npz --test test.npz solver=adamw epochs=50 lr=1e-3
+  longtail probe --train train.npz --test test.npz --posthoc-tau auto val_split=0.1
   longtail probe --train synthetic_features:train --test synthetic_features:test --val synthetic_features:val --posthoc-tau auto
   longtail probe --list        # every probe method, loss, head and solver
 """
@@ -61,11 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action=_ListNames, help="list the probe methods, losses, heads and solvers, then exit")
     p.add_argument("--train", required=True, help="training feature file (.npz/.safetensors) or synthetic_features:train")
     p.add_argument("--test", required=True, help="test feature file")
-    p.add_argument("--val", help="validation feature file (for 'auto' choices and --calibrate)")
+    p.add_argument("--val", help="validation feature file (for 'auto' choices and --calibrate); "
+                                 "or val_split=F / val_per_class=N to draw it from --train")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="ProbeConfig overrides, e.g. loss=la loss_options.tau=0.5 solver=adamw epochs=50")
-    p.add_argument("--method", help="= method=X (default linear); see --list")
-    p.add_argument("--loss", help="= loss=X (default ce); see --list")
+    p.add_argument("--method", help="= method=X (default cosine); see --list")
+    p.add_argument("--loss", help="= loss=X (default la: logit-adjusted); see --list")
     p.add_argument("--tau", help="= loss_options.tau=T: logit-adjustment strength of la-type losses")
     p.add_argument("--init", help="= init=X: random (default) or prototypes")
     p.add_argument("--interpolate", help="= interpolate=X: 'auto' (on --val) or ALPHA in [0,1], mixes zero-shot and trained heads")
@@ -93,20 +100,29 @@ def build_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from longtail.data.open_features import open_features
+    from longtail.data.splits import split_features
     from longtail.errors import ConfigError
     from longtail.eval.metrics import summary
     from longtail.io import to_jsonable
     from longtail.methods.probe import run_probe
 
     cfg = build_config(args)  # every config mistake fails here, before any feature file is read
-    if cfg.needs_validation() and not args.val:
-        raise ConfigError(f"{', '.join(cfg.needs_validation())} needs a validation set: add --val FILE")
+    rule = cfg.val_rule()
+    if rule.active and args.val:
+        raise ConfigError(f"--val {args.val} and {rule.describe()} both give a validation set: use one")
+    if cfg.needs_validation() and not (args.val or rule.active):
+        raise ConfigError(f"{', '.join(cfg.needs_validation())} needs a validation set: "
+                          f"add --val FILE, or val_split=0.1 to hold out part of --train")
     train = open_features(args.train)
     test = open_features(args.test)
     val = open_features(args.val) if args.val else None
+    extra = None
+    if rule.active:
+        train, val, drawn = split_features(train, rule)
+        extra = {"val_split": drawn}
     folder, metrics = run_probe(
         train, test, cfg, val=val, out=args.out, label=args.label,
-        many=args.many, few=args.few, report=not args.no_report,
+        many=args.many, few=args.few, report=not args.no_report, extra_config=extra,
     )
     if args.json:
         print(json.dumps(to_jsonable(summary(metrics) | {"post_hoc": metrics["post_hoc"], "run": str(folder)})))

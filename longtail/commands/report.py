@@ -8,7 +8,11 @@ HELP = "write report.html for a run, or a comparison report of several runs"
 DESCRIPTION = """\
 One run: (re)writes RUN/report.html from the run's saved metrics, statistics and config:
 per-class accuracy vs training count, many/medium/few bars, reliability diagram.
-Several runs: writes one comparison page (metrics side by side, head-to-tail curves).
+Several runs: writes one comparison page (metrics side by side, head-to-tail curves, per-class
+table, training curves). Each run is labelled by its --label, or else by what differs between
+the runs' configs (e.g. "loss=la, init=prototypes" vs "loss=ce"). Runs on different data
+(number of classes, class names, training counts, test size) are compared with a warning, at
+the top of the page and on stderr.
 
 examples:
   longtail report runs/probe-20260101-120000
@@ -24,10 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import datetime as dt
+    import sys
     from pathlib import Path
 
     from longtail.errors import ConfigError
-    from longtail.eval.report import write_comparison_report, write_report
+    from longtail.eval.report import comparison_warnings, write_comparison_report, write_report
 
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
@@ -36,5 +41,7 @@ def run(args: argparse.Namespace) -> int:
         if out.exists():
             raise ConfigError(f"{out} exists, not overwritten (choose another --out)")
         path = write_comparison_report(args.runs, out, title=args.title)
+        for line in comparison_warnings(args.runs):
+            print(f"warning: the runs used different data: {line}", file=sys.stderr)
     print(f"report: {path}")
     return 0

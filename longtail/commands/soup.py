@@ -51,11 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from longtail.config import parse_overrides
     from longtail.errors import ConfigError
+    from longtail.io import check_writable
     from longtail.soups.recipe import SoupRecipe, load_recipe
     from longtail.soups.soup_run import format_table, make_soup
 
     if args.method in ("lt_soups", "lt-soups"):
         raise ConfigError("LT-Soups is its own command: longtail lt-soups -d DATASET -b BACKBONE --out DIR")
+    if args.out:
+        check_writable(args.out)
     sources = [s for s in args.ingredients if "=" not in s]
     params: dict = parse_overrides([s for s in args.ingredients if "=" in s])
     if args.lam is not None:

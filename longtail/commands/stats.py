@@ -22,8 +22,14 @@ inat2018), an image folder (DATA/<class>/*.jpg), a list file (.txt: 'path label'
 a .csv (path,label), a zip of class folders, hf:<hub id> or a datasets.save_to_disk folder,
 or a feature file (.npz / .safetensors).
 
+--split picks a split of a preset or of a folder with train/ and test/ subfolders (a plain
+folder of classes is one split, train). val_split=0.1 or val_per_class=N (seed=) describe the
+part of the training split that `features` / `probe` would hold out with the same keys
+(--split val) or the rest (--split train).
+
 examples:
   longtail stats synthetic_images
+  longtail stats photos/ --split val val_per_class=5
   longtail stats cifar100_lt --root hf:cifar100 data_options.ir=50 --json
   longtail stats synthetic_features           # the offline demo benchmark (feature space)
   longtail stats cifar10_ir100 --root cifar10-jpeg.zip --plot c10.png
@@ -39,6 +45,9 @@ class StatsConfig:
     root: str | None = None
     split: str = "train"
     data_options: dict[str, Any] = field(default_factory=dict)
+    val_split: float | None = None  # describe a validation part drawn from the training split...
+    val_per_class: int = 0  # ... or N per class (longtail.data.splits), with --split train | val
+    seed: int = 0  # seed of that draw
     many: int = 100  # many-shot: more than this many training images
     few: int = 20  # few-shot: fewer than this many training images
 
@@ -47,6 +56,15 @@ class StatsConfig:
 
         if not 0 <= self.few <= self.many:
             raise ConfigError(f"few ({self.few}) must not exceed many ({self.many}) and be >= 0")
+        from longtail.data.splits import check_part
+
+        check_part(self.split, self.val_rule())
+
+    def val_rule(self):
+        """The validation rule of val_split / val_per_class / seed (inactive when neither is set)."""
+        from longtail.data.splits import ValRule
+
+        return ValRule(self.val_split, self.val_per_class, self.seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,12 +101,21 @@ def _load_counts(cfg: StatsConfig) -> tuple[str, list[str], object, object]:
             from longtail.errors import ConfigError
 
             raise ConfigError(f"{cfg.data} is a feature file: it takes no dataset options")
+        if cfg.split != "train" and not cfg.val_rule().active:
+            from longtail.errors import ConfigError
+
+            raise ConfigError(f"{cfg.data} is one feature file, it has no '{cfg.split}' split "
+                              f"(val_split=0.1 --split val describes a part drawn from it)")
         fs = open_features(cfg.data)
+        if cfg.val_rule().active:
+            from longtail.data.splits import split_features
+
+            fs = split_features(fs, cfg.val_rule())[0 if cfg.split == "train" else 1]
         group_counts = fs.meta.get("group_counts")
         return Path(cfg.data).stem, fs.names(), fs.class_counts(), group_counts
-    from longtail.data.open_images import open_images
+    from longtail.data.splits import open_part
 
-    ds = open_images(cfg.data, split=cfg.split, root=cfg.root, **cfg.data_options)
+    ds, _ = open_part(cfg.data, cfg.split, cfg.root, cfg.val_rule(), **cfg.data_options)
     return ds.name, ds.class_names, ds.class_counts(), ds.group_counts
 
 

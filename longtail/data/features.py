@@ -7,6 +7,7 @@ A feature file is an `.npz` (or `.safetensors`) holding:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -118,6 +119,39 @@ class FeatureSet:
                 raise DataError(f"{src}: prototype_bias must have shape ({c},), got {b.shape}")
             if not np.all(np.isfinite(b)):
                 raise DataError(f"{src}: prototype_bias contains NaN or inf")
+
+
+def content_hash(fs: FeatureSet) -> str:
+    """SHA-256 of what defines the samples: features (dtype, shape, values), labels and class
+    names. Independent of the file format and of `meta`, so re-saving the same arrays as
+    `.safetensors` keeps it; any changed value, row or label changes it."""
+    h = hashlib.sha256(f"{fs.features.dtype.str}:{fs.features.shape}".encode())
+    h.update(np.ascontiguousarray(fs.features).data)
+    h.update(np.ascontiguousarray(fs.labels, dtype=np.int64).data)
+    h.update("\n".join(fs.class_names or []).encode())
+    return h.hexdigest()
+
+
+def feature_record(fs: FeatureSet) -> dict[str, Any]:
+    """What a run records of a feature set it used: samples, dim, the file's size in bytes
+    (None for in-memory data or presets) and `content_hash`."""
+    path = Path(fs.source)
+    size = path.stat().st_size if path.suffix in SUFFIXES and path.is_file() else None
+    return {"samples": fs.num_samples, "dim": fs.dim, "bytes": size, "sha256": content_hash(fs)}
+
+
+def record_change(saved: dict[str, Any], fs: FeatureSet) -> str | None:
+    """None when `fs` holds the arrays `saved` (a `feature_record`) describes, else what changed,
+    in words."""
+    now = feature_record(fs)
+    if now["sha256"] == saved.get("sha256"):
+        return None
+    shape = f"{saved.get('samples')} x {saved.get('dim')}", f"{now['samples']} x {now['dim']}"
+    if shape[0] != shape[1]:
+        return f"it now holds {shape[1]} features, the run used {shape[0]}"
+    size = "" if saved.get("bytes") in (None, now["bytes"]) else f", {saved['bytes']} -> {now['bytes']} bytes"
+    return (f"same shape ({shape[1]}) but other values (sha256 {str(saved.get('sha256'))[:12]} -> "
+            f"{now['sha256'][:12]}{size})")
 
 
 def check_compatible(train: FeatureSet, other: FeatureSet) -> None:

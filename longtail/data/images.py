@@ -25,6 +25,10 @@ IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
 ON_CORRUPT = ("error", "skip")
+# Folders of image files up to this many bytes in total are keyed on their bytes (hashed);
+# larger ones on each file's size and mtime_ns only (reading them all on every cache lookup
+# would cost about as much as decoding them). See `FileReader.content_digest`.
+CONTENT_HASH_LIMIT = 256 * 2**20
 
 
 class CorruptImageError(DataError):
@@ -47,6 +51,35 @@ class FileReader:
     def identity(self) -> str:
         return f"files:{self.root.resolve()}"
 
+    def content_digest(self, items: Sequence[str]) -> str:
+        """A digest of what the files hold now: each file's size, plus the SHA-256 of every
+        file's bytes when they total at most `CONTENT_HASH_LIMIT`, else each file's mtime_ns.
+
+        Detected: any change to a file's bytes in a folder under the limit (even at the same
+        size with the old mtime restored), and, above it, any change of size or mtime (every
+        ordinary write, copy or re-extraction without preserved times). Not detected above the
+        limit: a same-size rewrite whose old mtime was restored (`touch -r`, `cp -p`, `rsync -t`).
+        A missing file counts as missing (reading it later is the error).
+        """
+        stats = []
+        for item in items:
+            try:
+                stats.append(os.stat(self.root / item))
+            except OSError:
+                stats.append(None)
+        total = sum(st.st_size for st in stats if st is not None)
+        by_bytes = total <= CONTENT_HASH_LIMIT
+        h = hashlib.sha256(b"bytes" if by_bytes else b"stat")
+        for item, st in zip(items, stats):
+            if st is None:
+                h.update(b"missing\0")
+            elif by_bytes:
+                h.update(f"{st.st_size}:".encode())
+                h.update(_file_bytes(self.root / item))
+            else:
+                h.update(f"{st.st_size}:{st.st_mtime_ns}\0".encode())
+        return h.hexdigest()
+
 
 class ZipReader:
     """Images inside a zip archive, read in place (one handle per process, so it survives fork)."""
@@ -67,8 +100,26 @@ class ZipReader:
         return f"{self.path}:{item}"
 
     def identity(self) -> str:
-        stat = self.path.stat()
-        return f"zip:{self.path.name}:{stat.st_size}"
+        return f"zip:{self.path.name}"
+
+    def content_digest(self, items: Sequence[str]) -> str:
+        """A digest of each member's CRC-32 and size from the archive's central directory (read
+        without decompressing anything): any edit of a member's bytes changes it, whatever the
+        archive's size or mtime (barring a CRC-32 collision, about 1 in 4 billion per edit)."""
+        import zipfile
+
+        h = hashlib.sha256(b"zip")
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                for item in items:
+                    try:
+                        info = archive.getinfo(item)
+                        h.update(f"{info.CRC}:{info.file_size}\0".encode())
+                    except KeyError:
+                        h.update(b"missing\0")
+        except (OSError, zipfile.BadZipFile) as err:
+            raise DataError(f"cannot read zip archive {self.path}: {err}") from err
+        return h.hexdigest()
 
     def __getstate__(self) -> dict:  # DataLoader workers reopen the archive themselves
         return {"path": self.path, "_handle": None, "_pid": -1}
@@ -96,7 +147,12 @@ class HFReader:
         return f"{self.name}[{int(item)}]"
 
     def identity(self) -> str:
-        return f"hf:{self.name}:{getattr(self.dataset, '_fingerprint', '')}"
+        return f"hf:{self.name}"
+
+    def content_digest(self, items: Sequence[int]) -> str:
+        """The `datasets` library's own fingerprint of the table (it changes with the data files
+        and every transform applied); rows are named by number in the items."""
+        return str(getattr(self.dataset, "_fingerprint", ""))
 
 
 # ---------------------------------------------------------------- the dataset
@@ -165,13 +221,28 @@ class ImageDataset:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
 
+    def layout_key(self) -> str:
+        """Hash of where the images are and which they are: source, items, labels, class names.
+
+        Two datasets with the same layout key are the same dataset at different times; the
+        feature cache keeps one entry per layout key and replaces it when the content changes.
+        """
+        h = hashlib.sha256(self.reader.identity().encode())
+        h.update("\n".join(self.class_names).encode())
+        h.update("\n".join(map(str, self.items.tolist())).encode())
+        h.update(self.labels.tobytes())
+        return h.hexdigest()[:20]
+
     def fingerprint(self) -> str:
-        """Stable hash of source, items, labels and class names (a key for feature caches)."""
+        """Hash of the layout key and of what the images hold now (the reader's
+        `content_digest`: file bytes or size + mtime, zip CRCs, or the HF table fingerprint),
+        so replacing images under the same names changes it. Computed once per object: open
+        the dataset again to see later edits."""
         if self._fingerprint is None:
-            h = hashlib.sha256(self.reader.identity().encode())
-            h.update("\n".join(self.class_names).encode())
-            h.update("\n".join(map(str, self.items.tolist())).encode())
-            h.update(self.labels.tobytes())
+            h = hashlib.sha256(self.layout_key().encode())
+            digest = getattr(self.reader, "content_digest", None)
+            if digest is not None:
+                h.update(digest(self.items.tolist()).encode())
             self._fingerprint = h.hexdigest()[:20]
         return self._fingerprint
 
@@ -208,6 +279,13 @@ class ImageDataset:
 
 
 # ---------------------------------------------------------------- helpers shared by sources
+def _file_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b"unreadable"
+
+
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """One class name per line (blank lines ignored)."""
     path = Path(path)

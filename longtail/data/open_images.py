@@ -13,7 +13,7 @@ from typing import Any
 from longtail.data.images import ImageDataset, check_on_corrupt, check_options, finish
 from longtail.data.presets import DATASETS, long_tailed
 from longtail.data.profiles import check_selection
-from longtail.data.sources import SOURCES, detect_source, source_options
+from longtail.data.sources import SOURCES, check_split, detect_source, source_options
 
 # Options that make any source long-tailed (see `longtail.data.presets.long_tailed`).
 LT_OPTIONS = ("ir", "imbalance_ratio", "profile", "sampling_strategy", "seed", "head_fraction", "selection")
@@ -27,8 +27,14 @@ def open_images(
 
     `root` is the dataset root for presets and the image root for list/CSV files (default:
     the list file's folder). Options: `on_corrupt` ('error' or 'skip'), `progress`, the
-    source's own options (e.g. `class_names`, `label_column`) and LT_OPTIONS. An unknown
-    option is a one-line ConfigError listing every valid one, raised before any image is read.
+    source's own options (e.g. `class_names`, `label_column`, `empty_classes`) and LT_OPTIONS.
+    An unknown option is a one-line ConfigError listing every valid one, raised before any
+    image is read.
+
+    Splits: a folder (or zip) with `train/` and `test/` subfolders holds two splits and
+    `split` picks one (`open_images("data/", split="test")` reads `data/test`); a plain
+    folder of classes, a list file or a CSV is one set of images, the training split, and
+    asking it for another split is a DataError (validation: `longtail.data.splits`).
     """
     spec = str(spec)
     if spec in DATASETS:
@@ -37,9 +43,21 @@ def open_images(
     check_options(f"{kind} source", options, [*source_options(kind), *LT_OPTIONS, "on_corrupt", "progress"])
     lt = {k: options.pop(k) for k in LT_OPTIONS if k in options}
     check_selection(lt.get("selection", "ldam"))
+    check_split(kind, spec, split)
     on_corrupt = check_on_corrupt(options.pop("on_corrupt", "error"))
     progress = options.pop("progress", True)
     dataset = SOURCES.get(kind)(spec, split, root, **options)
     if lt:
         dataset = long_tailed(dataset, **lt)
     return finish(dataset, on_corrupt, progress)
+
+
+def test_split_of(spec: str | os.PathLike) -> str:
+    """The split to read when `spec` is given as a test set: 'test' for a preset or a source
+    with split folders, 'train' (the whole source) for a plain folder, zip, list or CSV."""
+    from longtail.data.sources import source_splits
+
+    spec = str(spec)
+    if spec in DATASETS:
+        return "test"
+    return "train" if source_splits(spec) == frozenset() else "test"

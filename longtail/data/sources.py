@@ -29,7 +29,7 @@ from longtail.data.images import (
     natural_key,
     read_class_names,
 )
-from longtail.errors import DataError
+from longtail.errors import ConfigError, DataError
 from longtail.registry import Registry
 
 SOURCES: Registry = Registry("image source")
@@ -71,7 +71,14 @@ def open_source(spec: str, split: str = "train", root=None, **options: Any) -> I
     """The dataset at a folder, zip, list file, CSV or `hf:` spec (source options only)."""
     kind = detect_source(str(spec))
     check_options(f"{kind} source", options, source_options(kind))
+    check_split(kind, str(spec), split)
     return SOURCES.get(kind)(str(spec), split, root, **options)
+
+
+def check_split(kind: str, spec: str, split: str) -> None:
+    """A list file or CSV given as data is one set of samples: only the (default) train split."""
+    if kind in ("list", "csv") and split != "train":
+        raise no_splits_error(spec, split, f"one {'list file' if kind == 'list' else 'CSV'} of labelled images")
 
 
 def _names_option(class_names: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
@@ -81,9 +88,22 @@ def _names_option(class_names: str | os.PathLike | Sequence[str] | None) -> list
 
 
 def _assemble(
-    groups: dict[str, list[str]], class_names: list[str] | None, where: str
+    groups: dict[str, list[str]], class_names: list[str] | None, where: str,
+    empty_classes: str = "error",
 ) -> tuple[list[str], np.ndarray, list[str]]:
-    """Items and labels from class -> files; classes sorted (or in the given order)."""
+    """Items and labels from class -> files; classes sorted (or in the given order).
+
+    A class folder without images is a DataError naming it, unless `empty_classes` is 'drop'
+    (leave it out of the classes) or 'keep' (a class with no images)."""
+    empty = sorted(name for name, files in groups.items() if not files)
+    if empty and empty_classes == "error":
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise DataError(f"{where}: class folder '{empty[0]}' has no images{more}; add images, or pass "
+                        f"empty_classes=drop to leave it out (empty_classes=keep: a class with no images)")
+    if empty_classes == "drop":
+        groups = {name: files for name, files in groups.items() if files}
+        if class_names is not None:
+            class_names = [c for c in class_names if c not in empty]
     if class_names is None:
         class_names = sorted(groups)
     else:
@@ -108,9 +128,49 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
+EMPTY_CLASSES = ("error", "drop", "keep")
+VAL_NAMES = frozenset({"val", "valid", "validation"})
+
+
+def check_empty_classes(empty_classes: str) -> str:
+    """The empty-class policy, checked before any folder is listed."""
+    if empty_classes not in EMPTY_CLASSES:
+        raise ConfigError(f"empty_classes must be one of {', '.join(EMPTY_CLASSES)}, got '{empty_classes}'")
+    return empty_classes
+
+
+def no_splits_error(spec: str, split: str, what: str = "one folder of classes") -> DataError:
+    """The one-line error for a split asked of a source that has none (`what` says what it is)."""
+    hint = ("val_split=0.1 or val_per_class=N to draw validation from the training images"
+            if split in VAL_NAMES else "a folder with train/ and test/ subfolders (one class folder each)")
+    return DataError(f"{spec} has no splits (it is {what}), so there is no '{split}' split; use {hint}")
+
+
+def missing_split_error(spec: str, split: str, found: set[str]) -> DataError:
+    """The error for a split folder that does not exist next to others."""
+    hint = "; val_split=0.1 draws validation from train" if split in VAL_NAMES else ""
+    return DataError(f"{spec}: no '{split}' folder (splits found: {', '.join(sorted(found))}){hint}")
+
+
+def source_splits(spec: str) -> frozenset[str] | None:
+    """The split folders of a folder or zip source (empty: none, one set of classes); None for
+    other sources, whose splits are known only when opened (list/CSV files have none)."""
+    kind = detect_source(spec)
+    if kind == "folder":
+        return frozenset(d.name for d in Path(spec).iterdir() if d.is_dir()) & SPLIT_NAMES
+    if kind == "zip":
+        return frozenset(_zip_layout(Path(spec))[2])
+    return frozenset() if kind in ("list", "csv") else None
+
+
 @SOURCES.register("folder")
-def open_folder(spec, split: str = "train", root=None, class_names=None) -> ImageDataset:
-    """`spec/<class>/**/<image>`, or `spec/<split>/<class>/...` when split folders exist."""
+def open_folder(spec, split: str = "train", root=None, class_names=None,
+                empty_classes: str = "error") -> ImageDataset:
+    """`spec/<class>/**/<image>`, or `spec/<split>/<class>/...` when split folders exist.
+
+    A folder without split folders is the training split: asking it for another split is a
+    DataError. empty_classes: 'error' (default), 'drop' or 'keep' a class folder with no images."""
+    check_empty_classes(empty_classes)
     base = Path(spec)
     if not base.is_dir():
         raise DataError(f"image folder not found: {base}")
@@ -118,45 +178,62 @@ def open_folder(spec, split: str = "train", root=None, class_names=None) -> Imag
     if split in subdirs:
         base = base / split
     elif SPLIT_NAMES & set(subdirs):
-        raise DataError(f"{base}: no '{split}' folder (splits found: {', '.join(sorted(SPLIT_NAMES & set(subdirs)))})")
+        raise missing_split_error(str(spec), split, SPLIT_NAMES & set(subdirs))
+    elif split != "train":
+        raise no_splits_error(str(spec), split)
     groups: dict[str, list[str]] = {}
     for class_dir in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
         files = groups.setdefault(class_dir.name, [])
         for dirpath, _, filenames in os.walk(class_dir, followlinks=True):
             rel = Path(dirpath).relative_to(base).as_posix()
             files.extend(f"{rel}/{f}" for f in filenames if _is_image(f))
-    items, labels, names = _assemble(groups, _names_option(class_names), str(base))
+    items, labels, names = _assemble(groups, _names_option(class_names), str(base), empty_classes)
     return ImageDataset(items, labels, names, FileReader(base), name=Path(spec).name or "images")
 
 
-@SOURCES.register("zip")
-def open_zip(spec, split: str = "train", root=None, class_names=None) -> ImageDataset:
-    """A zip holding `[top/][<split>/]<class>/<image>`; images are read from the archive."""
+def _zip_layout(path: Path) -> tuple[list[str], str, set[str]]:
+    """(every member but macOS metadata, wrapping-folder prefix or '', split folder names)."""
     import zipfile
 
-    path = Path(spec)
     if not path.is_file():
         raise DataError(f"zip file not found: {path}")
     try:
         with zipfile.ZipFile(path) as zf:
-            members = [n for n in zf.namelist() if not n.endswith("/") and _is_image(n)]
+            names = [n for n in zf.namelist() if not n.startswith("__MACOSX/")]
     except zipfile.BadZipFile as err:
         raise DataError(f"{path}: not a valid zip file ({err})") from err
-    members = [m for m in members if not m.startswith("__MACOSX/")]
+    images = [m for m in names if not m.endswith("/") and _is_image(m)]
     prefix = ""
-    firsts = {m.split("/", 1)[0] for m in members}
-    if len(firsts) == 1 and not firsts & SPLIT_NAMES and all(m.count("/") >= 2 for m in members):
+    firsts = {m.split("/", 1)[0] for m in images}
+    if len(firsts) == 1 and not firsts & SPLIT_NAMES and all(m.count("/") >= 2 for m in images):
         prefix = next(iter(firsts)) + "/"  # one wrapping folder, e.g. CIFAR-10-images/
-    splits = {m[len(prefix):].split("/", 1)[0] for m in members} & SPLIT_NAMES
+    splits = {m[len(prefix):].split("/", 1)[0] for m in images if m.startswith(prefix)} & SPLIT_NAMES
+    return names, prefix, splits
+
+
+@SOURCES.register("zip")
+def open_zip(spec, split: str = "train", root=None, class_names=None,
+             empty_classes: str = "error") -> ImageDataset:
+    """A zip holding `[top/][<split>/]<class>/<image>`; images are read from the archive.
+
+    Splits and empty_classes as for a folder (a class folder with no image is an error)."""
+    check_empty_classes(empty_classes)
+    path = Path(spec)
+    names, prefix, splits = _zip_layout(path)
     if split in splits:
         prefix += split + "/"
     elif splits:
-        raise DataError(f"{path}: no '{split}' folder (splits found: {', '.join(sorted(splits))})")
+        raise missing_split_error(str(path), split, splits)
+    elif split != "train":
+        raise no_splits_error(str(path), split, "a zip of class folders")
     groups: dict[str, list[str]] = {}
-    for m in members:
-        if m.startswith(prefix) and "/" in m[len(prefix):]:
-            groups.setdefault(m[len(prefix):].split("/", 1)[0], []).append(m)
-    items, labels, names = _assemble(groups, _names_option(class_names), f"{path}:{prefix}")
+    for m in names:
+        rest = m[len(prefix):]
+        if m.startswith(prefix) and "/" in rest and not rest.startswith("."):
+            files = groups.setdefault(rest.split("/", 1)[0], [])
+            if not m.endswith("/") and _is_image(m):
+                files.append(m)
+    items, labels, names = _assemble(groups, _names_option(class_names), f"{path}:{prefix}", empty_classes)
     return ImageDataset(items, labels, names, ZipReader(path), name=path.stem)
 
 
@@ -281,6 +358,8 @@ def open_hf(
         if split not in ds:
             raise DataError(f"{target}: no split '{split}' (splits: {', '.join(ds)})")
         ds = ds[split]
+    elif Path(target).is_dir() and split != "train":  # one saved Dataset: the training split
+        raise no_splits_error(target, split, "one saved dataset without splits")
     features = ds.features
     columns = list(features)
     image_column = image_column or next(

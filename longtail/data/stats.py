@@ -6,11 +6,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from longtail.errors import DataError
+from longtail.errors import ConfigError, DataError
 
 MANY_THRESHOLD = 100  # many-shot: n_c > 100 training images
 FEW_THRESHOLD = 20  # few-shot: n_c < 20; medium: 20 <= n_c <= 100
 GROUPS = ("many", "medium", "few")
+
+
+def check_thresholds(many: int, few: int) -> None:
+    """The shot-group thresholds must be ordered, 0 <= few <= many (one-line ConfigError)."""
+    if not 0 <= few <= many:
+        raise ConfigError(f"few ({few}) must not exceed many ({many}) and be >= 0")
 
 
 def assign_groups(
@@ -117,6 +123,7 @@ def class_stats(
     few_threshold: int = FEW_THRESHOLD,
 ) -> ClassStats:
     """Build ClassStats; `group_counts` assigns groups from other counts (LIFT's CIFAR IR-100 rule)."""
+    check_thresholds(many_threshold, few_threshold)
     counts = np.asarray(counts, dtype=np.int64)
     if counts.ndim != 1 or counts.size == 0:
         raise DataError(f"class counts must be a non-empty 1-D array, got shape {counts.shape}")

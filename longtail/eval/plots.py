@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,6 +15,17 @@ import numpy as np  # noqa: E402
 
 GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 GROUPS = ("many", "medium", "few")
+
+
+def plain_log_ticks(axis, values: np.ndarray) -> None:
+    """Log-axis tick labels as plain numbers (16, not 1.6x10^1); minor ticks labelled too when
+    the values span less than a decade, so a small range still has readable ticks."""
+    values = np.asarray(values, dtype=float)
+    values = values[values > 0]
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    axis.set_major_formatter(plain)
+    small = values.size and values.max() / values.min() < 10
+    axis.set_minor_formatter(plain if small else matplotlib.ticker.NullFormatter())
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -44,11 +56,12 @@ def per_class_accuracy(metrics: dict[str, Any], title: str = "") -> plt.Figure:
         ax.plot(counts[order], 100 * moving_average(acc[order], window), "k-", lw=1.5,
                 label=f"moving mean ({window} classes)")
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis, counts)
     ax.set_xlabel("training images of the class (log)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(-3, 103)
     ax.set_title(title or "Per-class accuracy vs training count")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
@@ -73,11 +86,12 @@ def group_bars(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
                 ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, labels)
+    ax.set_xlabel("test classes (shot group by training count)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Accuracy by shot group (empty groups: n/a)")
     if n > 1:
-        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+        ax.legend(fontsize=7, ncol=_legend_columns(runs), loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -118,6 +132,7 @@ def class_counts(counts: Sequence[int], groups: Sequence[str] | None = None, tit
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
     ax.bar(np.arange(counts.size), np.maximum(counts[order], 0.8), color=colors, width=1.0)
     ax.set_yscale("log")
+    plain_log_ticks(ax.yaxis, counts)
     ax.set_xlabel("classes, sorted by training count")
     ax.set_ylabel("training images (log)")
     ax.set_title(title or "Training distribution")
@@ -135,13 +150,69 @@ def per_class_comparison(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figu
         smooth = moving_average(acc[order], max(1, counts.size // 15))
         ax.plot(np.arange(counts.size), 100 * smooth, lw=1.5, label=name, color=colors[i],
                 ls="-" if i < 10 else "--")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("classes, sorted by training count (head → tail)")
     ax.set_ylabel("test accuracy (%, smoothed)")
     ax.set_title("Per-class accuracy across runs")
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
+    ax.legend(fontsize=7, ncol=_legend_columns(runs), loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def has_curves(metrics: dict[str, Any]) -> bool:
+    """Whether a run recorded per-epoch training history or a validation selection log."""
+    return bool(metrics.get("history") or metrics.get("selection"))
+
+
+def training_curves(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
+    """Training loss and accuracy per epoch (metrics["history"]) and, where a run selected its
+    weights on held-out images, the validation class-mean accuracy per evaluation step
+    (metrics["selection"]); one line per run."""
+    with_selection = any(m.get("selection") for _, m in runs)
+    panels = 3 if with_selection else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6))
+    colors = _colors(len(runs))
+    for i, (name, m) in enumerate(runs):
+        history = m.get("history") or []
+        epochs = [h.get("epoch", j + 1) for j, h in enumerate(history)]
+        style = {"color": colors[i], "marker": "o", "ms": 3, "lw": 1.5, "label": name}
+        if history:
+            axes[0].plot(epochs, [h.get("loss") for h in history], **style)
+            axes[1].plot(epochs, [100 * h["train_acc"] if h.get("train_acc") is not None else None
+                                  for h in history], **style)
+        selection = m.get("selection") or []
+        if with_selection and selection:
+            axes[2].plot([r.get("step") for r in selection],
+                         [100 * r["val_class_mean"] if r.get("val_class_mean") is not None else None
+                          for r in selection], **style)
+    titles = ("Training loss per epoch", "Training accuracy per epoch", "Validation class-mean accuracy")
+    xlabels = ("epoch", "epoch", "optimizer step")
+    ylabels = ("mean training loss", "training accuracy (%)", "validation class-mean accuracy (%)")
+    for ax, title, xlabel, ylabel in zip(axes, titles, xlabels, ylabels):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if len(handles) > 1:  # one legend under the panels
+        ncol = min(len(handles), 3 if _legend_columns(runs) == 2 else 1)
+        rows = -(-len(handles) // ncol)
+        fig.set_figheight(3.6 + 0.2 * rows)
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, min(0.5, (0.2 * rows + 0.1) / (3.6 + 0.2 * rows)), 1, 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def _legend_columns(runs: Sequence[tuple[str, Any]]) -> int:
+    """Two legend columns for short run labels, one for long ones (so the legend fits the figure)."""
+    return 2 if max((len(name) for name, _ in runs), default=0) <= 40 else 1
 
 
 def _colors(n: int) -> list:

@@ -1,11 +1,16 @@
-"""Self-contained HTML reports: one per run, and a comparison across runs."""
+"""Self-contained HTML reports: one per run, and a comparison across runs.
+
+Each page says what was measured on which data: the test data (file or dataset, split, size,
+classes), metrics, head-vs-tail plots, a per-class table with class names, training curves of
+fine-tuned runs, the training data, config and environment. A comparison labels each run by what
+differs from the others (`eval.compare.run_labels`) and warns, at the top of the page, when the
+runs' data differ (`eval.compare.dataset_warnings`). Links are relative to the page.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,21 +18,21 @@ from typing import Any
 import matplotlib.pyplot as plt
 
 from longtail.eval import plots
+from longtail.eval.compare import dataset_warnings, run_labels
+from longtail.eval.tables import (
+    METRIC_COLUMNS,
+    describe_test_data,
+    esc,
+    key_values,
+    metrics_table,
+    per_class_comparison_html,
+    per_class_html,
+    relative_link,
+    stats_table,
+    test_data_html,
+)
 from longtail.io import write_text
 from longtail.runs import load_run
-
-METRIC_COLUMNS = (
-    ("all", "all"),
-    ("class_mean", "class mean"),
-    ("many", "many"),
-    ("medium", "medium"),
-    ("few", "few"),
-    ("worst_class", "worst class"),
-    ("hmean", "harmonic mean"),
-    ("gmean", "geometric mean"),
-    ("macro_f1", "macro-F1"),
-    ("ece", "ECE"),
-)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -37,6 +42,9 @@ td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f
 td:first-child,th:first-child{text-align:left}.na{color:#999}.ref{font-style:italic;background:#fafafa}
 .figs{display:flex;flex-wrap:wrap;gap:1em}.figs img{max-width:100%;border:1px solid #eee}
 .note{color:#555;font-size:.9em}code{background:#f4f4f4;padding:0 .2em}
+.warn{border:2px solid #d62728;background:#fff3f3;padding:.5em 1em;margin:1em 0}.warn h2{margin-top:0;border:0;color:#b00}
+details summary{cursor:pointer;margin:.4em 0;color:#444}
+table.kv td,table.data td:nth-child(4){text-align:left}table.classes td:nth-child(2){text-align:left}
 """
 
 
@@ -48,96 +56,107 @@ def _png(fig: plt.Figure) -> str:
 
 
 def _img(src: str, alt: str) -> str:
-    return f'<img src="{src}" alt="{html.escape(alt)}">'
+    return f'<img src="{src}" alt="{esc(alt)}" title="{esc(alt)}">'
 
 
-def _fmt(value: Any, percent: bool = True) -> str:
-    if value is None:
-        return '<span class="na">n/a</span>'
-    if isinstance(value, float):
-        return f"{100 * value:.2f}" if percent else f"{value:.4g}"
-    return html.escape(str(value))
+def _figures(heading: str, figs: Sequence[str]) -> list[str]:
+    return [f"<h2>{heading}</h2><div class='figs'>{''.join(figs)}</div>"] if figs else []
 
 
-def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: Sequence[str] = (), ref_rows: Sequence[str] = ()) -> str:
-    """An HTML table: one row per (name, metrics); accuracies and ECE in %."""
-    head = "".join(f"<th>{label}</th>" for _, label in METRIC_COLUMNS)
-    head += "".join(f"<th>{html.escape(e)}</th>" for e in extra)
-    body = []
-    for name, m in rows:
-        cls = ' class="ref"' if name in ref_rows else ""
-        cells = "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in METRIC_COLUMNS)
-        cells += "".join(f"<td>{_fmt(m.get(e), percent=False)}</td>" for e in extra)
-        body.append(f"<tr{cls}><td>{html.escape(name)}</td>{cells}</tr>")
-    return f"<table><tr><th>run</th>{head}</tr>{''.join(body)}</table>"
-
-
-def _stats_html(stats: dict[str, Any] | None) -> str:
-    if not stats:
-        return '<p class="note">No data statistics recorded.</p>'
-    sizes = stats.get("group_sizes", {})
-    rows = [
-        ("classes", stats.get("num_classes")),
-        ("training samples", stats.get("total")),
-        ("largest / smallest class", f"{stats.get('n_max')} / {stats.get('n_min')}"),
-        ("imbalance ratio", f"{stats['imbalance_ratio']:.2f}" if stats.get("imbalance_ratio") else "inf"),
-        ("head-tail ratio", f"{stats['head_tail_ratio']:.3f}" if stats.get("head_tail_ratio") is not None else "inf (no tail)"),
-        ("many / medium / few classes", f"{sizes.get('many', 0)} / {sizes.get('medium', 0)} / {sizes.get('few', 0)}"),
-    ]
-    body = "".join(f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
-
-
-def _config_html(config: dict[str, Any]) -> str:
-    body = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in config.items()
-    )
-    return f"<table>{body}</table>"
+def _warnings_html(lines: Sequence[str]) -> str:
+    items = "".join(f"<li>{esc(line)}</li>" for line in lines)
+    return (f"<div class='warn'><h2>Warning: these runs used different data</h2><ul>{items}</ul>"
+            "<p>Their numbers are not directly comparable.</p></div>")
 
 
 def _page(title: str, sections: Sequence[str]) -> str:
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>\n"
     )
 
 
+def _origin_links(run: dict[str, Any], page: Path) -> str:
+    """Links to the runs a soup / MonoSoup was made of, where they are run folders."""
+    config = run["config"]
+    sources = [("ingredient", p) for p in config.get("ingredients") or []]
+    sources += [(key, config[key]) for key in ("w1", "w0", "base", "init_from") if isinstance(config.get(key), str)]
+    items = [f"<li>{esc(role)}: {relative_link(Path(p) / 'report.html', page, str(p))}</li>"
+             for role, p in sources if (Path(p) / "config.yaml").is_file()]
+    return f"<h2>Made from</h2><ul>{''.join(items)}</ul>" if items else ""
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write RUN/report.html (or `out`): metrics, data statistics, plots, config, environment."""
+    """Write RUN/report.html (or `out`): test data, metrics, plots, per-class table, training
+    curves, training data, config, environment. Works for every run kind; parts a run did not
+    record (per-class results, reliability, history) are left out."""
     run = load_run(run_dir)
     folder: Path = run["folder"]
-    m = run["metrics"]
+    page = Path(out) if out else folder / "report.html"
+    m = run["metrics"] or {}
+    config = run["config"]
     name = folder.name
-    sections = [f'<p class="note">Run folder <code>{html.escape(str(folder))}</code>; kind '
-                f"<code>{html.escape(str(run['config'].get('kind')))}</code>.</p>"]
-    if m:
+    status = (run.get("status") or {}).get("status")
+    sections = [f'<p class="note">Run folder <code>{esc(folder)}</code>; kind <code>{esc(config.get("kind"))}</code>'
+                + (f"; label <code>{esc(config['label'])}</code>" if config.get("label") else "")
+                + (f"; status <code>{esc(status)}</code>" if status and status != "finished" else "") + ".</p>"]
+    sections.append("<h2>Test data</h2>" + test_data_html(run))
+    if m and any(m.get(k) is not None for k, _ in METRIC_COLUMNS):
         sections.append("<h2>Metrics (accuracy and ECE in %)</h2>" + metrics_table([(name, m)]))
-        figs = []  # runs that saved per-class results / a reliability histogram get their plots
+        figs = []
         if m.get("per_class"):
             figs += [_img(_png(plots.per_class_accuracy(m)), "per-class accuracy"),
                      _img(_png(plots.group_bars([(name, m)])), "group accuracy")]
         if m.get("reliability"):
             figs.append(_img(_png(plots.reliability(m)), "reliability diagram"))
-        if figs:
-            sections.append("<h2>Head vs tail</h2><div class='figs'>" + "".join(figs) + "</div>")
+        sections += _figures("Head vs tail", figs)
+        if m.get("per_class"):
+            sections.append("<h2>Per-class results</h2>" + per_class_html(m["per_class"]))
     else:
-        sections.append('<p class="note">This run has no metrics.json yet.</p>')
+        sections.append('<p class="note">This run has no test metrics (it was not evaluated, or has not finished).</p>')
+    if plots.has_curves(m):
+        sections += _figures("Training curves", [_img(_png(plots.training_curves([(name, m)])), "training curves")])
+    sections.append(_origin_links(run, page))
     stats = run["data_stats"]
-    sections.append("<h2>Training data</h2>" + _stats_html(stats))
+    sections.append("<h2>Training data</h2>" + stats_table(stats))
     if stats and stats.get("counts"):
         sections.append("<div class='figs'>" + _img(_png(plots.class_counts(stats["counts"], stats.get("groups"))), "class counts") + "</div>")
     extra = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
-    if extra:
-        imgs = "".join(_img("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode(), p.stem) for p in extra)
-        sections.append("<h2>Diagnostics</h2><div class='figs'>" + imgs + "</div>")
-    sections.append("<h2>Configuration</h2>" + _config_html(run["config"]))
+    sections += _figures("Diagnostics", [_img("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode(), p.stem)
+                                         for p in extra])
+    sections.append("<h2>Configuration</h2>" + key_values(config))
     env = run["env"] or {}
     if env:
         pk = env.get("packages", {})
         env_rows = {k: v for k, v in env.items() if k != "packages"} | {f"pkg {k}": v for k, v in pk.items()}
-        sections.append("<h2>Environment</h2>" + _config_html(env_rows))
-    path = Path(out) if out else folder / "report.html"
-    return write_text(path, _page(f"longtail run: {name}", sections))
+        sections.append("<h2>Environment</h2>" + key_values(env_rows))
+    return write_text(page, _page(f"longtail run: {name}", sections))
+
+
+def _load_all(run_dirs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    runs = [load_run(d) for d in run_dirs]
+    return runs, run_labels(runs)
+
+
+def comparison_warnings(run_dirs: Sequence[str | Path]) -> list[str]:
+    """What `write_comparison_report` warns about: the ways the runs' data differ."""
+    runs, labels = _load_all(run_dirs)
+    return dataset_warnings(runs, labels)
+
+
+def _data_table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
+    """One row per run: classes, training images, test data and its size."""
+    body = []
+    for run, label in zip(runs, labels):
+        stats, metrics = run.get("data_stats") or {}, run.get("metrics") or {}
+        described = dict(describe_test_data(run))
+        test = described.get("test features") or " / ".join(
+            v for k, v in described.items() if k in ("dataset", "split", "evaluated as"))
+        body.append(f"<tr><td>{esc(label)}</td><td>{esc(stats.get('num_classes') or metrics.get('num_classes') or '')}</td>"
+                    f"<td>{esc(stats.get('total') or '')}</td><td>{esc(test)}</td>"
+                    f"<td>{esc(metrics.get('num_test') or '')}</td></tr>")
+    return ("<table class='data'><tr><th>run</th><th>classes</th><th>training images</th><th>test data</th>"
+            f"<th>test images</th></tr>{''.join(body)}</table>")
 
 
 def write_comparison_report(
@@ -147,27 +166,32 @@ def write_comparison_report(
     references: Sequence[tuple[str, dict[str, Any]]] = (),
     note: str = "",
 ) -> Path:
-    """Compare several runs side by side; `references` are extra rows (e.g. a Bayes limit)."""
-    rows: list[tuple[str, dict[str, Any]]] = []
-    for d in run_dirs:
-        run = load_run(d)
-        if not run["metrics"]:
-            continue
-        label = run["config"].get("label") or Path(run["folder"]).name
-        rows.append((label, run["metrics"]))
-    sections = [f'<p class="note">{html.escape(note)}</p>'] if note else []
-    table_rows = list(references) + rows
+    """Compare several runs side by side; `references` are extra rows (e.g. a Bayes limit).
+    Runs are labelled by their `--label` or by what differs between their configs; differing
+    data (classes, class names, training counts, test size) is warned about at the top."""
+    runs, labels = _load_all(run_dirs)
+    warnings = dataset_warnings(runs, labels)
+    sections = [_warnings_html(warnings)] if warnings else []
+    if note:
+        sections.append(f'<p class="note">{esc(note)}</p>')
+    rows = [(label, run["metrics"]) for label, run in zip(labels, runs) if run["metrics"]]
     sections.append("<h2>Metrics (accuracy and ECE in %)</h2>"
-                    + metrics_table(table_rows, extra=("fit_seconds",), ref_rows=[r[0] for r in references]))
+                    + metrics_table(list(references) + rows, extra=("fit_seconds",), ref_rows=[r[0] for r in references]))
     detailed = [(label, m) for label, m in rows if m.get("per_class")]
     if detailed:
-        figs = [_img(_png(plots.group_bars(detailed)), "group accuracy by run"),
-                _img(_png(plots.per_class_comparison(detailed)), "per-class accuracy by run")]
-        sections.append("<h2>Head vs tail</h2><div class='figs'>" + "".join(figs) + "</div>")
-    here = Path(out).resolve().parent  # links relative to the page, so the folder can move
-    links = "".join(
-        f"<li><a href='{html.escape(os.path.relpath(Path(d).resolve() / 'report.html', here))}'>"
-        f"{html.escape(str(d))}</a></li>" for d in run_dirs
-    )
+        sections += _figures("Head vs tail", [_img(_png(plots.group_bars(detailed)), "group accuracy by run"),
+                                              _img(_png(plots.per_class_comparison(detailed)), "per-class accuracy by run")])
+        names = {tuple(r.get("name") for r in m["per_class"]) for _, m in detailed}
+        if len(names) == 1:
+            sections.append("<h2>Per-class results</h2>" + per_class_comparison_html(detailed))
+    curves = [(label, m) for label, m in rows if plots.has_curves(m)]
+    if curves and all(run in detailed for run in curves):
+        curves = detailed  # the same colour per run as in the plots above (runs without curves draw nothing)
+    if curves:
+        sections += _figures("Training curves", [_img(_png(plots.training_curves(curves)), "training curves by run")])
+    sections.append("<h2>Data</h2>" + _data_table(runs, labels))
+    page = Path(out)
+    links = "".join(f"<li>{esc(label)}: {relative_link(Path(d) / 'report.html', page, str(d))}</li>"
+                    for label, d in zip(labels, run_dirs))
     sections.append(f"<h2>Runs</h2><ul>{links}</ul>")
-    return write_text(out, _page(title, sections))
+    return write_text(page, _page(title, sections))

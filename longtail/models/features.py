@@ -3,7 +3,10 @@
 Images are decoded, resized and cropped in DataLoader workers (uint8, 4x less to move) and
 normalised on the device in batches; the forward runs under `inference_mode` with fp16
 autocast on CUDA. The cache key covers the weights (origin and state), the preprocessing,
-the precision and the dataset's fingerprint, so a repeated call loads the file instead.
+the precision and the dataset's fingerprint, which includes the images' content (file bytes,
+or size + mtime for large folders; zip CRCs; the HF table fingerprint: `ImageDataset.fingerprint`),
+so a repeated call loads the file instead and changed images are extracted again (the stale
+entry is deleted). Work in progress is saved in small shards (SHARD_IMAGES / SHARD_SECONDS).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +33,13 @@ from longtail.errors import DataError
 from longtail.io import atomic_write, to_jsonable
 from longtail.models.backbone import Backbone
 
-CACHE_FORMAT = 1  # bump when the stored content changes meaning
-SHARD_SIZE = 8192  # images per resumable shard of an extraction in progress
+CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meaning
+# An extraction in progress saves its features in shards under `<cache entry>.shards/`; a shard
+# closes after SHARD_IMAGES images or SHARD_SECONDS seconds, whichever comes first (at a batch
+# boundary), so an interrupt loses at most that much work and the same command continues.
+SHARD_IMAGES = 512
+SHARD_SECONDS = 30.0
+_SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npy$")
 
 
 def default_cache_dir() -> Path:
@@ -52,15 +62,34 @@ class DecodedImages(Dataset):
         return torch.from_numpy(self.transform.to_uint8(self.images.load(i))), i
 
 
+def _digest(payload: dict[str, Any], length: int) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:length]
+
+
 def cache_key(backbone: Backbone, dataset: Any, precision: str) -> str:
-    """Hex digest over the backbone's cache_key(), the precision and the dataset fingerprint."""
-    payload = {
-        "format": CACHE_FORMAT,
-        "backbone": backbone.cache_key(),
-        "precision": precision,
-        "dataset": dataset.fingerprint(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    """Hex digest over the backbone's cache_key(), the precision and the dataset fingerprint
+    (which covers the images' content: see `ImageDataset.fingerprint`)."""
+    payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
+               "dataset": dataset.fingerprint()}
+    return _digest(payload, 24)
+
+
+def cache_slot(backbone: Backbone, dataset: Any, precision: str) -> str:
+    """Like `cache_key` but over the dataset's layout only (where and which images, not what
+    they hold): entries sharing a slot are one dataset at different times, and only the entry
+    of the current content is kept."""
+    layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
+    payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
+               "layout": layout}
+    return _digest(payload, 12)
+
+
+def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str | Path | None) -> Path:
+    """`<cache_dir>/<backbone>-<slot>-<key>.npz` (cache_dir default: `default_cache_dir()`)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    slot, key = cache_slot(backbone, dataset, precision), cache_key(backbone, dataset, precision)
+    return root / f"{safe}-{slot}-{key}.npz"
 
 
 def extract_features(
@@ -81,6 +110,9 @@ def extract_features(
     The backbone is moved to `device`. `prototypes`: None, "auto" (the backbone's default
     source, e.g. text for CLIP), a source name for `backbone.prototypes` (with
     `prototype_options`, e.g. templates="sage60"), or a (C, d) array. Prototypes are not cached.
+    With `cache`, the features are stored under a key that covers the weights, preprocessing,
+    precision and the images' content; an entry of the same images before they changed is
+    deleted and extracted again, and an interrupted extraction continues from its shards.
     """
     if batch_size < 1 or num_workers < 0:
         raise DataError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
@@ -89,17 +121,15 @@ def extract_features(
     dev = resolve_device(device)
     precision = "fp16-autocast" if dev.type == "cuda" else "fp32"
     key = cache_key(backbone, dataset, precision)
-    path = None
-    if cache:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
-        path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = path / f"{safe}-{key}.npz"
+    path = cache_path(backbone, dataset, precision, cache_dir) if cache else None
     class_names = list(dataset.class_names)
     # Prototypes first: a bad class map or prototype file fails before the long forward pass.
     weights, bias = resolve_prototypes(backbone, class_names, prototypes, prototype_options)
     features = _read_cache(path, len(dataset))
     backbone.to(dev).eval()
     if features is None:
+        if path is not None:
+            _drop_stale(path, getattr(dataset, "name", "the dataset"))
         shards = None if path is None else path.with_suffix(".shards")
         features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress, shards)
     info = {
@@ -126,6 +156,7 @@ def extract_features(
         meta=to_jsonable(info),
     )
     if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_features(FeatureSet(features=fs.features, labels=fs.labels, meta=fs.meta), path)
         shutil.rmtree(path.with_suffix(".shards"), ignore_errors=True)
     return fs
@@ -147,6 +178,76 @@ def _read_cache(path: Path | None, n: int) -> np.ndarray | None:
     return cached.features.astype(np.float32, copy=False)
 
 
+def _drop_stale(path: Path, name: str) -> None:
+    """Delete the entries (and shards) of the same images before their content changed."""
+    slot = path.name.rsplit("-", 1)[0]
+    stale = [p for p in path.parent.glob(f"{slot}-*") if p.with_suffix("") != path.with_suffix("")]
+    if not stale:
+        return
+    print(f"the cached features of {name} are stale (its images changed since): extracting again",
+          file=sys.stderr)
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _load_shards(shard_dir: Path | None, out: np.ndarray, done: np.ndarray) -> tuple[int, int]:
+    """Fill `out` from valid shards `START-STOP.npy` in `shard_dir` (others are deleted);
+    return (images, shards) reused."""
+    if shard_dir is None or not shard_dir.is_dir():
+        return 0, 0
+    n, dim = out.shape
+    count = 0
+    for shard in sorted(shard_dir.iterdir()):
+        match = _SHARD_NAME.match(shard.name)
+        start, stop = (int(match[1]), int(match[2])) if match else (0, 0)
+        try:
+            block = np.load(shard, allow_pickle=False) if 0 <= start < stop <= n else None
+        except (OSError, ValueError, EOFError):
+            block = None
+        if block is None or block.shape != (stop - start, dim) or not np.isfinite(block).all():
+            shutil.rmtree(shard, ignore_errors=True) if shard.is_dir() else shard.unlink(missing_ok=True)
+            continue
+        out[start:stop], done[start:stop] = block, True
+        count += 1
+    return int(done.sum()), count
+
+
+def _missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) ranges where `done` is False."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[True], done, [True]]).astype(np.int8)))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+class _Shards:
+    """Saves `out[start:pos]` as a shard once SHARD_IMAGES images or SHARD_SECONDS seconds have
+    accumulated since the last one, and counts what is kept on disk."""
+
+    def __init__(self, folder: Path | None, out: np.ndarray, images: int, shards: int) -> None:
+        self.folder, self.out = folder, out
+        self.images, self.shards = images, shards
+        self.start = self.pos = 0
+        self.since = time.monotonic()
+
+    def begin(self, start: int) -> None:
+        self.start = self.pos = start
+        self.since = time.monotonic()
+
+    def advance(self, pos: int) -> None:
+        self.pos = pos
+        if self.pos - self.start >= SHARD_IMAGES or time.monotonic() - self.since >= SHARD_SECONDS:
+            self.close()
+
+    def close(self) -> None:
+        if self.folder is None or self.pos <= self.start:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        block = self.out[self.start:self.pos]
+        atomic_write(self.folder / f"{self.start:09d}-{self.pos:09d}.npy", lambda tmp: _save_npy(tmp, block))
+        self.images += self.pos - self.start
+        self.shards += 1
+        self.begin(self.pos)
+
+
 def _forward_all(
     backbone: Backbone,
     dataset: Any,
@@ -155,40 +256,43 @@ def _forward_all(
     num_workers: int,
     progress: bool,
     shard_dir: Path | None = None,
-    shard_size: int | None = None,
 ) -> np.ndarray:
-    """Features of every image. With `shard_dir`, each block of `shard_size` images is saved
-    as it completes, and shards already there are reused: an interrupted run resumes."""
-    from tqdm.auto import tqdm
+    """Features of every image. With `shard_dir`, shards already there are reused and new ones
+    are saved as the work goes (see SHARD_IMAGES): an interrupted run resumes. Both runs say
+    on stderr what was kept / reused."""
+    from longtail.progress import progress_bar  # a bar on a terminal, a line every 30 s in a log
 
     transform = backbone.transform
     images = DecodedImages(dataset, transform)
     n = len(dataset)
     out = np.empty((n, backbone.feature_dim), dtype=np.float32)
-    step = (shard_size or SHARD_SIZE) if shard_dir is not None else n
-    todo = []
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        shard = None if shard_dir is None else shard_dir / f"{start:09d}-{stop:09d}.npy"
-        if shard is not None and shard.exists():
-            block = np.load(shard, allow_pickle=False)
-            if block.shape == (stop - start, backbone.feature_dim):
-                out[start:stop] = block
-                continue
-        todo.append((start, stop, shard))
-    total = sum(-(-(stop - start) // batch_size) for start, stop, _ in todo)
-    bar = tqdm(total=total, desc=f"features ({backbone.name})", unit="batch", disable=None if progress else True)
-    with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-        for start, stop, shard in todo:
-            loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size, shuffle=False,
-                                num_workers=num_workers, pin_memory=device.type == "cuda")
-            for pixels, index in loader:
-                x = transform.normalize(pixels.to(device, non_blocking=True))
-                out[index.numpy()] = backbone.forward_features(x).float().cpu().numpy()
-                bar.update()
-            if shard is not None:
-                atomic_write(shard, lambda tmp, block=out[start:stop]: _save_npy(tmp, block))
-    bar.close()
+    done = np.zeros(n, dtype=bool)
+    reused, count = _load_shards(shard_dir, out, done)
+    if count:
+        print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
+    todo = _missing_ranges(done)
+    shards = _Shards(shard_dir, out, reused, count)
+    bar = progress_bar(total=n, initial=reused, desc=f"features ({backbone.name})", unit="image", enabled=progress)
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            for start, stop in todo:
+                loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size, shuffle=False,
+                                    num_workers=num_workers, pin_memory=device.type == "cuda")
+                shards.begin(start)
+                for pixels, index in loader:
+                    x = transform.normalize(pixels.to(device, non_blocking=True))
+                    rows = index.numpy()
+                    out[rows] = backbone.forward_features(x).float().cpu().numpy()
+                    shards.advance(int(rows.max()) + 1)
+                    bar.update(len(rows))
+                shards.close()
+    except BaseException:
+        if shard_dir is not None:
+            print(f"kept {shards.images} of {n} images in {shards.shards} shards under {shard_dir}; "
+                  "run the same command again to continue", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
     return out
 
 

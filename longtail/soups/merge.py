@@ -8,6 +8,8 @@ memory stays about two models whatever the number of ingredients (docs/methods.m
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
+from longtail.config import coerce_field
 from longtail.errors import ConfigError, DataError
-from longtail.io import atomic_write
+from longtail.io import atomic_write, open_weights_file
 from longtail.registry import Registry
 
 StateDict = dict[str, torch.Tensor]
@@ -55,7 +57,7 @@ def uniform_weights(n: int, has_base: bool = False) -> Coefficients:
 
 
 @MERGE_METHODS.register("weighted")
-def weighted_weights(n: int, has_base: bool = False, weights: Sequence[float] = ()) -> Coefficients:
+def weighted_weights(n: int, has_base: bool = False, weights: tuple[float, ...] = ()) -> Coefficients:
     """User weights, normalised to sum to 1 (must be non-negative with a positive sum)."""
     _require_ingredients(n)
     w = np.asarray(list(weights), dtype=np.float64)
@@ -102,10 +104,13 @@ def _require_ingredients(n: int) -> None:
 def merge_coefficients(method: str, n: int, has_base: bool, **params) -> Coefficients:
     """Coefficients of a registered merge method (unknown names list the valid ones)."""
     fn = MERGE_METHODS.get(method)
-    try:
-        return fn(n, has_base, **params)
-    except TypeError as err:
-        raise ConfigError(f"merge method '{method}' does not take parameters {sorted(params)} ({err})") from err
+    hints = typing.get_type_hints(fn)
+    valid = list(inspect.signature(fn).parameters)[2:]  # after (n, has_base)
+    unknown = sorted(str(k) for k in params if k not in valid)
+    if unknown:
+        raise ConfigError(f"merge method '{method}' has no parameter '{unknown[0]}' "
+                          f"(parameters: {', '.join(valid) or 'none'})")
+    return fn(n, has_base, **{k: coerce_field(k, v, hints[k]) for k, v in params.items()})
 
 
 # ----------------------------------------------------------------------------- sources
@@ -136,12 +141,8 @@ def open_source(source: Source) -> Iterator[tuple[list[str], Callable[[str], tor
     if isinstance(source, Mapping):
         yield list(source.keys()), lambda k: source[k]
         return
-    file = weights_file(source)
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            yield list(f.keys()), f.get_tensor
-    except (OSError, ValueError) as err:  # safetensors raises SafetensorError(ValueError-like)
-        raise DataError(f"{file}: cannot read safetensors checkpoint ({err})") from err
+    with open_weights_file(weights_file(source)) as f:
+        yield f.keys(), f.get_tensor
 
 
 def source_name(source: Source, index: int) -> str:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from longtail.device import resolve_device
-from longtail.errors import ConfigError
+from longtail.errors import ConfigError, DataError
 from longtail.registry import Registry
 
 StateDict = dict[str, torch.Tensor]
@@ -108,6 +108,29 @@ def skip_reason(w0: torch.Tensor | None, w1: torch.Tensor, cfg: MonoSoupConfig) 
     if n0 >= EPS and n1 / (n0 + EPS) < cfg.min_relative_update:
         return "relative update below threshold"
     return None
+
+
+def check_bases(w0: Mapping[str, torch.Tensor], w1: Mapping[str, torch.Tensor], where: str = "") -> None:
+    """One-line DataError (prefixed by `where`) unless W0 and W1 are one architecture.
+
+    Legitimately absent (docs/methods.md §3.3, §3.5), kept at W1 by `monosoup`: tensors W1
+    adds that W0 lacks (adapters have no pretrained counterpart), or tensors of W0 that W1
+    does not hold (W1 saved only its trained parts). No shared tensor, tensors missing on
+    BOTH sides, or a shared name with another shape mean different architectures.
+    """
+    shared = [k for k in w1 if k in w0]
+    if not shared:
+        raise DataError(f"{where}W0 and W1 share no tensor name (W1 has '{next(iter(w1), '-')}', "
+                        f"W0 '{next(iter(w0), '-')}'); not the same model")
+    only0 = sorted(set(w0) - set(w1))
+    only1 = sorted(set(w1) - set(w0))
+    if only0 and only1:
+        raise DataError(f"{where}W0 and W1 are different architectures: W1 has '{only1[0]}' "
+                        f"({len(only1)} such), W0 has '{only0[0]}' ({len(only0)} such)")
+    for key in shared:
+        if tuple(w0[key].shape) != tuple(w1[key].shape):
+            raise DataError(f"{where}W0 and W1 are different architectures: tensor '{key}' has shape "
+                            f"{tuple(w0[key].shape)} in W0, {tuple(w1[key].shape)} in W1")
 
 
 _QKV = re.compile(r"^(?P<prefix>.*)\.q_proj\.weight$")

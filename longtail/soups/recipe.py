@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longtail.config import coerce_field
 from longtail.errors import ConfigError
 from longtail.io import read_yaml
 
@@ -46,9 +47,12 @@ def load_recipe(path: str | Path) -> SoupRecipe:
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a recipe is a mapping with keys {', '.join(KEYS)}")
-    unknown = sorted(set(raw) - set(KEYS))
+    unknown = sorted(str(k) for k in raw if k not in KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown recipe keys {', '.join(unknown)}; valid: {', '.join(KEYS)}")
+    for key in ("method", "base"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{path}: '{key}' must be a name or path, got {raw[key]!r}")
     items = raw.get("ingredients") or []
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{path}: 'ingredients' must be a non-empty list")
@@ -57,9 +61,11 @@ def load_recipe(path: str | Path) -> SoupRecipe:
         if isinstance(item, str):
             paths.append(item)
             weights.append(None)
-        elif isinstance(item, dict) and "path" in item and set(item) <= {"path", "weight"}:
-            paths.append(str(item["path"]))
-            weights.append(item.get("weight"))
+        elif (isinstance(item, dict) and isinstance(item.get("path"), str)
+              and all(k in ("path", "weight") for k in item)):
+            paths.append(item["path"])
+            weight = item.get("weight")
+            weights.append(None if weight is None else coerce_field(f"{path}: weight", weight, float))
         else:
             raise ConfigError(f"{path}: ingredient {item!r} must be a path or {{path: ..., weight: ...}}")
     given = [w for w in weights if w is not None]
@@ -72,7 +78,7 @@ def load_recipe(path: str | Path) -> SoupRecipe:
     return SoupRecipe(
         method=str(raw.get("method", "uniform")),
         ingredients=[_resolve(p, here) for p in paths],
-        weights=[float(w) for w in given] if given else None,
-        base=_resolve(str(raw["base"]), here) if raw.get("base") else None,
-        parameters=dict(params),
+        weights=given or None,
+        base=_resolve(raw["base"], here) if raw.get("base") else None,
+        parameters={str(k): v for k, v in params.items()},
     )

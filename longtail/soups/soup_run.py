@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from longtail.config import coerce_field
 from longtail.errors import ConfigError
 from longtail.soups.merge import MERGE_METHODS, merge, save_state_dict, source_name, weights_file
 from longtail.soups.recipe import SoupRecipe
@@ -128,6 +129,8 @@ def make_soup(recipe: SoupRecipe, out: str | Path | None, evaluate: bool = False
         if recipe.method == "weighted":
             params["weights"] = recipe.weights or params.get("weights") or []
         alphas = params.pop("alpha", None) if recipe.method == "wise" else None
+        if alphas is not None:  # one alpha, or a list of them (a sweep)
+            alphas = coerce_field("alpha", alphas, float | list[float])
         for alpha in (alphas if isinstance(alphas, list) else [alphas]):
             extra = {} if alpha is None else {"alpha": float(alpha)}
             state, coefs = merge(recipe.method, ingredients, base=base, **params, **extra)

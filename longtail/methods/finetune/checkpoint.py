@@ -10,6 +10,7 @@ torch.load(weights_only=True).
 
 from __future__ import annotations
 
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -17,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from longtail.errors import DataError
-from longtail.io import atomic_path, atomic_write, read_json, write_json
+from longtail.io import atomic_path, atomic_write, load_weights_file, read_json, write_json
 
 WEIGHTS = "adapter_model.safetensors"
 WEIGHTS_CONFIG = "adapter_config.json"
@@ -45,7 +46,9 @@ def load_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     folder = Path(folder)
     if not (folder / WEIGHTS).is_file():
         raise DataError(f"{folder} has no {WEIGHTS} (not a finished fine-tuning run)")
-    return load_file(str(folder / WEIGHTS)), read_json(folder / WEIGHTS_CONFIG)
+    if not (folder / WEIGHTS_CONFIG).is_file():
+        raise DataError(f"{folder} has no {WEIGHTS_CONFIG} (not a finished fine-tuning run)")
+    return load_weights_file(folder / WEIGHTS), read_json(folder / WEIGHTS_CONFIG)
 
 
 def rng_state() -> dict[str, Any]:
@@ -96,10 +99,14 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, torch.Tensor], dict[
     root = Path(run_dir) / CHECKPOINTS
     if not (root / LATEST).is_file():
         return None
-    folder = root / read_json(root / LATEST)["checkpoint"]
+    latest = read_json(root / LATEST)
+    if not isinstance(latest, dict) or not isinstance(latest.get("checkpoint"), str):
+        raise DataError(f"{root / LATEST}: names no checkpoint folder")
+    folder = root / latest["checkpoint"]
+    trainable = load_weights_file(folder / "trainable.safetensors")
     try:
-        trainable = load_file(str(folder / "trainable.safetensors"))
         state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise DataError(f"cannot read checkpoint {folder}: {err}") from err
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "truncated or corrupt"
+        raise DataError(f"cannot read checkpoint {folder / 'training_state.pt'} ({reason})") from err
     return trainable, state

@@ -17,6 +17,7 @@ from longtail.errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 SCHEDULE_UNITS = ("epoch", "step")
 INTERPOLATIONS = ("bilinear", "bicubic")
+VAL_FROM = ("test", "train")
 
 
 @dataclass
@@ -30,8 +31,9 @@ class FitConfig:
     train_list: str | None = None  # list file of the training split (ImageNet-LT, Places-LT, ...)
     test_list: str | None = None  # list file of the test split
     test_split: str = "test"
-    val_split: str | None = None  # selection split; None: the first val_per_class test images per class
-    val_per_class: int = 0  # > 0: hold out that many test images per class for selection (not tested on)
+    val_split: str | None = None  # selection split name, or a fraction (0.1) drawn from val_from; None: val_per_class
+    val_per_class: int = 0  # > 0: hold out that many images per class of val_from for selection
+    val_from: str = "test"  # test: held-out test images, not tested on (LT-Soups) | train: removed from training
     balance_exponent: int | None = None  # train on n'_c = min(n_c, n_min 2^i) (LT-Soups); None: all
     subset_seed: int = 0  # seed of that per-class draw (LT-Soups: the exponent's position in F)
     decode_size: int | None = None  # CPU decode side of training images; None: image_size * test_resize_ratio
@@ -110,6 +112,10 @@ class FitConfig:
             (self.ema_decay is None or 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.n_evals >= 0, f"n_evals must be >= 0, got {self.n_evals}"),
             (self.val_per_class >= 0, f"val_per_class must be >= 0, got {self.val_per_class}"),
+            (self.val_from in VAL_FROM, f"val_from must be one of {', '.join(VAL_FROM)}, got {self.val_from!r}"),
+            (self.val_fraction is None or not self.val_per_class, "set val_split=FRACTION or val_per_class, not both"),
+            (self.val_from == "test" or self.val_drawn,
+             "val_from=train draws validation from the training images: set val_split=FRACTION or val_per_class=N"),
             (self.n_evals == 0 or self.val_per_class > 0 or self.val_split is not None,
              "n_evals > 0 selects on validation images: set val_per_class=N or val_split=NAME"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
@@ -143,6 +149,22 @@ class FitConfig:
                               f"it accepts: {', '.join(accepted) or 'none'}")
         make_adapter_config(self.adapter, **self.adapter_options)
         _check_dataset(self.dataset)
+
+    @property
+    def val_fraction(self) -> float | None:
+        """val_split as a fraction (0 < f < 1) when it is a number, else None (a split name)."""
+        try:
+            value = float(self.val_split) if self.val_split is not None else None
+        except ValueError:
+            return None
+        if value is not None and not 0 < value < 1:
+            raise ConfigError(f"val_split must be a split name or a fraction between 0 and 1, got {self.val_split}")
+        return value
+
+    @property
+    def val_drawn(self) -> bool:
+        """Whether validation is drawn per class from val_from (val_per_class or a fraction)."""
+        return self.val_per_class > 0 or self.val_fraction is not None
 
     @property
     def micro_batch(self) -> int:

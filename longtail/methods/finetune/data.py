@@ -88,28 +88,69 @@ def open_split(cfg, split: str):
 @dataclass
 class Splits:
     """train: what is trained on (the subset); full_train: its source (counts for the groups);
-    val: selection images (or None); test: evaluation images (the test split minus val)."""
+    val: selection images (or None); test: evaluation images (the test split minus val);
+    validation: the record of a per-class draw (rule, source, seed, counts), or None."""
 
     train: Any
     full_train: Any
     val: Any | None
     test: Any | None
+    validation: dict[str, Any] | None = None
 
 
 def open_splits(cfg, test: bool = True) -> Splits:
-    """The run's splits; the test split is opened only with `test` (or to carve val out of it)."""
+    """The run's splits; the test split is opened only with `test` (or to carve val out of it).
+
+    Validation (docs/finetune.md): a split name (val_split=val), or drawn per class from
+    val_from: 'test' holds out test images that are then not tested on (LT-Soups: the first
+    val_per_class of each class in file order; a fraction: a seeded stratified draw), 'train'
+    removes a seeded stratified draw (`longtail.data.splits`) from the training images.
+    """
+    from longtail.data.splits import ValRule
+
+    if not test:
+        check_test_split(cfg)  # a source without a test split fails now, not after training
     full = open_split(cfg, "train")
+    val = test_set = record = None
+    fraction = cfg.val_fraction
+    if cfg.val_from == "train" and cfg.val_drawn:
+        rest, val_idx, record = ValRule(fraction, cfg.val_per_class, cfg.seed).draw(full.labels, full.num_classes)
+        if val_idx.size == 0:
+            raise DataError(f"{cfg.dataset}: val_from=train leaves no validation image (every class has one)")
+        val, full = full.subset(val_idx), full.subset(rest)
     train = full
     if cfg.balance_exponent is not None:
         train = full.subset(subset_indices(full.labels, cfg.balance_exponent, cfg.subset_seed))
-    val = test_set = None
-    if test or (cfg.val_split is None and cfg.val_per_class):
+    carve = cfg.val_from == "test" and cfg.val_drawn
+    if test or carve:
         test_set = open_split(cfg, cfg.test_split)
-    if cfg.val_split is not None:
+    if cfg.val_split is not None and fraction is None:
         val = open_split(cfg, cfg.val_split)
-    elif cfg.val_per_class:
+    elif carve and fraction is not None:
+        rest, val_idx, record = ValRule(fraction, 0, cfg.seed).draw(test_set.labels, test_set.num_classes)
+        val, test_set = test_set.subset(val_idx), test_set.subset(rest)
+    elif carve:
         val, test_set = held_out(test_set, cfg.val_per_class)
-    return Splits(train, full, val, test_set)
+        record = {"rule": f"val_per_class={cfg.val_per_class}", "seed": None,
+                  "val_counts": np.bincount(val.labels, minlength=val.num_classes).tolist()}
+    if record is not None:
+        record = {**record, "from": cfg.val_from, "num_val": len(val)}
+    return Splits(train, full, val, test_set, record)
+
+
+def check_test_split(cfg) -> None:
+    """DataError when the data is a folder, zip, list or CSV without the test split."""
+    from longtail.data.presets import DATASETS
+    from longtail.data.sources import missing_split_error, no_splits_error, source_splits
+
+    if cfg.test_list or cfg.dataset in DATASETS:
+        return
+    splits = source_splits(cfg.dataset)
+    if splits is None or cfg.test_split in splits or (not splits and cfg.test_split == "train"):
+        return
+    err = missing_split_error(cfg.dataset, cfg.test_split, set(splits)) if splits else \
+        no_splits_error(cfg.dataset, cfg.test_split)
+    raise DataError(f"fit evaluates on the '{cfg.test_split}' split: {err}")
 
 
 def held_out(dataset, per_class: int):

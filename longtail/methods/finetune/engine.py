@@ -14,7 +14,6 @@ micro-batch m only on (seed, m, rank), so `--resume` continues exactly where a r
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -276,10 +275,10 @@ def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler):
 
 
 def _progress(cfg, acc, total: int, initial: int):
-    from tqdm.auto import tqdm
+    from longtail.progress import progress_bar  # a bar on a terminal, a line every 30 s in a log
 
-    disable = not (cfg.progress and acc.is_local_main_process and sys.stderr.isatty())
-    return tqdm(total=total, initial=initial, desc="fit", unit="step", disable=disable)
+    return progress_bar(total=total, initial=initial, desc="fit", unit="step",
+                        enabled=cfg.progress and acc.is_local_main_process)
 
 
 def _gpu_memory_gb() -> float | None:

@@ -36,6 +36,12 @@ def is_fit_layout(folder: str | Path) -> bool:
     return (folder / ckpt.WEIGHTS).is_file() and (folder / ckpt.WEIGHTS_CONFIG).is_file()
 
 
+def test_data_record(test_set) -> dict[str, Any]:
+    """What a run's metrics record of the images they were computed on (name, count and the
+    dataset's content fingerprint), so `longtail eval` can tell whether they changed since."""
+    return {"name": getattr(test_set, "name", None), "images": len(test_set), "fingerprint": test_set.fingerprint()}
+
+
 def evaluate_model(model, cfg: FitConfig, test_set, counts, group_counts=None, class_names=None) -> dict[str, Any]:
     """metrics (all/many/medium/few/ece/...) of the model on a test set via longtail.eval.metrics."""
     from longtail.data.stats import class_stats
@@ -47,6 +53,7 @@ def evaluate_model(model, cfg: FitConfig, test_set, counts, group_counts=None, c
     metrics = evaluate(logits, np.asarray(test_set.labels), np.asarray(counts),
                        group_counts=group_counts, class_names=class_names)
     metrics["tte"] = cfg.tte
+    metrics["test_data"] = test_data_record(test_set)
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(counts))]
     metrics["head_tail_ratio"] = class_stats(np.asarray(counts), names).to_dict()["head_tail_ratio"]
     return metrics
@@ -81,7 +88,7 @@ class RunModel:
         self.model, self.info = load_finetuned(folder, device)
         cfg: FitConfig = dataclasses.replace(self.info["config"], device=device, progress=False)
         if val_per_class is not None:
-            cfg = dataclasses.replace(cfg, val_per_class=val_per_class, val_split=None, n_evals=0)
+            cfg = dataclasses.replace(cfg, val_per_class=val_per_class, val_split=None, val_from="test", n_evals=0)
         self.cfg = cfg
         splits = open_splits(cfg, test=True)
         self.val, self.test = splits.val, splits.test
@@ -127,16 +134,38 @@ def zero_shot_weights(cfg: FitConfig, class_names) -> dict[str, torch.Tensor]:
 
 
 def evaluate_fit_run(run: dict[str, Any], test: str | None = None) -> dict[str, Any]:
-    """`longtail eval RUN [--test SPEC]` on a fit-layout folder: rebuild the model and evaluate it."""
-    from longtail.data.open_images import open_images
+    """`longtail eval RUN [--test SPEC]` on a fit-layout folder: rebuild the model and evaluate it
+    on the run's own test images (refused when their fingerprint differs from the one in the
+    run's metrics.json) or on SPEC (the metrics then say under `test_set` whether it is the
+    run's own test set)."""
+    from longtail.data.open_images import open_images, test_split_of
 
     model = RunModel(run["folder"])
+    saved = (run.get("metrics") or {}).get("test_data") or {}
     if test is None:
+        check_test_images(saved, model.test, run["folder"], model.cfg)
         return model.metrics()
-    test_set = open_images(test, split="test")
+    test_set = open_images(test, split=test_split_of(test))
     if test_set.class_names != model.info["class_names"]:
         raise DataError(f"test set classes differ from the run's {len(model.info['class_names'])} training classes")
-    return model.metrics(test_set=test_set)
+    metrics = model.metrics(test_set=test_set)
+    metrics["test_set"] = {"source": test, "own": saved.get("fingerprint") == test_set.fingerprint()}
+    return metrics
+
+
+def check_test_images(saved: dict[str, Any], test_set, folder, cfg: FitConfig) -> None:
+    """One-line DataError when the run's test images differ from those it was evaluated on
+    (a run without a recorded fingerprint is not checked)."""
+    if not saved.get("fingerprint"):
+        return
+    now = test_data_record(test_set)
+    if now["fingerprint"] == saved["fingerprint"]:
+        return
+    what = (f"{saved.get('images')} images then, {now['images']} now" if saved.get("images") != now["images"]
+            else f"same {now['images']} images, other content or labels")
+    raise DataError(f"{folder}: the test images of {cfg.dataset} ({test_set.name}) changed since the run was "
+                    f"evaluated ({what}; fingerprint {saved['fingerprint']} -> {now['fingerprint']}); "
+                    "pass --test DATA to evaluate on these or other images anyway")
 
 
 def load_fit_config(config: dict[str, Any]) -> FitConfig:

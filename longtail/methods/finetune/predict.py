@@ -7,7 +7,6 @@ crops and the centre crop on the device, logits averaged over the five crops.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +51,7 @@ def predict(forward: Callable[[Tensor], Tensor], dataset, spec: dict[str, Any], 
     `forward` maps a normalised (B, 3, size, size) batch to (B, K); with `tte` it sees the
     five crops as one batch and the outputs are averaged over them.
     """
-    from tqdm.auto import tqdm
+    from longtail.progress import progress_bar
 
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     size = spec["size"]
@@ -63,7 +62,7 @@ def predict(forward: Callable[[Tensor], Tensor], dataset, spec: dict[str, Any], 
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     out: list[Tensor] = []
     labels: list[Tensor] = []
-    for images, y in tqdm(loader, desc="predict", disable=not (progress and sys.stderr.isatty()), leave=False):
+    for images, y in progress_bar(loader, desc="predict", unit="batch", enabled=progress, leave=False):
         x = norm(norm.to_float(images.to(device, non_blocking=True)))
         with autocast(device, precision):
             if tte:

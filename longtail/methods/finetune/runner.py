@@ -88,16 +88,20 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     if run is None:  # other ranks: same folder, checkpoints are written by the main process
         run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True)
     try:
-        result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
+        with run:  # an exception or interrupt records status 'failed' / 'interrupted'
+            result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
     except BaseException:
         # A new run that fails before its first checkpoint has nothing to resume: remove it,
         # so the same --out can be used again. Runs with a checkpoint stay for --resume.
         if not resume and acc.is_main_process and not (run.dir / ckpt.CHECKPOINTS / ckpt.LATEST).exists():
             shutil.rmtree(run.dir, ignore_errors=True)
         raise
+    if result.interrupted and acc.is_main_process:
+        run.mark("interrupted")
     if result.interrupted or not acc.is_main_process:
         return result
-    finish_run(run, cfg, result, report)
+    with run:
+        finish_run(run, cfg, result, report)
     if not cfg.keep_checkpoints:
         shutil.rmtree(run.dir / ckpt.CHECKPOINTS, ignore_errors=True)
     return result
@@ -123,6 +127,8 @@ def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True) -> N
     metrics["history"] = result.history
     if result.selection:
         metrics["selection"] = result.selection
+    if splits.validation:
+        metrics["validation"] = splits.validation  # how the selection images were drawn
     metrics["method"], metrics["label"] = cfg.method, f"{cfg.method}/{cfg.backbone}/{cfg.dataset}"
     run.finish(metrics)
     if report:

@@ -7,7 +7,6 @@ interpolation weight and temperature the calibration divisor (argmax unchanged).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 from longtail.data.features import FeatureSet
 from longtail.data.stats import require_nonempty
 from longtail.errors import DataError
-from longtail.io import atomic_write, write_json
+from longtail.io import atomic_write, load_weights_file, read_json, write_json
 from longtail.methods.heads import build_head, head_tensors
 
 _CHUNK = 65536  # rows per inference chunk
@@ -139,14 +138,12 @@ class Probe:
     @classmethod
     def load(cls, folder: str | Path) -> Probe:
         """Rebuild a probe written by `save` (weights via safetensors, never unpickled)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         for name in ("head.json", "head.safetensors"):
             if not (folder / name).exists():
                 raise DataError(f"{folder}: missing {name}")
-        meta = json.loads((folder / "head.json").read_text(encoding="utf-8"))
-        tensors = load_file(str(folder / "head.safetensors"))
+        meta = read_json(folder / "head.json")
+        tensors = load_weights_file(folder / "head.safetensors")
 
         def rebuild(spec: dict, prefix: str) -> nn.Module:
             return build_head(spec, meta["num_classes"], meta["dim"],

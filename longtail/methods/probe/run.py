@@ -1,7 +1,8 @@
 """The probe run kind: fit + evaluate + write a complete run folder, and re-evaluate one later.
 
 A probe run folder holds config.yaml (kind "probe": the ProbeConfig under `probe`, the feature
-files as given and as absolute paths, the shot-group thresholds), env.json, data_stats.json,
+files as given, as absolute paths and as `fingerprints` (samples, dim, file size, content hash:
+`data.features.feature_record`), the shot-group thresholds), env.json, data_stats.json,
 metrics.json, per_class.csv, head/ (head.safetensors + head.json) and report.html.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from longtail.data.features import FeatureSet, check_compatible
+from longtail.data.features import FeatureSet, check_compatible, feature_record, record_change
 from longtail.data.open_features import open_features
 from longtail.data.stats import ClassStats, class_stats, require_nonempty
 from longtail.errors import DataError
@@ -69,10 +70,11 @@ def run_probe(
     stats = train_stats(train, many, few)
     sets = {"train": train, "test": test, "val": val}
     config = {
-        "label": label or cfg.method,
+        "label": label,  # None unless --label: comparison reports label runs by what differs
         "probe": cfg.to_dict(),
         **{split: None if data is None else data.source for split, data in sets.items()},
         "absolute_paths": {split: None if data is None else _absolute(data.source) for split, data in sets.items()},
+        "fingerprints": {split: None if data is None else feature_record(data) for split, data in sets.items()},
         "feature_dim": train.dim,
         "num_classes": train.num_classes,
         "many_threshold": many,
@@ -124,19 +126,52 @@ def saved_feature_path(config: dict[str, Any], split: str, folder: Path) -> str:
     return str(folder / path)
 
 
+def _candidates(config: dict[str, Any], split: str, folder: Path) -> list[str]:
+    """Every place the run's `split` file may be now: `saved_feature_path`'s choice first, then
+    the recorded absolute path, the path as given and the path relative to the run folder."""
+    given = str(config.get(split))
+    absolute = (config.get("absolute_paths") or {}).get(split)
+    out = [saved_feature_path(config, split, folder)]
+    for path in (absolute, given, str(folder / given) if not Path(given).is_absolute() else None):
+        if path and path not in out and Path(path).is_file():
+            out.append(path)
+    return out
+
+
+def own_test_features(config: dict[str, Any], folder: Path) -> FeatureSet:
+    """The run's own test features, checked against the fingerprint recorded at write time: the
+    first candidate path holding the same arrays, else a one-line DataError naming the file and
+    what changed (runs written before fingerprints are not checked)."""
+    saved = (config.get("fingerprints") or {}).get("test")
+    first, *others = _candidates(config, "test", folder)
+    test_set = open_features(first)
+    change = None if saved is None else record_change(saved, test_set)
+    if change is None:
+        return test_set
+    for path in others:
+        try:
+            other = open_features(path)
+        except DataError:
+            continue
+        if record_change(saved, other) is None:
+            return other
+    raise DataError(f"{first}: the run's test features changed since {folder} was made ({change}); "
+                    f"pass --test {first} to evaluate on them anyway")
+
+
 def evaluate_probe_run(run: dict[str, Any], test: str | None = None) -> dict[str, Any]:
-    """Reload the saved head and evaluate it on `test` (default: the run's own test features)
-    with the training statistics of the run; a test set of other classes or dimension is a
-    one-line DataError."""
+    """Reload the saved head and evaluate it on `test` (default: the run's own test features,
+    refused when they changed since the run) with the training statistics of the run; a test
+    set of other classes or dimension is a one-line DataError. With `test`, the metrics say
+    under `test_set` whether it holds the run's own test features."""
     config, folder = run["config"], Path(run["folder"])
     stats = run.get("data_stats")
     if not stats:
         raise DataError(f"{folder}: missing data_stats.json")
     probe = Probe.load(folder / "head")
-    spec = test or saved_feature_path(config, "test", folder)
-    test_set = open_features(spec)
+    test_set = own_test_features(config, folder) if test is None else open_features(test)
     probe.check_compatible(test_set)
-    return evaluate(
+    metrics = evaluate(
         probe.logits(test_set.features),
         test_set.labels,
         np.asarray(stats["counts"]),
@@ -145,6 +180,10 @@ def evaluate_probe_run(run: dict[str, Any], test: str | None = None) -> dict[str
         many_threshold=config.get("many_threshold", 100),
         few_threshold=config.get("few_threshold", 20),
     )
+    if test is not None:
+        saved = (config.get("fingerprints") or {}).get("test")
+        metrics["test_set"] = {"source": test, "own": saved is not None and record_change(saved, test_set) is None}
+    return metrics
 
 
 def load_probe_config(config: dict[str, Any]) -> ProbeConfig:

@@ -1,0 +1,140 @@
+"""Validation splits drawn from a training set: stratified, seeded, never emptying a class.
+
+A rule is `val_split=FRACTION` (0 < f < 1: about f of each class) or `val_per_class=N` (N
+images of each class). Either way a class always keeps at least one training sample: a class
+of n samples gives min(k, n - 1) to validation, so a class with a single sample stays in
+training and has no validation sample. With a fraction, every class of two or more samples
+gives at least one (k = max(1, round(f n))), so the tail is represented in validation.
+
+The draw is one sort by (label, random key) from `numpy.random.default_rng(seed)`: the first
+k_c samples of class c in that order are validation. The same labels and rule give the same
+split; the record (`ValRule.record`) is what a run or feature file stores to say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from longtail.errors import ConfigError, DataError
+
+TRAIN_PARTS = ("train", "val")  # the parts of a training split a rule divides it into
+
+
+@dataclass(frozen=True)
+class ValRule:
+    """How to draw validation from training: `fraction` (val_split) or `per_class` (val_per_class)."""
+
+    fraction: float | None = None
+    per_class: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_val_options(self.fraction, self.per_class)
+
+    @property
+    def active(self) -> bool:
+        """Whether the rule draws anything (val_split or val_per_class was set)."""
+        return self.fraction is not None or self.per_class > 0
+
+    def describe(self) -> str:
+        """'val_split=0.1' or 'val_per_class=5' (or 'none')."""
+        if self.fraction is not None:
+            return f"val_split={self.fraction:g}"
+        return f"val_per_class={self.per_class}" if self.per_class else "none"
+
+    def val_counts(self, counts: np.ndarray) -> np.ndarray:
+        """Validation samples per class for class sizes `counts` (each class keeps >= 1)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if self.fraction is not None:
+            wanted = np.maximum(np.floor(self.fraction * counts + 0.5).astype(np.int64), 1)
+        else:
+            wanted = np.full_like(counts, self.per_class)
+        return np.clip(np.minimum(wanted, counts - 1), 0, None)
+
+    def draw(self, labels: np.ndarray, num_classes: int | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """(train_idx, val_idx, record): sorted, disjoint indices covering every sample."""
+        if not self.active:
+            raise ConfigError("no validation rule: set val_split=FRACTION or val_per_class=N")
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.size == 0:
+            raise DataError("cannot draw a validation split from an empty training set")
+        counts = np.bincount(labels, minlength=num_classes or 0)
+        k = self.val_counts(counts)
+        key = np.random.default_rng(self.seed).random(labels.size)
+        order = np.lexsort((key, labels))  # by label, then by the random key
+        starts = np.cumsum(counts) - counts
+        rank = np.arange(labels.size) - starts[labels[order]]  # position within its class
+        is_val = np.zeros(labels.size, dtype=bool)
+        is_val[order] = rank < k[labels[order]]
+        train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        return train_idx, val_idx, self.record(k, val_idx)
+
+    def record(self, val_counts: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
+        """What a run stores: rule, seed, per-class validation counts and a hash of the indices."""
+        digest = hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes()).hexdigest()[:16]
+        return {"rule": self.describe(), "from": "train", "seed": self.seed,
+                "num_val": int(val_counts.sum()), "val_counts": val_counts.tolist(),
+                "val_index_sha256": digest}
+
+
+def check_val_options(fraction: float | None, per_class: int, what: str = "") -> None:
+    """One-line ConfigError unless at most one of val_split (0 < f < 1) / val_per_class (>= 0) is set."""
+    prefix = f"{what}: " if what else ""
+    if fraction is not None and not (isinstance(fraction, (int, float)) and math.isfinite(fraction)
+                                     and 0 < fraction < 1):
+        raise ConfigError(f"{prefix}val_split must be a fraction between 0 and 1 (e.g. 0.1), got {fraction!r}")
+    if per_class < 0:
+        raise ConfigError(f"{prefix}val_per_class must be >= 0 (0: off), got {per_class}")
+    if fraction is not None and per_class:
+        raise ConfigError(f"{prefix}set val_split or val_per_class, not both")
+
+
+def check_part(split: str, rule: ValRule) -> None:
+    """With an active rule only 'train' (the rest) and 'val' (the drawn part) exist."""
+    if rule.active and split not in TRAIN_PARTS:
+        raise ConfigError(f"{rule.describe()} divides the training split into train and val; "
+                          f"split '{split}' is not one of them (drop {rule.describe().split('=')[0]} "
+                          f"for split={split})")
+
+
+def split_features(features, rule: ValRule):
+    """(train part, val part, record) of a FeatureSet; class names, prototypes and meta kept.
+
+    The val part's `source` is '<source>#val' (it is no file of its own); the train part keeps
+    the file's source and gets `meta['val_split']` = the record.
+    """
+    from dataclasses import replace
+
+    train_idx, val_idx, record = rule.draw(features.labels, features.num_classes)
+    if val_idx.size == 0:
+        raise DataError(f"{features.source}: {rule.describe()} leaves no validation sample "
+                        f"(every class has a single sample)")
+    record = {**record, "from": features.source}
+    meta = {**features.meta, "val_split": record}
+    train = replace(features, features=features.features[train_idx], labels=features.labels[train_idx],
+                    meta=meta)
+    val = replace(features, features=features.features[val_idx], labels=features.labels[val_idx],
+                  meta=meta, source=f"{features.source}#val")
+    return train, val, record
+
+
+def open_part(spec: str, split: str, root: Any, rule: ValRule, **options: Any):
+    """(ImageDataset, record or None): `open_images(spec, split)`, or with an active rule the
+    train / val part of the training split (disjoint, per the rule)."""
+    from longtail.data.open_images import open_images
+
+    if not rule.active:
+        return open_images(spec, split=split, root=root, **options), None
+    check_part(split, rule)
+    full = open_images(spec, split="train", root=root, **options)
+    train_idx, val_idx, record = rule.draw(full.labels, full.num_classes)
+    if val_idx.size == 0:
+        raise DataError(f"{spec}: {rule.describe()} leaves no validation image (every class has one image)")
+    part = full.subset(val_idx if split == "val" else train_idx, name=f"{full.name}_{split}")
+    return part, {**record, "from": f"{spec} (train split)", "part": split}

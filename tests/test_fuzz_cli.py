@@ -1,0 +1,256 @@
+"""Fuzz test (issue 13, item 4): random KEY=VALUE pairs and random or damaged files never
+give a traceback. Each example must exit 2 with one line on stderr and leave no file behind,
+or exit 0 when the input happens to be valid (then the run is complete).
+
+How "valid" is told apart: the KEY=VALUE examples point every command at data that does not
+exist, so no example can succeed (a valid config still ends in the one-line "not found");
+the file examples accept exit 0 only together with a finished output. Examples are bounded
+and derandomized so CI stays within a few seconds; LONGTAIL_FUZZ_EXAMPLES=N runs more.
+Nothing touches real data or the network: all files live in temporary folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from longtail import cli  # noqa: E402
+
+N = int(os.environ.get("LONGTAIL_FUZZ_EXAMPLES", "0"))
+
+
+def fuzz(examples: int):
+    """Hypothesis settings: `examples` derandomized examples (CI), or N random ones when
+    LONGTAIL_FUZZ_EXAMPLES=N; no deadline (the first example pays for imports)."""
+    return settings(max_examples=N or examples, deadline=None, derandomize=not N, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _run(capsys, argv: list[str]) -> tuple[int, str]:
+    rc = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip()
+    # warnings (e.g. a skipped image) are separate lines; the error is the last, alone
+    lines = [line for line in err.splitlines() if line.startswith("longtail ")]
+    assert "Traceback" not in err, err
+    if rc != 0:
+        assert rc == 2 and len(lines) == 1 and err.endswith(lines[0]), err
+    return rc, err
+
+
+def _left(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# ----------------------------------------------------------------------------- KEY=VALUE
+
+# keys whose valid values would point a command at real data or files: never generated
+PATH_KEYS = {"data", "dataset", "root", "backbone", "out", "train_list", "test_list", "init_from",
+             "val_from", "origin", "templates"}
+
+
+def _fields(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in PATH_KEYS]
+
+
+def _commands() -> dict[str, tuple[list[str], list[str]]]:
+    """command -> (argv before the pairs, with {M} = missing data and {O} = output; config keys)."""
+    from longtail.commands.features import FeaturesConfig
+    from longtail.commands.stats import StatsConfig
+    from longtail.methods.finetune.config import FitConfig
+    from longtail.methods.probe import ProbeConfig
+    from longtail.soups.lt_soups import LTSoupsConfig
+
+    return {
+        "probe": (["probe", "--train", "{M}/a.npz", "--test", "{M}/b.npz", "--out", "{O}"], _fields(ProbeConfig)),
+        "fit": (["fit", "-d", "{M}", "-b", "tiny_clip", "-m", "lift", "--out", "{O}"], _fields(FitConfig)),
+        "stats": (["stats", "{M}", "--plot", "{O}/counts.png"], _fields(StatsConfig)),
+        "features": (["features", "--data", "{M}", "--backbone", "tiny_clip", "--out", "{O}/f.npz"],
+                     _fields(FeaturesConfig)),
+        "lt-soups": (["lt-soups", "-d", "{M}", "-b", "tiny_clip", "--out", "{O}"], _fields(LTSoupsConfig)),
+    }
+
+
+COMMANDS = _commands()
+KEY_CHARS = st.characters(codec="utf-8", exclude_characters="=")
+SUB_KEYS = st.sampled_from(["tau", "ir", "seed", "r", "k_neighbors", "on_corrupt", "x"])
+VALUES = st.one_of(
+    st.text(max_size=12),
+    st.integers(-10**6, 10**6).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["true", "no", "maybe", "null", "none", "[1, 2]", "{a: 1}", "[", "2001-01-01",
+                     "1e-3", "-1", "0", ".inf", "~", "!!python/name:os.system", "'", "\n", "\t"]),
+)
+
+
+def _keys(fields: list[str]) -> st.SearchStrategy[str]:
+    dicts = [f for f in fields if f.endswith("_options")]
+    return st.one_of(
+        st.sampled_from(fields),
+        st.tuples(st.sampled_from(dicts or fields), SUB_KEYS).map(".".join),
+        st.text(KEY_CHARS, min_size=1, max_size=10),
+    ).filter(lambda k: not k.startswith("-") and k.split(".")[0].replace("-", "_").strip() not in PATH_KEYS)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_random_key_value_pairs(command, capsys, monkeypatch, tmp_path):
+    prefix, fields = COMMANDS[command]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    @fuzz(20)
+    @given(pairs=st.lists(st.tuples(_keys(fields), VALUES).map("=".join), min_size=1, max_size=3))
+    def check(pairs):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+            argv = [a.format(M=f"{tmp}/missing", O=f"{tmp}/out") for a in prefix]
+            rc, err = _run(capsys, [*argv, *pairs])
+            assert rc == 2, err  # the data does not exist: no example can succeed
+            assert _left(Path(tmp)) == [], err
+
+    check()
+    assert _left(tmp_path) == []  # nothing in the working folder or the cache either
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _damaged(valid: bytes) -> st.SearchStrategy[bytes]:
+    """Random bytes, or `valid` truncated, with bytes overwritten, or with junk appended."""
+    n = len(valid)
+    return st.one_of(
+        st.binary(max_size=64),
+        st.integers(0, n - 1).map(lambda k: valid[:k]),
+        st.tuples(st.integers(0, n - 1), st.binary(min_size=1, max_size=8)).map(
+            lambda t: valid[: t[0]] + t[1] + valid[t[0] + len(t[1]):]),
+        st.binary(min_size=1, max_size=8).map(lambda junk: valid + junk),
+    )
+
+
+def _feature_bytes(suffix: str) -> bytes:
+    from longtail.data.features import FeatureSet, save_features
+
+    rng = np.random.default_rng(0)
+    fs = FeatureSet(rng.normal(size=(6, 2)).astype(np.float32), np.repeat(np.arange(2), 3),
+                    class_names=["a", "b"])
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_features(fs, Path(tmp) / f"f{suffix}").read_bytes()
+
+
+def _weights_bytes() -> bytes:
+    import torch
+
+    from longtail.soups.merge import save_state_dict
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return save_state_dict({"w": torch.ones(2, 2), "b": torch.arange(3)}, Path(tmp) / "w.safetensors").read_bytes()
+
+
+NPZ, SAFE_FEATURES, WEIGHTS = _feature_bytes(".npz"), _feature_bytes(".safetensors"), _weights_bytes()
+
+
+@pytest.mark.parametrize("suffix, valid", [(".npz", NPZ), (".safetensors", SAFE_FEATURES)])
+def test_damaged_feature_files(suffix, valid, capsys, tmp_path):
+    @fuzz(12)
+    @given(content=_damaged(valid))
+    def check(content):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+            f = Path(tmp) / f"train{suffix}"
+            f.write_bytes(content)
+            out = Path(tmp) / "run"
+            rc, err = _run(capsys, ["probe", "--train", f, "--test", f, "--out", out, "--no-report",
+                                    "method=linear", "loss=ce", "max_iter=3", "--device", "cpu"])
+            if rc == 0:  # the damage left a readable file: a complete run
+                assert (out / "metrics.json").is_file()
+            else:
+                assert _left(Path(tmp)) == [f.name], err
+
+    check()
+
+
+def test_damaged_weights_given_to_soup(capsys, tmp_path):
+    @fuzz(12)
+    @given(content=_damaged(WEIGHTS))
+    def check(content):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+            good, bad = Path(tmp) / "good.safetensors", Path(tmp) / "bad.safetensors"
+            good.write_bytes(WEIGHTS)
+            bad.write_bytes(content)
+            out = Path(tmp) / "soup"
+            rc, err = _run(capsys, ["soup", good, bad, "--out", out])
+            if rc == 0:
+                assert (out / "model.safetensors").is_file()
+            else:
+                assert _left(Path(tmp)) == ["bad.safetensors", "good.safetensors"], err
+
+    check()
+
+
+YAML_TEXT = st.one_of(
+    st.text(max_size=40),
+    st.lists(st.sampled_from(["method:", " uniform", "\n", "ingredients:", " - a.safetensors", "[", "{", "}",
+                              "- ", "base:", " zero-shot", "parameters:", " {lam: x}", "kind:", " probe",
+                              " [1]", ": ", "&a", "*a", "!!binary", "'", "\t", "weight: 2"]), max_size=12).map("".join),
+)
+
+
+def test_random_yaml_as_recipe_and_run_config(capsys, tmp_path):
+    @fuzz(20)
+    @given(text=YAML_TEXT)
+    def check(text):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+            recipe = Path(tmp) / "recipe.yaml"
+            recipe.write_text(text, encoding="utf-8")
+            run = Path(tmp) / "run"
+            run.mkdir()
+            (run / "config.yaml").write_text(text, encoding="utf-8")
+            before = _left(Path(tmp))
+            assert _run(capsys, ["soup", "--recipe", recipe, "--out", Path(tmp) / "soup"])[0] == 2
+            assert _run(capsys, ["eval", run])[0] == 2  # a run folder with nothing but a config
+            assert _left(Path(tmp)) == before
+
+    check()
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png()
+
+
+def test_damaged_images_are_data_errors(tmp_path):
+    """The image loader (what `features` decodes with): a damaged file is a CorruptImageError
+    (a DataError naming it), or decodes to an RGB image."""
+    from longtail.data.images import CorruptImageError
+    from longtail.data.open_images import open_images
+
+    @fuzz(25)
+    @given(content=_damaged(PNG), suffix=st.sampled_from([".png", ".jpg"]))
+    def check(content, suffix):
+        with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+            for name in ("a", "b"):
+                (Path(tmp) / name).mkdir()
+                (Path(tmp) / name / f"0{suffix}").write_bytes(content if name == "b" else PNG)
+            data = open_images(tmp, progress=False)
+            try:
+                image = data.load(1)
+            except CorruptImageError as err:
+                assert "b/0" in str(err) and "\n" not in str(err)
+            else:
+                assert image.mode == "RGB"
+
+    check()
