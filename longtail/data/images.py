@@ -256,11 +256,11 @@ class ImageDataset:
 
     def drop_corrupt(self, progress: bool = True) -> ImageDataset:
         """Decode every image once; return the subset that decodes, warning once with a count."""
-        from tqdm.auto import tqdm
+        from longtail.progress import progress_bar
 
         ok = np.ones(len(self), dtype=bool)
         first = ""
-        for i in tqdm(range(len(self)), desc=f"checking {self.name}", disable=None if progress else True):
+        for i in progress_bar(range(len(self)), desc=f"checking {self.name}", unit="image", enabled=progress):
             try:
                 self.load(i)
             except CorruptImageError as err:
