@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -43,9 +44,12 @@ def test_resume_equals_uninterrupted(root, tmp_path):
     """Interrupt mid-epoch (random crops, flips, shuffling on), resume, compare the final weights."""
     cfg = small_cfg(root, "sage", epochs=2, grad_accum=2, save_every=1)
     full = fit(cfg, out=tmp_path / "full", report=False)
+    t0 = time.perf_counter()
     part = fit(cfg, out=tmp_path / "resumed", stop_after_steps=5, report=False)
     assert part.interrupted and not (tmp_path / "resumed" / "metrics.json").exists()
+    t1 = time.perf_counter()
     resumed = fit(cfg, out=tmp_path / "resumed", resume=True, report=False)
+    t2 = time.perf_counter()
     a = load_file(tmp_path / "full" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
@@ -54,6 +58,10 @@ def test_resume_equals_uninterrupted(root, tmp_path):
     assert not torch.equal(a["head.weight"], a["w_zs"])  # training did move the head
     assert resumed.metrics["all"] == full.metrics["all"]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    # timings recorded in metrics.json: training seconds over both invocations (the interrupted
+    # epoch's time carries over), wall seconds of the resuming invocation
+    saved = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert 0 < saved["train_seconds"] <= t2 - t0 and 0 < saved["wall_seconds"] <= t2 - t1
 
 
 def test_cli_fit_eval_and_reload(root, tmp_path, capsys):

@@ -57,6 +57,7 @@ class LoopState:
     batch: int = 0  # micro-batches done in the current epoch
     history: list[dict[str, Any]] = field(default_factory=list)
     partial: tuple = (0.0, 0, 0, 0.0)  # loss sum, correct, seen, seconds of the current epoch
+    seconds: float = 0.0  # training seconds of the epochs logged so far (across resumes)
     best: float = -math.inf
     selection: list[dict[str, Any]] = field(default_factory=list)
 
@@ -188,6 +189,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         if interrupted and not epoch_done:
             save()
             break
+        state.seconds += elapsed  # `elapsed` includes the time spent before a resume
         state.history.append({"epoch": epoch + 1, "step": state.step, "loss": loss_sum / max(seen, 1),
                               "train_acc": correct / max(seen, 1), "lr": lr,
                               "images_per_s": seen * world / max(elapsed, 1e-9)})
@@ -198,7 +200,8 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
     bar.close()
     if not interrupted:
         _final_weights(params, ema, best_state)
-    throughput = {"train_images_per_s": images_seen / train_time if train_time else None,
+    throughput = {"train_seconds": state.seconds,
+                  "train_images_per_s": images_seen / train_time if train_time else None,
                   "max_gpu_memory_gb": _gpu_memory_gb(), "optimizer_steps": state.step,
                   "num_trainable": net.num_trainable(), "num_processes": world}
     return FitResult(net, {"throughput": throughput}, state.history, run.dir if run else None,
@@ -241,6 +244,7 @@ def _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, 
                     "rng": ckpt.rng_state(), "step": state.step, "epoch": state.epoch,
                     "batch_in_epoch": state.batch, "history": state.history,
                     "partial_epoch": list(state.partial), "best": state.best, "selection": state.selection,
+                    "seconds": state.seconds,
                     "ema_count": ema.count if ema is not None else 0}
         ckpt.save_checkpoint(run.dir, state.step, tensors, training)
     acc.wait_for_everyone()
@@ -271,6 +275,7 @@ def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler):
     state.history = list(training["history"])
     state.partial = tuple(training["partial_epoch"])
     state.best, state.selection = float(training["best"]), list(training["selection"])
+    state.seconds = float(training.get("seconds", 0.0))  # a timing only: 0 for older checkpoints
     return [tensors[f"best.{n}"] for n in names] if has_best else None
 
 

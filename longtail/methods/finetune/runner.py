@@ -10,6 +10,7 @@ keep_checkpoints, after) it runs.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
 
     from longtail.runs import create_run
 
+    started = time.perf_counter()
     acc = make_accelerator(cfg)
     run = None
     if acc.is_main_process:
@@ -101,13 +103,14 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     if result.interrupted or not acc.is_main_process:
         return result
     with run:
-        finish_run(run, cfg, result, report)
+        finish_run(run, cfg, result, report, started)
     if not cfg.keep_checkpoints:
         shutil.rmtree(run.dir / ckpt.CHECKPOINTS, ignore_errors=True)
     return result
 
 
-def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True) -> None:
+def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True,
+               started: float | None = None) -> None:
     """Write a trained model's side files, weights, metrics and report into its run folder."""
     from longtail.data.stats import class_stats
     from longtail.methods.finetune.data import open_split
@@ -125,6 +128,8 @@ def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True) -> N
     metrics = evaluate_model(result.model, cfg, test_set, counts, full.group_counts, full.class_names)
     metrics.update(result.metrics["throughput"])
     metrics["history"] = result.history
+    if started is not None:  # this invocation (from the start or the resume), evaluation included
+        metrics["wall_seconds"] = time.perf_counter() - started
     if result.selection:
         metrics["selection"] = result.selection
     if splits.validation:
