@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_arguments(cmd)
-        cmd.set_defaults(_run=module.run)
+        # PAIRS_DEST: the positional list that takes KEY=VALUE pairs (default "overrides")
+        cmd.set_defaults(_run=module.run, _pairs=getattr(module, "PAIRS_DEST", "overrides"))
     return parser
 
 
@@ -60,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     # filling a positional list at the first option, so collect the rest here.
     pairs = [a for a in unknown if "=" in a and not a.startswith("-")]
     rest = [a for a in unknown if a not in pairs]
-    if rest or (pairs and not hasattr(args, "overrides")):
+    if rest or (pairs and not hasattr(args, args._pairs)):
         parser.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
     if pairs:
-        args.overrides = [*args.overrides, *pairs]
+        setattr(args, args._pairs, [*getattr(args, args._pairs), *pairs])
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from longtail.errors import ConfigError
+from longtail.io import safe_load_yaml
 
 T = TypeVar("T")
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # 1e-3, 2.5E4
@@ -32,8 +33,8 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"expected key=value, got '{pair}'")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = safe_load_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # not a YAML scalar: the text itself (the field's type decides)
             value = raw
         if isinstance(value, str) and value.lower() == "none":  # Python spelling of null
             value = None

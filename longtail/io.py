@@ -91,12 +91,22 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
 def read_yaml(path: str | os.PathLike) -> Any:
     """A YAML file's content; a malformed or non-UTF-8 file is a one-line DataError naming it."""
     try:
-        return yaml.safe_load(_read_text(path))
+        return safe_load_yaml(_read_text(path))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
+        problem = getattr(err, "problem", None) or str(err) or type(err).__name__
         raise DataError(f"{path}: not valid YAML ({where}{problem})") from err
+
+
+def safe_load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, raising only yaml.YAMLError: PyYAML's scalar constructors raise
+    ValueError / TypeError / AttributeError for malformed tagged or date-like values
+    ('2001-13-01', '!!float abc', '!!timestamp x'); those become a YAMLError too."""
+    try:
+        return yaml.safe_load(text)
+    except (ValueError, TypeError, AttributeError) as err:
+        raise yaml.YAMLError(f"{type(err).__name__}: {err}") from err
 
 
 def _read_text(path: str | os.PathLike) -> str:

@@ -217,6 +217,9 @@ def test_bool_and_ordered_thresholds(tmp_path, capsys):
     out = tmp_path / "run"
     _fails(capsys, ["probe", "--train", train, "--test", train, "normalize=maybe", "--out", out],
            "normalize='maybe': expected true/false")
+    _fails(capsys, ["probe", "--train", train, "--test", train, "max_iter=ten", "--out", out],
+           "max_iter='ten': expected an integer")
+    _fails(capsys, ["probe", "--train", train, "--test", train, "lr=abc", "--out", out], "lr='abc': expected a number")
     _fails(capsys, ["probe", "--train", train, "--test", train, "--many", "10", "--few", "50", "--out", out],
            "few (50) must not exceed many (10)")
     _fails(capsys, ["stats", train, "--many", "10", "--few", "50"], "few (50) must not exceed many (10)")
@@ -277,3 +280,48 @@ def test_soup_of_another_architecture_is_refused(tmp_path, capsys):
     _fails(capsys, ["soup", a, b, "--out", tmp_path / "s"], "keys differ", "one architecture")
     _fails(capsys, ["soup", a, c, "--out", tmp_path / "s"], "tensor 'enc.adapter.down.weight' has shape (3, 5)")
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s.*"))
+
+
+@pytest.mark.slow
+def test_observation_6_replayed_on_fit_runs(tmp_path, capsys):
+    """`monosoup --w1 runs/lift1 --w0 runs/sage1` (AdaptFormer vs SG-Adapter runs) is refused
+    before anything is written; the same W1 against its own zero-shot weights still runs."""
+    from longtail.methods.finetune.presets import build_config
+    from longtail.methods.finetune.runner import fit
+
+    data = {"root": str(tmp_path / "data"), "device": "cpu", "progress": False, "epochs": 1, "lr": 0.01,
+            "data_options.num_classes": 4, "data_options.n_max": 16, "data_options.imbalance_ratio": 4,
+            "data_options.test_per_class": 8}
+    for method in ("lift", "sage"):
+        fit(build_config("synthetic_images", "tiny_clip", method, data), out=tmp_path / f"{method}1", report=False)
+    out = tmp_path / "mono"
+    _fails(capsys, ["monosoup", "--w1", tmp_path / "lift1", "--w0", tmp_path / "sage1", "--device", "cpu",
+                    "--out", out], "different architectures", "adapter.down")
+    assert not out.exists() and not list(tmp_path.glob(".mono*"))
+    assert cli.main(["monosoup", "--w1", str(tmp_path / "lift1"), "--w0", "zero-shot", "--device", "cpu",
+                     "--out", str(out)]) == 0
+    log = json.loads((out / "monosoup_log.json").read_text())
+    assert any(e["edited"] for e in log) and (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("text", ["2001-13-01", "!!float abc", "!!timestamp x", "!!int x"])
+def test_yaml_values_pyyaml_cannot_construct(tmp_path, capsys, text):
+    """PyYAML raises ValueError/AttributeError (not YAMLError) for these: still one line."""
+    _fails(capsys, ["stats", "/nonexistent/x", f"many={text}"], "expected an integer")
+    (tmp_path / "r.yaml").write_text(f"method: uniform\ningredients: [a.safetensors]\nparameters: {{lam: {text}}}\n")
+    with pytest.raises(DataError, match="r.yaml: not valid YAML"):
+        read_yaml(tmp_path / "r.yaml")
+    _fails(capsys, ["soup", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "s"], "not valid YAML")
+
+
+def test_soup_parameters_are_typed_and_named(tmp_path, capsys):
+    a = save_state_dict(_state(0), tmp_path / "a.safetensors")
+    b = save_state_dict(_state(1), tmp_path / "b.safetensors")
+    out = tmp_path / "s"
+    _fails(capsys, ["soup", "-m", "recursive", a, b, "lam=abc", "--out", out], "lam='abc': expected a number")
+    _fails(capsys, ["soup", a, b, "lamda=0.5", "--out", out], "has no parameter 'lamda'")
+    _fails(capsys, ["soup", "-m", "wise", a, "--base", b, "alpha=[0, x]", "--out", out], "alpha=")
+    _fails(capsys, ["soup", "-m", "weighted", a, b, "weights=[1, two]", "--out", out], "expected a number")
+    assert not out.exists()
+    assert cli.main(["soup", "-m", "wise", str(a), "--base", str(b), "alpha=[0, 1]", "--out", str(out)]) == 0
+    assert (out / "wise_alpha_0" / "model.safetensors").is_file()

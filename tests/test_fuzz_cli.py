@@ -88,7 +88,8 @@ VALUES = st.one_of(
     st.integers(-10**6, 10**6).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
     st.sampled_from(["true", "no", "maybe", "null", "none", "[1, 2]", "{a: 1}", "[", "2001-01-01",
-                     "1e-3", "-1", "0", ".inf", "~", "!!python/name:os.system", "'", "\n", "\t"]),
+                     "1e-3", "-1", "0", ".inf", "~", "!!python/name:os.system", "'", "\n", "\t",
+                     "2001-13-01", "!!float abc", "!!timestamp x", "&a [*a]", "!!set {a}", "1_000"]),
 )
 
 
@@ -199,7 +200,8 @@ YAML_TEXT = st.one_of(
     st.text(max_size=40),
     st.lists(st.sampled_from(["method:", " uniform", "\n", "ingredients:", " - a.safetensors", "[", "{", "}",
                               "- ", "base:", " zero-shot", "parameters:", " {lam: x}", "kind:", " probe",
-                              " [1]", ": ", "&a", "*a", "!!binary", "'", "\t", "weight: 2"]), max_size=12).map("".join),
+                              " [1]", ": ", "&a", "*a", "!!binary", "'", "\t", "weight: 2", " 2001-13-01",
+                              " !!float x", " !!timestamp x", " !!int x", "lam:"]), max_size=12).map("".join),
 )
 
 

@@ -158,7 +158,7 @@ def test_gaussian_kde_bandwidth_is_scott_times_class_spread():
 
 def test_registry_and_strategies_that_add_nothing_or_little():
     x, y = imbalanced()
-    assert set(OVERSAMPLERS.names()) == {"vmf-kde", "gaussian-kde", "smote"}
+    assert set(OVERSAMPLERS.names()) == {"vmf-kde", "gaussian-kde", "smote", "distribution-calibration"}
     keep = np.bincount(y).tolist()  # targets = current counts: nothing to add
     xr, yr = make_oversampler("smote", sampling_strategy=keep).fit_resample(x, y)
     assert np.array_equal(xr, x) and np.array_equal(yr, y)

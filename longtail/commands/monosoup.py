@@ -48,7 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from longtail.io import check_writable
     from longtail.methods.finetune import RunModel, is_fit_layout
     from longtail.soups.merge import load_state_dict, weights_file
-    from longtail.soups.monosoup import MonoSoupConfig, check_bases, config_dict, lora_dense_state, monosoup
+    from longtail.soups.monosoup import (
+        MonoSoupConfig,
+        check_bases,
+        config_dict,
+        lora_dense_state,
+        monosoup,
+    )
     from longtail.soups.soup_run import format_table, row, write_soup_run
 
     flags = {k: getattr(args, k) for k in ("mode", "energy", "qkv", "precision") if getattr(args, k) is not None}
@@ -59,12 +65,20 @@ def run(args: argparse.Namespace) -> int:
     fit_layout = is_fit_layout(args.w1)
     if (args.eval or args.w0 == "zero-shot") and not fit_layout:
         raise ConfigError(f"{args.w1}: --eval and --w0 zero-shot need a fit run folder")
-    model = RunModel(args.w1, args.device) if fit_layout else None
-    w0 = model.zero_shot() if args.w0 == "zero-shot" else load_state_dict(args.w0)
+
+    def bases(w0: dict, w1: dict) -> tuple[dict, dict]:
+        """(W0, W1) with LoRA pairs folded in, checked to be one architecture."""
+        if args.lora_scaling is not None:
+            w1 = lora_dense_state(w0, w1, args.lora_scaling)
+        check_bases(w0, w1, f"--w0 {args.w0}, --w1 {args.w1}: ")
+        return w0, w1
+
     w1 = load_state_dict(w1_file)
-    if args.lora_scaling is not None:
-        w1 = lora_dense_state(w0, w1, args.lora_scaling)
-    check_bases(w0, w1, f"--w0 {args.w0}, --w1 {args.w1}: ")  # before anything is written
+    if args.w0 != "zero-shot":  # checked before the run's model and data are loaded
+        w0, w1 = bases(load_state_dict(args.w0), w1)
+    model = RunModel(args.w1, args.device) if fit_layout else None
+    if args.w0 == "zero-shot":
+        w0, w1 = bases(model.zero_shot(), w1)
     edited, log = monosoup(w0, w1, cfg)
     n_edit = sum(bool(e["edited"]) for e in log)
     config = {"label": "MonoSoup", "method": "monosoup", "w0": args.w0, "w1": str(args.w1), **config_dict(cfg),

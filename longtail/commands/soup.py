@@ -31,6 +31,7 @@ examples:
   longtail soup -m recursive runs/lts/ingredients/e0_b0 runs/lts/ingredients/e1_b0 lam=0.5 --base zero-shot
   longtail soup --recipe soup.yaml --out runs/soup2
 """
+PAIRS_DEST = "ingredients"  # method parameters (lam=0.5) share the positional list with the ingredients
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

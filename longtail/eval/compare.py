@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from longtail.eval.tables import dotted
+
 # Config keys that never tell runs apart for a reader: bookkeeping, where files live, and
 # settings that do not change results.
 IGNORED_KEYS = frozenset({
@@ -19,16 +21,9 @@ MAX_ITEMS = 4  # key=value pairs shown per label before '+N more'
 MAX_VALUE = 32  # characters of one value before it is shortened
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys; a probe's options (under `probe`) lose the prefix."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = key if prefix in ("", "probe.") else f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+def _flatten(config: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys (`tables.dotted`); a probe's options (under `probe`) lose the prefix."""
+    return {k.removeprefix("probe."): v for k, v in dotted(config).items()}
 
 
 def _show(value: Any) -> str:
@@ -76,13 +71,19 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _ignored(key: str) -> bool:
+    """Whether a dotted key is, or lies under, one of IGNORED_KEYS."""
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in IGNORED_KEYS for i in range(1, len(parts) + 1))
+
+
 def _differences(configs: Sequence[dict[str, Any]]) -> list[str]:
     """Keys (dotted, in the first config's order) whose values are not the same in all configs."""
     flat = [_comparable(c) for c in configs]
     keys: list[str] = []
     for f in flat:
         keys += [k for k in f if k not in keys]
-    return [k for k in keys if k not in IGNORED_KEYS and len({repr(f.get(k)) for f in flat}) > 1]
+    return [k for k in keys if not _ignored(k) and len({repr(f.get(k)) for f in flat}) > 1]
 
 
 def _diff_labels(configs: Sequence[dict[str, Any]]) -> list[str]:

@@ -22,6 +22,7 @@ from longtail.eval.compare import dataset_warnings, run_labels
 from longtail.eval.tables import (
     METRIC_COLUMNS,
     describe_test_data,
+    dotted,
     esc,
     key_values,
     metrics_table,
@@ -124,7 +125,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     extra = sorted((folder / "figures").glob("*.png")) if (folder / "figures").is_dir() else []
     sections += _figures("Diagnostics", [_img("data:image/png;base64," + base64.b64encode(p.read_bytes()).decode(), p.stem)
                                          for p in extra])
-    sections.append("<h2>Configuration</h2>" + key_values(config))
+    sections.append("<h2>Configuration</h2>" + key_values(dotted(config)))
     env = run["env"] or {}
     if env:
         pk = env.get("packages", {})
@@ -175,8 +176,9 @@ def write_comparison_report(
     if note:
         sections.append(f'<p class="note">{esc(note)}</p>')
     rows = [(label, run["metrics"]) for label, run in zip(labels, runs) if run["metrics"]]
+    timing = [k for k in ("fit_seconds", "wall_seconds") if any(m.get(k) is not None for _, m in rows)]
     sections.append("<h2>Metrics (accuracy and ECE in %)</h2>"
-                    + metrics_table(list(references) + rows, extra=("fit_seconds",), ref_rows=[r[0] for r in references]))
+                    + metrics_table(list(references) + rows, extra=timing, ref_rows=[r[0] for r in references]))
     detailed = [(label, m) for label, m in rows if m.get("per_class")]
     if detailed:
         sections += _figures("Head vs tail", [_img(_png(plots.group_bars(detailed)), "group accuracy by run"),

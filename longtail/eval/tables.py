@@ -66,6 +66,17 @@ def key_values(rows: dict[str, Any] | Sequence[tuple[str, Any]]) -> str:
     return f"<table class='kv'>{body}</table>"
 
 
+def dotted(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys ('probe.loss', 'data_options.n_max'): one setting per row."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def stats_table(stats: dict[str, Any] | None) -> str:
     """The training set's statistics (class count, sizes, imbalance, shot groups)."""
     if not stats:
@@ -104,6 +115,8 @@ def _source_rows(config: dict[str, Any], depth: int = 0) -> list[tuple[str, str]
         absolute = (config.get("absolute_paths") or {}).get("test")
         if absolute and absolute != config["test"]:
             rows.append(("absolute path", absolute))
+        if config.get("val"):
+            rows.append(("validation features", str(config["val"])))
     elif config.get("dataset"):
         options = ", ".join(f"{k}={v}" for k, v in (config.get("data_options") or {}).items())
         rows.append(("dataset", f"{config['dataset']}" + (f" ({options})" if options else "")))

@@ -1,4 +1,4 @@
-"""Probe methods `vmf-kde`, `gaussian-kde`, `smote`: oversample the (normalised) training
+"""Probe methods `vmf-kde`, `gaussian-kde`, `smote`, `distribution-calibration`: oversample the (normalised) training
 embeddings, then train the probe's head on real + synthetic rows (docs/methods.md §4.4 steps 3-5).
 
 Options come from `cfg.method_options` (e.g. `method_options.k_neighbors=3`): any field of the
@@ -113,7 +113,7 @@ def _register(name: str, summary: str) -> None:
         return fit_oversampled(name, train, cfg, val)
 
     def check_options(options: dict[str, Any]) -> None:
-        _split_options(name, options)
+        make_oversampler(name, **_split_options(name, options)[1])  # names and values, before any data
 
     fit.__doc__ = summary
     fit.__name__ = f"fit_{name.replace('-', '_')}"
@@ -123,3 +123,5 @@ def _register(name: str, summary: str) -> None:
 _register("vmf-kde", "Latent vMF-KDE oversampling to the largest class, then the linear probe (arXiv 2509.15859).")
 _register("gaussian-kde", "Gaussian-KDE oversampling of the embeddings (Scott bandwidth), then the linear probe.")
 _register("smote", "SMOTE interpolation between in-class neighbours, then the linear probe.")
+_register("distribution-calibration", "Tail classes sampled from Gaussians calibrated with their k nearest head "
+          "classes (Yang et al. 2021, Tukey space), then the linear probe.")

@@ -1,5 +1,6 @@
 """Latent-space oversamplers behind one imbalanced-learn-like interface (`fit_resample(X, y)`):
-`vmf-kde` (docs/methods.md §4.4), `gaussian-kde` and `smote`, registered in OVERSAMPLERS.
+`vmf-kde` (docs/methods.md §4.4), `gaussian-kde`, `smote` and `distribution-calibration`
+(docs/methods.md §11), registered in OVERSAMPLERS.
 
 Written in torch rather than wrapping imbalanced-learn: SMOTE there is CPU/numpy only and has
 no vMF or per-sample Gaussian KDE; here every strategy is batched and runs on the GPU.
@@ -17,9 +18,11 @@ import torch
 from torch import Tensor
 
 from longtail.data.profiles import strategy_targets
+from longtail.data.stats import MANY_THRESHOLD
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
 from longtail.maths.vmf import sample_vmf
+from longtail.methods.latent import calibration
 from longtail.methods.latent.concentration import class_slices, in_class_knn, local_concentration
 from longtail.registry import Registry
 
@@ -104,7 +107,7 @@ class Oversampler:
         targets = torch.as_tensor(
             resolve_oversampling_targets(self.sampling_strategy, counts.cpu().numpy(), class_names), device=device
         )
-        n_new = targets - counts
+        n_new = torch.where(self._eligible(counts), targets - counts, 0)
         generator = torch.Generator(device=device).manual_seed(self.seed)
         order, starts, _ = class_slices(y, num_classes)
         cls = torch.repeat_interleave(torch.arange(num_classes, device=device), n_new)
@@ -126,6 +129,10 @@ class Oversampler:
         x_new = synth.features.to(device=x.device, dtype=x.dtype)
         y = torch.as_tensor(labels)
         return torch.cat([x, x_new]), torch.cat([y, synth.labels.to(y.device, y.dtype)])
+
+    def _eligible(self, counts: Tensor) -> Tensor:
+        """Classes that may receive synthetic rows (bool per class); all by default."""
+        return torch.ones_like(counts, dtype=torch.bool)
 
     def _generate(
         self, x: Tensor, y: Tensor, seeds: Tensor, cls: Tensor, counts: Tensor, generator, info: dict
@@ -217,6 +224,57 @@ class SMOTEOversampler(Oversampler):
         gap = torch.rand(seeds.numel(), 1, generator=generator, device=x.device, dtype=x.dtype)
         out = torch.lerp(x[seeds], x[partner], gap)  # x_i + gap * (x_j - x_i)
         return torch.nn.functional.normalize(out, dim=1) if self.project else out
+
+
+@OVERSAMPLERS.register("distribution-calibration")
+@dataclass
+class DistributionCalibrationOversampler(Oversampler):
+    """Distribution calibration (Yang et al. 2021) for long tails, docs/methods.md §11: every
+    tail class (n_c <= head_threshold, default the many-shot threshold) is sampled from
+    N(mu', Sigma') calibrated with its k nearest head classes in Tukey space; head classes get
+    no synthetic rows. `calibrate`: "sample" (one calibration per seed row, as the paper) or
+    "class" (the tail class mean as the query). `alpha_relative`: alpha in units of the mean
+    per-dimension head variance (scale-free), else absolute as in the paper."""
+
+    k: int = 2
+    alpha: float = 0.21
+    tukey_lambda: float = 0.5
+    head_threshold: int | None = None
+    calibrate: str = "sample"
+    alpha_relative: bool = True
+
+    name = "distribution-calibration"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"distribution-calibration k must be an integer >= 1, got {self.k!r}")
+        if not (isinstance(self.alpha, (int, float)) and 0 <= self.alpha < float("inf")):
+            raise ConfigError(f"distribution-calibration alpha must be a finite number >= 0, got {self.alpha!r}")
+        if not (isinstance(self.tukey_lambda, (int, float)) and 0 < self.tukey_lambda < float("inf")):
+            raise ConfigError(f"distribution-calibration tukey_lambda must be > 0 (1 = no transform), "
+                              f"got {self.tukey_lambda!r}")
+        threshold = self.head_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1):
+            raise ConfigError(f"distribution-calibration head_threshold must be an integer >= 1, got {threshold!r}")
+        if self.calibrate not in ("sample", "class"):
+            raise ConfigError(f"distribution-calibration calibrate must be 'sample' or 'class', got {self.calibrate!r}")
+
+    @property
+    def threshold(self) -> int:
+        return MANY_THRESHOLD if self.head_threshold is None else self.head_threshold
+
+    def _eligible(self, counts):
+        return ~calibration.head_mask(counts, self.threshold, self.k)
+
+    def _generate(self, x, y, seeds, cls, counts, generator, info):
+        z = calibration.tukey(x, self.tukey_lambda)
+        heads = torch.nonzero(calibration.head_mask(counts, self.threshold, self.k))[:, 0]
+        queries = z[seeds] if self.calibrate == "sample" else calibration.class_means(z, y, counts.numel())[cls]
+        scale = calibration.mean_head_variance(z, y, heads) if self.alpha_relative else 1.0
+        info["head_classes"] = heads.tolist()
+        info["alpha_effective"] = self.alpha * scale
+        out = calibration.sample_calibrated(z, y, heads, queries, self.k, self.alpha * scale, generator)
+        return calibration.inverse_tukey(out, self.tukey_lambda).to(x.dtype)
 
 
 def make_oversampler(name: str, **params) -> Oversampler:

@@ -155,7 +155,8 @@ class ProbeConfig:
     def needs_validation(self) -> list[str]:
         """The options set here that choose something on a validation set."""
         wanted = (("posthoc_tau", "auto"), ("interpolate", "auto"), ("calibrate", "temperature"))
-        return [f"{k}={v!r}" for k, v in wanted if getattr(self, k) == v]
+        own = [f"{k}={v!r}" for k, v in wanted if getattr(self, k) == v]
+        return own + get_method(self.method).validation_needs(self.method_options)
 
     def head_spec(self) -> dict[str, Any]:
         """The head to build: `{"type": head, **options}`."""

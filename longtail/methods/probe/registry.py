@@ -16,7 +16,7 @@ from longtail.errors import ConfigError
 from longtail.registry import Registry
 
 # Modules whose import registers the built-in probe methods.
-BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.latent")
+BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.probe.decoupling", "longtail.methods.latent")
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,14 @@ class ProbeMethod:
     check_options: raises ConfigError on bad `cfg.method_options` (None: the method takes none);
       called when the config is built, before any data is read.
     trains: False for methods without a trained head (zero-shot), which cannot interpolate.
+    needs_validation: the options in `method_options` that choose something on a validation
+      set, in words (e.g. ["method_options.tau='auto'"]); None: none do.
     """
 
     fit: Callable[..., Any]
     check_options: Callable[[dict[str, Any]], None] | None = None
     trains: bool = True
+    needs_validation: Callable[[dict[str, Any]], list[str]] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.fit.__doc__)  # `longtail list` shows the method's own doc
@@ -42,17 +45,22 @@ class ProbeMethod:
         elif options:
             raise ConfigError(f"method '{name}' takes no method_options (got {', '.join(sorted(options))})")
 
+    def validation_needs(self, options: dict[str, Any]) -> list[str]:
+        """The method options that need a validation set (empty when none)."""
+        return [] if self.needs_validation is None else list(self.needs_validation(options))
+
 
 PROBE_METHODS: Registry[ProbeMethod] = Registry("probe method")
 
 
 def probe_method(
-    name: str, *, check_options: Callable[[dict[str, Any]], None] | None = None, trains: bool = True
+    name: str, *, check_options: Callable[[dict[str, Any]], None] | None = None, trains: bool = True,
+    needs_validation: Callable[[dict[str, Any]], list[str]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register `fit` as probe method `name` (returns `fit` unchanged)."""
 
     def register(fit: Callable[..., Any]) -> Callable[..., Any]:
-        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains))
+        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains, needs_validation))
         return fit
 
     return register
