@@ -104,9 +104,25 @@ def safe_load_yaml(text: str) -> Any:
     ValueError / TypeError / AttributeError for malformed tagged or date-like values
     ('2001-13-01', '!!float abc', '!!timestamp x'); those become a YAMLError too."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except (ValueError, TypeError, AttributeError) as err:
         raise yaml.YAMLError(f"{type(err).__name__}: {err}") from err
+    if _cyclic(value, set()):
+        raise yaml.YAMLError("a value contains itself (an alias to its own anchor)")
+    return value
+
+
+def _cyclic(value: Any, open_ids: set[int]) -> bool:
+    """Whether a list/dict contains itself (YAML `&a [*a]`), which no config means."""
+    if not isinstance(value, (list, dict)):
+        return False
+    if id(value) in open_ids:
+        return True
+    open_ids.add(id(value))
+    items = value.values() if isinstance(value, dict) else value
+    found = any(_cyclic(v, open_ids) for v in items)
+    open_ids.discard(id(value))
+    return found
 
 
 def _read_text(path: str | os.PathLike) -> str:

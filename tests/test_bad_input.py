@@ -136,6 +136,10 @@ def test_corrupt_json_and_yaml_name_the_file(tmp_path, capsys):
         read_yaml(tmp_path / "c.yaml")
     with pytest.raises(DataError, match="cannot read"):
         read_json(tmp_path / "missing.json")
+    (tmp_path / "d.yaml").write_text("parameters: &p {lam: *p}\n")
+    with pytest.raises(DataError, match="d.yaml: not valid YAML \\(a value contains itself"):
+        read_yaml(tmp_path / "d.yaml")
+    _fails(capsys, ["stats", "/nonexistent/x", "data_options.ir=&a [*a]"], "not found")  # kept as text
     for recipe in ("b.yaml", "c.yaml"):
         _fails(capsys, ["soup", "--recipe", tmp_path / recipe, "--out", tmp_path / "s"], recipe)
     assert not (tmp_path / "s").exists()

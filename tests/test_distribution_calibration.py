@@ -90,11 +90,17 @@ def test_tukey_round_trip_and_negative_features():
     z = calibration.tukey(x, 0.5)
     assert z.tolist() == [[0.0, 0.5, 2.0], [-2.0, -0.5, 1.0]]  # x^0.5 on x >= 0, odd extension below
     torch.testing.assert_close(calibration.inverse_tukey(z, 0.5), x)
-    # unit-sphere embeddings (negative entries) are sampled without NaNs
+    x, y = hand_made()  # non-negative: transformed; synthetic rows come back through the inverse
+    assert make_oversampler(NAME, head_threshold=5).sample(x, y).info["tukey_applied"] is True
+    # unit-sphere embeddings (negative entries): no transform (as lambda = 1) unless signed_tukey
     bench = make_synthetic_benchmark(seed=1, num_classes=6, dim=16, n_max=60, imbalance_ratio=20,
                                      n_val=5, n_test=5, bayes_per_class=5)
-    synth = make_oversampler(NAME, head_threshold=20).sample(bench.train.features, bench.train.labels)
-    assert torch.isfinite(synth.features).all() and synth.features.shape[0] > 0
+    xs, ys = bench.train.features, bench.train.labels
+    plain = make_oversampler(NAME, head_threshold=20).sample(xs, ys)
+    assert plain.info["tukey_applied"] is False and plain.features.shape[0] > 0
+    assert torch.equal(plain.features, make_oversampler(NAME, head_threshold=20, tukey_lambda=1).sample(xs, ys).features)
+    signed = make_oversampler(NAME, head_threshold=20, signed_tukey=True).sample(xs, ys)
+    assert signed.info["tukey_applied"] is True and torch.isfinite(signed.features).all()
 
 
 def test_deterministic_for_a_seed():

@@ -178,16 +178,17 @@ def test_damaged_feature_files(suffix, valid, capsys, tmp_path):
     check()
 
 
-def test_damaged_weights_given_to_soup(capsys, tmp_path):
+def test_damaged_weights_given_to_soup_and_monosoup(capsys, tmp_path):
     @fuzz(12)
-    @given(content=_damaged(WEIGHTS))
-    def check(content):
+    @given(content=_damaged(WEIGHTS), command=st.sampled_from(["soup", "monosoup"]))
+    def check(content, command):
         with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
             good, bad = Path(tmp) / "good.safetensors", Path(tmp) / "bad.safetensors"
             good.write_bytes(WEIGHTS)
             bad.write_bytes(content)
-            out = Path(tmp) / "soup"
-            rc, err = _run(capsys, ["soup", good, bad, "--out", out])
+            out = Path(tmp) / "out"
+            args = [good, bad] if command == "soup" else ["--w1", bad, "--w0", good, "--device", "cpu"]
+            rc, err = _run(capsys, [command, *args, "--out", out])
             if rc == 0:
                 assert (out / "model.safetensors").is_file()
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longtail.errors import ConfigError
+from longtail.errors import ConfigError, DataError
 from longtail.soups.monosoup import MonoSoupConfig, edit_matrix, lora_dense_state, monosoup
 
 CASES = [
@@ -116,6 +116,13 @@ def test_lora_dense_update_has_low_rank():
     torch.testing.assert_close(w1["enc.q.weight"], expected)
     _, log = monosoup(w0, w1)
     assert log[0]["k"] <= 2
+    # the file's other tensors (a trained head) are W1's, not W0's; a B of the wrong size is named
+    head = torch.randn(3, 8, generator=g)
+    w1 = lora_dense_state({**w0, "head.weight": torch.zeros(3, 8)}, {**lora, "base_model.model.head.weight": head}, 0.5)
+    assert torch.equal(w1["head.weight"], head)
+    bad = {**lora, "base_model.model.enc.q.lora_B.default.weight": torch.randn(4, 2, generator=g)}
+    with pytest.raises(DataError, match="update of shape \\(4, 8\\)"):
+        lora_dense_state(w0, bad, 0.5)
 
 
 def test_bad_config():

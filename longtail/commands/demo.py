@@ -60,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
     from longtail.data.synthetic_features import make_synthetic_benchmark
     from longtail.errors import ConfigError
     from longtail.eval.report import write_comparison_report
-    from longtail.io import write_json
+    from longtail.io import check_writable, write_json
     from longtail.methods.probe import ProbeConfig, run_probe
 
     out = Path(args.out or f"runs/demo-{dt.datetime.now():%Y%m%d-%H%M%S}")
     if out.exists():
         raise ConfigError(f"demo folder already exists, not overwritten: {out}")
+    check_writable(out)
     base = ProbeConfig(method="linear", loss="ce", seed=args.seed, device=args.device)  # rows change it
     configs = [apply_overrides(base, overrides) for _, overrides in DEMO_METHODS]  # all checked up front
     start = time.perf_counter()

@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
 
     from longtail.errors import ConfigError
     from longtail.eval.metrics import summary
-    from longtail.io import to_jsonable, write_json
+    from longtail.io import check_writable, to_jsonable, write_json
     from longtail.runs import evaluate_run
 
     if args.out and Path(args.out).exists():
         raise ConfigError(f"{args.out} exists, not overwritten")
+    if args.out:
+        check_writable(args.out, folder=False)
     metrics = evaluate_run(args.run, args.test)
     if args.out:
         write_json(args.out, metrics)

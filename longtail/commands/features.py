@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from longtail.data.features import save_features
     from longtail.data.splits import open_part
     from longtail.errors import ConfigError, DataError
+    from longtail.io import check_writable
     from longtail.models.backbone import load_backbone
     from longtail.models.features import extract_features, load_prototype_file
 
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out)
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists (use --overwrite to replace it)")
+    check_writable(out, folder=False)
     source, options = prototype_request(cfg)
     if source is None and not Path(cfg.prototypes).is_file():
         raise DataError(f"prototype file not found: {cfg.prototypes}")

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise ConfigError(f"missing {', '.join(missing)} (see longtail fit --list)")
         cfg = presets.build_config(args.data, args.backbone, args.method, overrides)
+    if args.out and not args.resume:
+        from longtail.io import check_writable
+
+        check_writable(args.out)  # before the data, the backbone and the text embeddings load
     result = fit(cfg, out=args.out, resume=args.resume, report=not args.no_report)
     if result.run_dir is None or "all" not in result.metrics:  # a non-main DDP process
         return 0

@@ -101,12 +101,16 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from longtail.data.open_features import open_features
     from longtail.data.splits import split_features
+    from longtail.data.stats import check_thresholds
     from longtail.errors import ConfigError
     from longtail.eval.metrics import summary
-    from longtail.io import to_jsonable
+    from longtail.io import check_writable, to_jsonable
     from longtail.methods.probe import run_probe
 
     cfg = build_config(args)  # every config mistake fails here, before any feature file is read
+    check_thresholds(args.many, args.few)
+    if args.out:
+        check_writable(args.out)
     rule = cfg.val_rule()
     if rule.active and args.val:
         raise ConfigError(f"--val {args.val} and {rule.describe()} both give a validation set: use one")

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
     from longtail.errors import ConfigError
     from longtail.eval.report import comparison_warnings, write_comparison_report, write_report
+    from longtail.io import check_writable
 
+    if args.out:
+        check_writable(args.out, folder=False)
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
     else:

@@ -52,11 +52,10 @@ class StatsConfig:
     few: int = 20  # few-shot: fewer than this many training images
 
     def __post_init__(self) -> None:
-        from longtail.errors import ConfigError
-
-        if not 0 <= self.few <= self.many:
-            raise ConfigError(f"few ({self.few}) must not exceed many ({self.many}) and be >= 0")
         from longtail.data.splits import check_part
+        from longtail.data.stats import check_thresholds
+
+        check_thresholds(self.many, self.few)
 
         check_part(self.split, self.val_rule())
 
@@ -167,6 +166,10 @@ def run(args) -> int:
     from longtail.io import to_jsonable
 
     cfg = build_config(args)
+    if args.plot and not args.no_plot:
+        from longtail.io import check_writable
+
+        check_writable(args.plot, "--plot", folder=False)
     name, names, counts, group_counts = _load_counts(cfg)
     stats = class_stats(
         counts, names, group_counts=group_counts, many_threshold=cfg.many, few_threshold=cfg.few

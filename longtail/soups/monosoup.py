@@ -190,18 +190,30 @@ def lora_dense_state(
 
     LoRA keys follow peft: '<path>.lora_A[.adapter].weight' / '<path>.lora_B[...].weight',
     with an optional 'base_model.model.' prefix; the edited base key is '<path>.weight'.
+    Other tensors of the LoRA file (a trained classifier, say) are W1's own values: they
+    replace W0's tensor of the same name (prefix removed) or are added as W1-only tensors.
     """
     out = dict(w0)
-    pattern = re.compile(r"^(?:base_model\.model\.)?(?P<path>.*)\.lora_A(?:\.[^.]+)?\.weight$")
+    pattern = re.compile(r"^(?:base_model\.model\.)?(?P<path>.*)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
     for key, a in lora.items():
         m = pattern.match(key)
         if not m:
+            plain = key.removeprefix("base_model.model.")
+            out[plain if plain in w0 else key] = a
+            continue
+        if m["ab"] == "B":
             continue
         b_key = key.replace(".lora_A", ".lora_B")
         target = f"{m['path']}.weight"
         if b_key not in lora or target not in w0:
             raise ConfigError(f"LoRA tensor '{key}' has no matching '{b_key}' / base '{target}'")
-        delta = scaling * (lora[b_key].float() @ a.float())
+        b = lora[b_key]
+        if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+            raise DataError(f"LoRA pair '{key}' {tuple(a.shape)} / '{b_key}' {tuple(b.shape)}: ranks do not match")
+        delta = scaling * (b.float() @ a.float())
+        if tuple(delta.shape) != tuple(w0[target].shape):
+            raise DataError(f"LoRA pair '{key}' gives an update of shape {tuple(delta.shape)} for "
+                            f"'{target}' of shape {tuple(w0[target].shape)}")
         out[target] = (w0[target].float() + delta).to(w0[target].dtype)
     return out
 

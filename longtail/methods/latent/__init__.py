@@ -1,6 +1,7 @@
 """Latent-space synthetic features (arXiv 2509.15859): the oversamplers (`oversample`) and the
-`vmf-kde` / `gaussian-kde` / `smote` probe methods (`methods`, registered on import). The vMF
-maths they use lives in `longtail.maths.vmf`."""
+`vmf-kde` / `gaussian-kde` / `smote` / `distribution-calibration` probe methods (`methods`,
+registered on import; distribution calibration's maths in `calibration`). The vMF maths lives
+in `longtail.maths.vmf`."""
 
 from longtail.methods.latent import methods  # noqa: F401  (registers the probe methods)
 from longtail.methods.latent.oversample import OVERSAMPLERS, make_oversampler

@@ -1,7 +1,8 @@
 """Distribution calibration (Yang, Liu & Xu, ICLR 2021, "Free Lunch for Few-shot Learning:
 Distribution Calibration") adapted to long tails (docs/methods.md §11).
 
-Recipe, in Tukey space z = sign(x) |x|^lambda:
+Recipe, in Tukey space z = x^lambda (non-negative features; with negative entries the
+oversampler skips the transform unless asked for the odd extension sign(x) |x|^lambda):
   base ("head") classes i: mean mu_i, covariance Sigma_i (np.cov, ddof 1);
   query x~ (a real tail row, or its class mean): S = its k nearest head means (Euclidean);
   mu' = (sum_{i in S} mu_i + x~) / (k + 1),   Sigma' = sum_{i in S} Sigma_i / k + a,
@@ -29,9 +30,9 @@ from longtail.errors import ConfigError, DataError
 def tukey(x: Tensor, lam: float) -> Tensor:
     """Tukey's ladder of powers, extended oddly to negative entries: sign(x) |x|^lambda.
 
-    Equals the paper's x^lambda on non-negative features (pooled ReLU features); on features
-    with negative entries (unit-sphere embeddings) the odd extension keeps the map monotone
-    and exactly invertible instead of producing NaNs or needing a data-dependent shift.
+    Equals the paper's x^lambda on non-negative features (pooled ReLU features). On negative
+    entries the odd extension keeps the map monotone and exactly invertible (no NaNs, no
+    data-dependent shift); it also maps the synthetic rows, which may leave x >= 0, back.
     """
     return x if lam == 1 else torch.sign(x) * x.abs().pow(lam)
 

@@ -229,12 +229,15 @@ class SMOTEOversampler(Oversampler):
 @OVERSAMPLERS.register("distribution-calibration")
 @dataclass
 class DistributionCalibrationOversampler(Oversampler):
-    """Distribution calibration (Yang et al. 2021) for long tails, docs/methods.md §11: every
-    tail class (n_c <= head_threshold, default the many-shot threshold) is sampled from
-    N(mu', Sigma') calibrated with its k nearest head classes in Tukey space; head classes get
-    no synthetic rows. `calibrate`: "sample" (one calibration per seed row, as the paper) or
+    """Distribution calibration (Yang et al. 2021): tail Gaussians calibrated by the k nearest heads.
+
+    docs/methods.md §11: every tail class (n_c <= head_threshold, default the many-shot
+    threshold) is sampled from N(mu', Sigma') calibrated with its k nearest head classes in
+    Tukey space; head classes get no synthetic rows. `calibrate`: "sample" (one calibration per seed row, as the paper) or
     "class" (the tail class mean as the query). `alpha_relative`: alpha in units of the mean
-    per-dimension head variance (scale-free), else absolute as in the paper."""
+    per-dimension head variance (scale-free), else absolute as in the paper. Tukey's x^lambda
+    needs non-negative features: with negative entries it is skipped, unless `signed_tukey`
+    (sign(x) |x|^lambda)."""
 
     k: int = 2
     alpha: float = 0.21
@@ -242,6 +245,7 @@ class DistributionCalibrationOversampler(Oversampler):
     head_threshold: int | None = None
     calibrate: str = "sample"
     alpha_relative: bool = True
+    signed_tukey: bool = False
 
     name = "distribution-calibration"
 
@@ -267,14 +271,14 @@ class DistributionCalibrationOversampler(Oversampler):
         return ~calibration.head_mask(counts, self.threshold, self.k)
 
     def _generate(self, x, y, seeds, cls, counts, generator, info):
-        z = calibration.tukey(x, self.tukey_lambda)
+        lam = self.tukey_lambda if self.signed_tukey or bool((x >= 0).all()) else 1.0
+        z = calibration.tukey(x, lam)
         heads = torch.nonzero(calibration.head_mask(counts, self.threshold, self.k))[:, 0]
         queries = z[seeds] if self.calibrate == "sample" else calibration.class_means(z, y, counts.numel())[cls]
         scale = calibration.mean_head_variance(z, y, heads) if self.alpha_relative else 1.0
-        info["head_classes"] = heads.tolist()
-        info["alpha_effective"] = self.alpha * scale
+        info.update(head_classes=heads.tolist(), alpha_effective=self.alpha * scale, tukey_applied=lam != 1)
         out = calibration.sample_calibrated(z, y, heads, queries, self.k, self.alpha * scale, generator)
-        return calibration.inverse_tukey(out, self.tukey_lambda).to(x.dtype)
+        return calibration.inverse_tukey(out, lam).to(x.dtype)
 
 
 def make_oversampler(name: str, **params) -> Oversampler:

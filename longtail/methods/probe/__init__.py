@@ -9,6 +9,7 @@ Modules, one job each:
   select     post-hoc interpolation alpha / tau / temperature chosen on validation
   prototypes class prototypes as a zero-shot head and as a head init
   methods    the built-in methods linear, cosine, zero-shot
+  decoupling ncm, crt, tau-norm, lws (Kang et al. 2020; docs/methods.md §10)
   run        the probe run kind: write a run folder, re-evaluate it (registered on import)
 """
 

@@ -57,9 +57,7 @@ def tau_option(options: dict[str, Any]) -> float | str:
     if value == "auto":
         return value
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        tau = float(value)  # "1e-1" stays a string in YAML 1.1
+        tau = math.nan if isinstance(value, bool) else float(value)  # "1e-1" is a string in YAML 1.1
     except (TypeError, ValueError):
         tau = math.nan
     if not (math.isfinite(tau) and tau >= 0):
@@ -150,10 +148,11 @@ def tau_normalised(weight: Tensor, tau: float) -> Tensor:
     return weight.detach() / row_norms(weight).pow(float(tau))[:, None]
 
 
-def choose_tau(head: nn.Module, probe: Probe, val: FeatureSet) -> tuple[float, dict[str, Any]]:
-    """The tau of TAU_GRID with the best validation balanced accuracy (ties: the smaller tau)."""
-    raw, _ = probe.parts(val.features)  # bias-free head: z_c = f . W_c, so z_c / ||W_c||^tau
-    norms = row_norms(head.weight)
+def choose_tau(probe: Probe, val: FeatureSet) -> tuple[float, dict[str, Any]]:
+    """The tau of TAU_GRID with the best validation balanced accuracy of probe's bias-free head
+    with rows W_c / ||W_c||^tau (ties: the smaller tau)."""
+    raw, _ = probe.parts(val.features)  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^tau
+    norms = row_norms(probe.head.weight)
     scores = np.array([balanced_accuracy((raw / norms.pow(float(t))).numpy(), val.labels, probe.num_classes)
                        for t in TAU_GRID])
     best = int(np.argmax(scores))
@@ -171,7 +170,7 @@ def fit_tau_norm(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = N
     probe = _plain_head(train, cfg, bias=False)
     info: dict[str, Any] = {"tau": tau, "row_norms": row_norms(probe.head.weight).numpy()}
     if tau == "auto":
-        tau, info["selection"] = choose_tau(probe.head, probe, val)
+        tau, info["selection"] = choose_tau(probe, val)
         info["tau"] = tau
     weight = tau_normalised(probe.head.weight, tau)
     probe.head = LinearHead(probe.num_classes, probe.dim, weight=weight, use_bias=False).eval()

@@ -143,6 +143,10 @@ class Probe:
             if not (folder / name).exists():
                 raise DataError(f"{folder}: missing {name}")
         meta = read_json(folder / "head.json")
+        missing = [k for k in ("num_classes", "dim", "head", "class_counts", "normalize", "posthoc_tau",
+                               "zero_shot", "alpha", "class_names", "config", "info") if k not in meta]
+        if missing:
+            raise DataError(f"{folder / 'head.json'}: incomplete, missing {', '.join(missing)}")
         tensors = load_weights_file(folder / "head.safetensors")
 
         def rebuild(spec: dict, prefix: str) -> nn.Module:
