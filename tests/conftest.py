@@ -11,3 +11,18 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def interrupt_forward(monkeypatch, backbone, on_call: int = 3):
+    """Make `backbone.forward_features` raise KeyboardInterrupt on its `on_call`-th call (as a
+    user's Ctrl-C mid-extraction); returns (the batch sizes it saw, the real forward)."""
+    real, calls = backbone.forward_features, []
+
+    def forward(pixels):
+        calls.append(pixels.shape[0])
+        if len(calls) == on_call:
+            raise KeyboardInterrupt
+        return real(pixels)
+
+    monkeypatch.setattr(backbone, "forward_features", forward)
+    return calls, real

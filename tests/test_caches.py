@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import interrupt_forward
 from PIL import Image
 
 import longtail.cli
@@ -119,15 +120,7 @@ def test_shards_close_by_time_and_both_runs_say_what_was_kept(tiny, folder, tmp_
     monkeypatch.setattr(features_module, "SHARD_IMAGES", 10**6)
     monkeypatch.setattr(features_module, "SHARD_SECONDS", 0.0)  # every batch closes a shard
     dataset = open_images(str(folder))
-    real, calls = tiny.forward_features, []
-
-    def dies_on_the_third_batch(pixels):
-        calls.append(pixels.shape[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(pixels)
-
-    monkeypatch.setattr(tiny, "forward_features", dies_on_the_third_batch)
+    calls, real = interrupt_forward(monkeypatch, tiny, on_call=3)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path / "c", progress=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_forward
 from PIL import Image
 
 import longtail.cli
@@ -79,15 +80,7 @@ def test_interrupted_extraction_resumes_from_saved_shards(tiny, dataset, tmp_pat
 
     monkeypatch.setattr(features_module, "SHARD_IMAGES", 3)  # batches of 2: shards close at 4, 7
     full = extract_features(tiny, dataset, batch_size=2, device="cpu", cache=False, progress=False)
-    real, calls = tiny.forward_features, []
-
-    def dies_on_the_third_batch(pixels):
-        calls.append(pixels.shape[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(pixels)
-
-    monkeypatch.setattr(tiny, "forward_features", dies_on_the_third_batch)
+    calls, real = interrupt_forward(monkeypatch, tiny, on_call=3)
     capsys.readouterr()
     with pytest.raises(KeyboardInterrupt):
         extract_features(tiny, dataset, batch_size=2, device="cpu", cache_dir=tmp_path, progress=False)
