@@ -46,6 +46,13 @@ def fmt(value: Any, percent: bool = True) -> str:
     return esc(value)
 
 
+def _seconds(value: Any) -> str:
+    """A duration cell: 0.09, 1.99, 125.3 (seconds, two decimals below 100 s)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return fmt(value, percent=False)
+    return f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
 def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: Sequence[str] = (), ref_rows: Sequence[str] = ()) -> str:
     """An HTML table: one row per (name, metrics); accuracies and ECE in %."""
     head = "".join(f"<th>{label}</th>" for _, label in METRIC_COLUMNS)
@@ -54,7 +61,8 @@ def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: Sequence[st
     for name, m in rows:
         cls = ' class="ref"' if name in ref_rows else ""
         cells = "".join(f"<td>{fmt(m.get(k))}</td>" for k, _ in METRIC_COLUMNS)
-        cells += "".join(f"<td>{fmt(m.get(e), percent=False)}</td>" for e in extra)
+        cells += "".join(f"<td>{_seconds(m.get(e)) if e.endswith('seconds') else fmt(m.get(e), percent=False)}</td>"
+                         for e in extra)
         body.append(f"<tr{cls}><td>{esc(name)}</td>{cells}</tr>")
     return f"<table><tr><th>run</th>{head}</tr>{''.join(body)}</table>"
 
