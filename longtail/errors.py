@@ -7,11 +7,11 @@ class LongtailError(Exception):
     """Base class for errors caused by the user's input or configuration (not bugs)."""
 
 
-class DataError(LongtailError):
+class DataError(LongtailError, ValueError):  # ValueError: what Python / scikit-learn callers catch
     """Bad data: missing/corrupt file, wrong shape, NaN features, label out of range, empty class."""
 
 
-class ConfigError(LongtailError):
+class ConfigError(LongtailError, ValueError):
     """Bad configuration: unknown key, invalid value, incompatible options."""
 
 

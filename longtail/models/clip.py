@@ -1,7 +1,12 @@
 """CLIP backbones on Hugging Face `transformers.CLIPModel`: presets, hub/folder loading, tiny_clip.
 
-The feature is the post-LayerNorm CLS token before the visual projection (`pooler_output`,
-docs/methods.md §1.1). `.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
+The feature (backbone option `feature`) is "cls", the post-LayerNorm CLS token before the
+visual projection (`pooler_output`, LIFT's choice, docs/methods.md §1.1; the default), or
+"projected", that token through `visual_projection` (what CLIP and OpenCLIP call the image
+embedding). The choice is the backbone's `feature_kind` ("pooler_output" | "image_embeds"),
+so it is in the cache key and the feature file's meta; text prototypes follow it (mapped into
+the pre-projection space for "cls", the text embeddings themselves for "projected").
+`.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ PRESETS = {
 }
 """Preset name -> Hugging Face hub id (loaded with `from_pretrained`, never in tests)."""
 
+FEATURES = {"cls": "pooler_output", "projected": "image_embeds"}  # option -> feature_kind
 TEXT_BATCH = 256  # prompts per text-encoder forward; bounds memory for 8142 classes x 60 templates
 
 
 class CLIPBackbone(Backbone):
-    """A CLIP model whose image features are the vision tower's `pooler_output`."""
+    """A CLIP model whose image features are the vision tower's `pooler_output` ("cls") or
+    the projected image embedding ("projected")."""
 
     has_text = True
-    feature_kind = "pooler_output"
 
     def __init__(
         self,
@@ -45,25 +51,33 @@ class CLIPBackbone(Backbone):
         name: str,
         model_id: str,
         revision: str | None = None,
+        feature: str = "cls",
     ) -> None:
         super().__init__()
+        if feature not in FEATURES:
+            raise ConfigError(f"unknown CLIP feature '{feature}'; choose from: {', '.join(FEATURES)}")
+        self.feature = feature
+        self.feature_kind = FEATURES[feature]
         self.model = model
         self.tokenizer = tokenizer
         self.transform = transform
         self.name = name
         self.model_id = model_id
         self.revision = revision
-        self.feature_dim = int(model.config.vision_config.hidden_size)
+        projected = feature == "projected"
+        self.feature_dim = int(model.config.projection_dim if projected else model.config.vision_config.hidden_size)
         self.requires_grad_(False)  # frozen by default; fine-tuning code unfreezes what it trains
         self.eval()
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.vision_model(pixel_values=pixels).pooler_output
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        return self.model.visual_projection(pooled) if self.feature == "projected" else pooled
 
     @torch.no_grad()
     def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """docs/methods.md §1.1: mean of unit text embeddings over templates, @ visual_projection.weight,
-        normalised -> (C, feature_dim) float32 on the model's device."""
+        """docs/methods.md §1.1: mean of unit text embeddings over templates, normalised; for
+        "cls" features first mapped @ visual_projection.weight into the pre-projection space
+        -> (C, feature_dim) float32 on the model's device."""
         if self.tokenizer is None:
             raise ConfigError(f"backbone '{self.name}' has no tokenizer; cannot embed class names")
         if not class_names:
@@ -82,8 +96,9 @@ class CLIPBackbone(Backbone):
             emb = out if isinstance(out, torch.Tensor) else out.pooler_output
             chunks.append(F.normalize(emb.float(), dim=-1))
         per_class = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
-        weights = per_class @ self.model.visual_projection.weight.float()
-        return F.normalize(weights, dim=-1)
+        if self.feature == "projected":
+            return F.normalize(per_class, dim=-1)
+        return F.normalize(per_class @ self.model.visual_projection.weight.float(), dim=-1)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write model, tokenizer and image-processor config; `load_backbone(folder)` reads it."""
@@ -107,7 +122,8 @@ class CLIPBackbone(Backbone):
 
 
 def from_pretrained(
-    name_or_path: str, revision: str | None = None, name: str | None = None, **model_kw: Any
+    name_or_path: str, revision: str | None = None, name: str | None = None, feature: str = "cls",
+    **model_kw: Any,
 ) -> CLIPBackbone:
     """Load a CLIP checkpoint (hub id or local folder) with its tokenizer and preprocessing."""
     from transformers import AutoTokenizer, CLIPModel
@@ -130,7 +146,7 @@ def from_pretrained(
     local = Path(name_or_path).is_dir()
     model_id = str(Path(name_or_path).resolve()) if local else name_or_path
     resolved = getattr(model.config, "_commit_hash", None) if not local else None
-    return CLIPBackbone(model, tokenizer, transform, name or model_id, model_id, resolved or revision)
+    return CLIPBackbone(model, tokenizer, transform, name or model_id, model_id, resolved or revision, feature)
 
 
 HF_MODEL_TYPES.register("clip", from_pretrained)
@@ -161,6 +177,7 @@ def tiny_clip(
     projection_dim: int = 16,
     num_layers: int = 2,
     revision: str | None = None,
+    feature: str = "cls",
 ) -> CLIPBackbone:
     """A randomly initialised (seeded, deterministic) CLIP with a working offline tokenizer."""
     from transformers import CLIPConfig, CLIPModel
@@ -190,7 +207,7 @@ def tiny_clip(
         model = CLIPModel(config)
     transform = EvalTransform(size=image_size, crop_size=(image_size, image_size))
     recipe = f"tiny_clip(seed={seed},image={image_size},patch={patch_size},hidden={hidden_size},proj={projection_dim},layers={num_layers})"
-    return CLIPBackbone(model, tokenizer, transform, "tiny_clip", recipe)
+    return CLIPBackbone(model, tokenizer, transform, "tiny_clip", recipe, feature=feature)
 
 
 BACKBONES.register("tiny_clip", tiny_clip)

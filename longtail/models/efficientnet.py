@@ -244,12 +244,17 @@ class EfficientNetLiteBackbone(Backbone):
         self, class_names: Sequence[str], source: str = "imagenet", **options: Any
     ) -> PrototypeResult:
         """Classifier rows of the pretrained ImageNet head, averaged per class over the
-        ImageNet classes that `options["imagenet_map"]` (a file or dict) assigns to it."""
+        ImageNet classes that `options["imagenet_map"]` (a file or dict) assigns to it; without
+        a map, class names that are all ImageNet WordNet ids (Tiny-ImageNet) select their own
+        rows. The feature file records these as prototype_kind "classifier"."""
         if source != "imagenet":
             return super().prototypes(class_names, source=source, **options)
-        from longtail.models.imagenet import classifier_prototypes
+        from longtail.models.imagenet import WNID, classifier_prototypes, imagenet_wnids
 
         imagenet_map = options.get("imagenet_map")
+        known = set(imagenet_wnids())
+        if imagenet_map is None and all(WNID.fullmatch(c) and c in known for c in class_names):
+            imagenet_map = {c: [c] for c in class_names}
         if imagenet_map is None:
             raise ConfigError(
                 f"backbone '{self.name}': ImageNet prototypes need a class -> ImageNet-class map "

@@ -39,6 +39,10 @@ CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meanin
 # boundary), so an interrupt loses at most that much work and the same command continues.
 SHARD_IMAGES = 512
 SHARD_SECONDS = 30.0
+# What kind of classifier each named prototype source gives, recorded in the file's meta as
+# `prototype_kind`: it decides how features meet prototypes (longtail.methods.probe.prototypes:
+# "text" -> cosine, "classifier" -> raw features @ rows + bias). Arrays and other sources: unrecorded.
+SOURCE_KINDS = {"text": "text", "imagenet": "classifier"}
 _SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npy$")
 
 
@@ -145,6 +149,7 @@ def extract_features(
         "dataset": getattr(dataset, "name", None),
         "group_counts": getattr(dataset, "group_counts", None),
         "cache_key": key,
+        **({} if weights is None else {"prototype_kind": prototype_kind(backbone, prototypes)}),
         **(meta or {}),
     }
     fs = FeatureSet(
@@ -323,6 +328,13 @@ def resolve_prototypes(
         if bias.shape != (len(class_names),) or not np.all(np.isfinite(bias)):
             raise DataError(f"prototype bias must be {len(class_names)} finite values, got {bias.shape}")
     return weights, bias
+
+
+def prototype_kind(backbone: Backbone, prototypes: str | np.ndarray | torch.Tensor | None) -> str | None:
+    """SOURCE_KINDS of the named source `prototypes` ("auto": the backbone's default), else None."""
+    if not isinstance(prototypes, str):
+        return None
+    return SOURCE_KINDS.get(backbone.default_prototype_source if prototypes == "auto" else prototypes)
 
 
 def check_prototypes(array: Any, num_classes: int, dim: int, source: str) -> np.ndarray:

@@ -10,10 +10,12 @@ Modules, one job each:
   prototypes class prototypes as a zero-shot head and as a head init
   methods    the built-in methods linear, cosine, zero-shot
   decoupling ncm, crt, tau-norm, lws (Kang et al. 2020; docs/methods.md §10)
+  estimator  LongTailClassifier: the probe as a scikit-learn estimator
   run        the probe run kind: write a run folder, re-evaluate it (registered on import)
 """
 
 from longtail.methods.probe.config import ProbeConfig
+from longtail.methods.probe.estimator import LongTailClassifier
 from longtail.methods.probe.model import Probe, log_prior
 from longtail.methods.probe.registry import PROBE_METHODS, load_methods, probe_method
 from longtail.methods.probe.run import evaluate_probe_run, run_probe
@@ -29,7 +31,7 @@ from longtail.methods.probe.train import fit_probe, train_head, train_head_with
 load_methods()  # register the built-in methods (by name: the latent ones import this package)
 
 __all__ = [
-    "ALPHA_GRID", "PROBE_METHODS", "SOLVERS", "TAU_GRID", "Probe", "ProbeConfig", "calibrate_temperature",
+    "ALPHA_GRID", "PROBE_METHODS", "LongTailClassifier", "SOLVERS", "TAU_GRID", "Probe", "ProbeConfig", "calibrate_temperature",
     "evaluate_probe_run", "fit_probe", "load_methods", "log_prior", "probe_method", "run_probe",
     "select_adjustments", "train_head", "train_head_with",
 ]

@@ -55,7 +55,7 @@ class ProbeConfig:
     lr: float | None = None  # None: 1.0 for L-BFGS, 1e-2 for AdamW
     weight_decay: float = 1e-4  # AdamW
     batch_size: int = 256  # AdamW
-    normalize: bool = True  # L2-normalise features before the head
+    normalize: bool = True  # L2-normalise features before the head (zero-shot: see fit_zero_shot)
     init: str = "random"  # "random" | "prototypes" (the file's class prototypes)
     # L2 pulls W towards "zero" (plain weight decay) or the "init" weights (L2-SP, Li et al. 2018):
     # with init="prototypes", data-poor tail rows then stay near their prototype.

@@ -22,14 +22,16 @@ from longtail.methods.probe.train import train_head_with
 def add_zero_shot(probe: Probe, train: FeatureSet, cfg: ProbeConfig) -> Probe:
     """Attach the prototypes' zero-shot head when cfg.interpolate asks for interpolation."""
     if cfg.interpolate is not None:
-        probe.zero_shot = prototypes.zero_shot_head(train, cfg.scale, why="interpolate")
-        probe.info["zero_shot_rule"] = prototypes.zero_shot_rule(probe.zero_shot)
+        probe.zero_shot = prototypes.interpolation_head(train, cfg.scale, probe.normalize)
+        probe.info["zero_shot_rule"] = prototypes.zero_shot_rule(probe.zero_shot, probe.normalize)
     return probe
 
 
 def initial_weights(train: FeatureSet, cfg: ProbeConfig) -> dict[str, Any] | None:
     """The head's starting weights: the prototypes' (init="prototypes") or None (random)."""
-    return prototypes.prototype_init(train, cfg.head, cfg.scale) if cfg.init == "prototypes" else None
+    if cfg.init != "prototypes":
+        return None
+    return prototypes.prototype_init(train, cfg.head, cfg.scale, normalize=cfg.normalize)
 
 
 def adjust(probe: Probe, cfg: ProbeConfig, val: FeatureSet | None) -> Probe:
@@ -55,8 +57,19 @@ def fit_cosine(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = Non
 
 @probe_method("zero-shot", trains=False)
 def fit_zero_shot(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
-    """No training: classify with the file's prototypes (+ optional post-hoc adjustment)."""
+    """No training: classify with the file's prototypes (+ optional post-hoc adjustment).
+
+    The prototype source decides the rule (`longtail.methods.probe.prototypes`): classifier
+    rows (meta prototype_kind "classifier") give z = W f + b on raw features whatever
+    cfg.normalize says, i.e. exactly the backbone's own head restricted to the dataset's
+    classes; text embeddings a cosine head (cfg.normalize changes nothing); files without
+    the key the earlier rule (cosine for unit prototypes, else linear on features
+    L2-normalised when cfg.normalize).
+    """
     head = prototypes.zero_shot_head(train, cfg.scale)
-    probe = Probe(head, train.class_counts(), normalize=cfg.normalize, class_names=train.names(),
-                  config=cfg.to_dict(), info={"zero_shot_rule": prototypes.zero_shot_rule(head)})
+    normalize = prototypes.zero_shot_normalize(train, cfg.normalize)
+    info = {"zero_shot_rule": prototypes.zero_shot_rule(head, normalize),
+            "prototype_kind": prototypes.prototype_kind(train)}
+    probe = Probe(head, train.class_counts(), normalize=normalize, class_names=train.names(),
+                  config=cfg.to_dict(), info=info)
     return adjust(probe, cfg, val)
