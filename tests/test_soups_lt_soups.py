@@ -106,7 +106,14 @@ def test_pipeline_through_the_command(tmp_path, capsys):
         for name in ("config.yaml", "env.json", "data_stats.json", "metrics.json", "per_class.csv", "report.html"):
             assert (folder / sub / name).is_file(), (sub, name)
         assert evaluate_run(folder / sub)["all"] == pytest.approx(run["metrics"]["all"])
-        assert write_report(folder / sub).is_file()
+        page = write_report(folder / sub).read_text()
+        for section in ("Test data", "Per-class results", "Configuration"):
+            assert f"<h2>{section}</h2>" in page, (sub, section)
+        assert ("<h2>Training curves</h2>" in page) == (kind == "fit"), sub
+    from longtail.eval import plots
+
+    fig = plots.training_curves([("e0", load_run(folder / "ingredients" / "e0_b0")["metrics"])])
+    assert len(fig.axes) == 3  # loss, train accuracy and the validation (selection) log
     cfg = load_run(folder / "ingredients" / "e1_b0")["config"]
     assert (cfg["balance_exponent"], cfg["subset_seed"], cfg["origin"]["branch"]) == (1, 1, 0)
     # the soup is theta_0 * 0.09 + 0.21 e0 + 0.7 e1 (full fine-tunes), stage 2 changed only the head
