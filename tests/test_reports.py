@@ -47,9 +47,9 @@ def _probe(features, out, *extra, data="six"):
 
 
 def test_comparison_labels_are_what_differs_and_label_wins(features, tmp_path, capsys):
-    assert _probe(features, tmp_path / "ce", "loss=ce") == 0
-    assert _probe(features, tmp_path / "la", "loss=la") == 0
-    assert _probe(features, tmp_path / "l2", "loss=la", "init=prototypes", "l2_target=init") == 0
+    assert _probe(features, tmp_path / "ce", "loss=ce", "--no-report") == 0
+    assert _probe(features, tmp_path / "la", "loss=la", "--no-report") == 0
+    assert _probe(features, tmp_path / "l2", "loss=la", "init=prototypes", "l2_target=init", "--no-report") == 0
     runs = [load_run(tmp_path / n) for n in ("ce", "la", "l2")]
     labels = run_labels(runs)
     assert labels == ["loss=ce", "loss=la", "loss=la, init=prototypes, l2_target=init"]
@@ -58,20 +58,20 @@ def test_comparison_labels_are_what_differs_and_label_wins(features, tmp_path, c
     for label in labels:
         assert f"<td>{label}</td>" in page
     assert "Warning" not in page and "warning" not in capsys.readouterr().err  # same data: no warning
-    # links are relative to the page, so the folder can move
+    # links are relative to the page, so the folder can move (per-run reports skipped: --no-report)
     hrefs = re.findall(r"href='([^']*)'", page)
     assert "ce/report.html" in hrefs and not any(h.startswith("/") or str(tmp_path) in h for h in hrefs)
     # an explicit --label wins; identical configs are told apart by their folder names
-    assert _probe(features, tmp_path / "mine", "loss=ce", "--label", "my baseline") == 0
-    assert _probe(features, tmp_path / "ce2", "loss=ce") == 0
+    assert _probe(features, tmp_path / "mine", "loss=ce", "--label", "my baseline", "--no-report") == 0
+    assert _probe(features, tmp_path / "ce2", "loss=ce", "--no-report") == 0
     labels = run_labels([load_run(tmp_path / n) for n in ("ce", "mine", "ce2", "la")])
     assert labels[1] == "my baseline"
     assert len(set(labels)) == 4 and labels[0].endswith("(ce)") and labels[2].endswith("(ce2)")
 
 
 def test_runs_on_different_data_are_compared_with_a_warning(features, tmp_path, capsys):
-    assert _probe(features, tmp_path / "a", data="six") == 0
-    assert _probe(features, tmp_path / "b", data="four") == 0
+    assert _probe(features, tmp_path / "a", "--no-report", data="six") == 0
+    assert _probe(features, tmp_path / "b", "--no-report", data="four") == 0
     capsys.readouterr()
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "c.html")]) == 0
     err = capsys.readouterr().err
