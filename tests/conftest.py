@@ -26,3 +26,12 @@ def interrupt_forward(monkeypatch, backbone, on_call: int = 3):
 
     monkeypatch.setattr(backbone, "forward_features", forward)
     return calls, real
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the long end-to-end tests (marked `slow`, and the docs walk-throughs) first, so that
+    pytest-xdist's two workers finish together instead of one waiting on a late long test."""
+    def is_long(item) -> bool:
+        return item.get_closest_marker("slow") is not None or item.module.__name__.endswith("test_docs_commands")
+
+    items.sort(key=lambda item: not is_long(item))  # stable: the order within each group is kept
