@@ -35,3 +35,18 @@ def pytest_collection_modifyitems(config, items):
         return item.get_closest_marker("slow") is not None or item.module.__name__.endswith("test_docs_commands")
 
     items.sort(key=lambda item: not is_long(item))  # stable: the order within each group is kept
+
+
+def write_random_images(root, counts: dict[str, int], sizes: tuple[int, int], seed: int):
+    """root/<class>/<i>.png: `counts[class]` random-noise RGB images of random height and width
+    in [sizes[0], sizes[1]) (an image folder the tests extract features from)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for name, count in counts.items():
+        (root / name).mkdir()
+        for i in range(count):
+            h, w = rng.integers(*sizes, size=2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_forward
-from PIL import Image
+from conftest import interrupt_forward, write_random_images
 
 import longtail.cli
 from longtail.data.features import load_features
@@ -22,14 +21,7 @@ CLASSES = {"cat": 4, "dog": 2, "golden_retriever": 1}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """root/<class>/<i>.png with random sizes and colours (7 images, 3 classes)."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for name, count in CLASSES.items():
-        (root / name).mkdir()
-        for i in range(count):
-            h, w = rng.integers(20, 60, size=2)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return write_random_images(tmp_path_factory.mktemp("images"), CLASSES, (20, 60), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_images
 from PIL import Image
 
 from longtail.data.features import load_features, save_features
@@ -29,14 +30,7 @@ MULTI = {"tabby": ["n02123045", 282, 285], "airliner": [404], "sports_car": ["n0
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    for name, count in CLASSES.items():
-        (root / name).mkdir()
-        for i in range(count):
-            h, w = rng.integers(40, 90, size=2)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
+    return write_random_images(tmp_path_factory.mktemp("images"), CLASSES, (40, 90), seed=1)
 
 
 @pytest.fixture(scope="module")
