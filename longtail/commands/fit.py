@@ -29,10 +29,12 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from longtail.config import add_override_arguments
+
     p.add_argument("-d", "--data", help="dataset name of the data layer (see longtail list datasets), e.g. cifar100_ir100")
     p.add_argument("-b", "--backbone", help="backbone preset, hub id or model folder")
     p.add_argument("-m", "--method", help="method preset: lift, lift_plus, sage, zero_shot, linear_probe, full_ft")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. epochs=1 lr=0.02")
+    add_override_arguments(p, "epochs=1 lr=0.02 loss_options.tau=0.5")
     p.add_argument("--out", help="run folder (default runs/fit-TIMESTAMP); never overwritten unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the interrupted fit run in --out")
     p.add_argument("--no-report", action="store_true", help="skip report.html")

@@ -30,9 +30,11 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from longtail.config import add_override_arguments
+
     p.add_argument("-d", "--data", help="dataset name of the data layer (e.g. cifar100_ir100, synthetic_images)")
     p.add_argument("-b", "--backbone", help="CLIP backbone name (e.g. clip_vit_b16, tiny_clip)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="LT-Soups settings, e.g. branches=1 max_steps=20")
+    add_override_arguments(p, "branches=1 max_steps=3 data_options.selection=ldam")
     p.add_argument("--out", help="the pipeline folder shared by every job")
     p.add_argument("--job", type=int, help="run only ingredient job N (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--stage", default="all", help="all (default), prepare, ingredients, finish")

@@ -29,9 +29,11 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from longtail.config import add_override_arguments
+
     p.add_argument("--w1", required=True, help="fine-tuned checkpoint (.safetensors or run folder)")
     p.add_argument("--w0", required=True, help="pretrained checkpoint, or 'zero-shot' (rebuilt from W1's run)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="MonoSoupConfig fields: mode, energy, qkv, precision")
+    add_override_arguments(p, "mode=energy energy=0.9; fields: mode, energy, qkv, precision")
     p.add_argument("--mode", help="rank rule: erank (default) or energy (= mode=...)")
     p.add_argument("--energy", type=float, help="energy mode: fraction R (default 0.8)")
     p.add_argument("--qkv", choices=("stacked", "separate"), help="q/k/v handling (default stacked)")

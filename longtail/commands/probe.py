@@ -64,13 +64,14 @@ class _ListNames(argparse.Action):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from longtail.config import add_override_arguments
+
     p.add_argument("--list", action=_ListNames, help="list the probe methods, losses, heads and solvers, then exit")
     p.add_argument("--train", required=True, help="training feature file (.npz/.safetensors) or synthetic_features:train")
     p.add_argument("--test", required=True, help="test feature file")
     p.add_argument("--val", help="validation feature file (for 'auto' choices and --calibrate); "
                                  "or val_split=F / val_per_class=N to draw it from --train")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="ProbeConfig overrides, e.g. loss=la loss_options.tau=0.5 solver=adamw epochs=50")
+    add_override_arguments(p, "loss=la loss_options.tau=0.5 solver=adamw epochs=50")
     p.add_argument("--method", help="= method=X (default cosine); see --list")
     p.add_argument("--loss", help="= loss=X (default la: logit-adjusted); see --list")
     p.add_argument("--tau", help="= loss_options.tau=T: logit-adjustment strength of la-type losses")
