@@ -1,11 +1,12 @@
-"""`longtail fit`: fine-tune a CLIP backbone (LIFT, LIFT+, Sage, baselines) from three presets."""
+"""`longtail fit`: fine-tune a backbone (CLIP: LIFT, LIFT+, Sage, baselines; CNNs: partial FT,
+BitFit, norm tuning, full FT) from three presets."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "fine-tune a backbone with adapters (LIFT, LIFT+, Sage, linear probe, full FT) on images"
+HELP = "fine-tune a backbone with adapters (LIFT, LIFT+, Sage, partial / linear / full FT) on images"
 DESCRIPTION = """\
 Fine-tune with presets on three axes, as in LIFT+: data (-d, any dataset name of the data
 layer), backbone (-b), method (-m), then KEY=VALUE overrides of any config field (unknown
@@ -15,6 +16,10 @@ config.yaml, env.json, data_stats.json, resumable checkpoints, the trained weigh
 (adapter_model.safetensors + adapter_config.json), metrics.json (all/many/medium/few/ECE,
 images/s, GPU memory), per_class.csv and report.html.
 
+CNNs (efficientnet_lite0/2) take the tuning modes none, bitfit, norm-tuning, partial and full;
+partial_ft trains the last block(s) + head conv from a frozen-prefix cache (prefix_cache=auto:
+the frozen bottom runs once per image and view, stored fp16 on disk and reused across runs).
+
 Multi-GPU / multi-node: launch the same command with `accelerate launch -m longtail fit ...`
 or `torchrun --nproc_per_node N -m longtail fit ...`; batch_size is the global batch.
 
@@ -22,6 +27,8 @@ examples:
   longtail fit -d synthetic_images -b tiny_clip -m lift epochs=1         # offline smoke run
   longtail fit -d cifar100_ir100 -b clip_vit_b16 -m lift --out runs/lift_c100 root=DATA/cifar100
   longtail fit -d imagenet_lt -b clip_vit_b16 -m sage root=/data/imagenet tte=true
+  longtail fit -d cifar10-jpeg.zip -b efficientnet_lite0 -m partial_ft --option ir=100   # CIFAR-10-LT
+  longtail fit -d tiny-imagenet-100a.zip -b efficientnet_lite0 -m partial_ft --option ir=100 adapter_options.num_blocks=2
   longtail fit --out runs/lift_c100 --resume                            # continue an interrupted run
   longtail fit -d synthetic_images -b tiny_clip -m full_ft steps=20 ema_decay=0.99 n_evals=2 val_per_class=2
   longtail fit --list
@@ -29,12 +36,14 @@ examples:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from longtail.config import add_override_arguments
+    from longtail.config import add_option_argument, add_override_arguments
 
     p.add_argument("-d", "--data", help="dataset name of the data layer (see longtail list datasets), e.g. cifar100_ir100")
     p.add_argument("-b", "--backbone", help="backbone preset, hub id or model folder")
-    p.add_argument("-m", "--method", help="method preset: lift, lift_plus, sage, zero_shot, linear_probe, full_ft")
+    p.add_argument("-m", "--method",
+                   help="method preset: lift, lift_plus, sage, zero_shot, linear_probe, partial_ft, full_ft")
     add_override_arguments(p, "epochs=1 lr=0.02 loss_options.tau=0.5")
+    add_option_argument(p)
     p.add_argument("--out", help="run folder (default runs/fit-TIMESTAMP); never overwritten unless --resume")
     p.add_argument("--resume", action="store_true", help="continue the interrupted fit run in --out")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
@@ -65,7 +74,7 @@ def resume_config(args: argparse.Namespace, overrides: dict):
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.config import parse_overrides
+    from longtail.config import command_overrides
     from longtail.errors import ConfigError
     from longtail.methods.finetune import config as fc
     from longtail.methods.finetune import presets
@@ -77,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{title} presets: {', '.join(reg.names())}")
         print(f"config keys: {', '.join(fc.valid_keys())}")
         return 0
-    overrides = parse_overrides(args.overrides)
+    overrides = command_overrides(args.overrides, options={"data_options": args.option})
     if args.resume:
         cfg = resume_config(args, overrides)
     else:

@@ -1,5 +1,14 @@
 """Backbone base class and registry: a frozen image encoder that turns images into features.
 
+Fine-tuning talks to every backbone through one small interface (docs/methods.md, "Fine-tuning
+any backbone"): `arch` ("vit" | "cnn"), `tuning_root()` (the module whose parameter names the
+adapter handle records), `stem()` / `blocks()` / `top()` (the ordered parts: modules before the
+first block, the blocks, modules after the last block up to the pooled feature),
+`forward_prefix(pixels, depth)` (stem + the first `depth` blocks), `forward_from(hidden, depth)`
+(the remaining blocks and the top, pooled), `norm_layers()`, `bias_parameters()`, and the
+preprocessing `transform`. `forward_from(forward_prefix(x, d), d) == forward_features(x)` for
+every depth d, which the frozen-prefix cache relies on.
+
 A backbone is found by name with `load_backbone`: a preset from `BACKBONES` (tiny_clip,
 clip_vit_b16, efficientnet_lite0, ...), a Hugging Face hub id, or a local folder saved with
 `save_pretrained`; hub ids and folders are dispatched on their config's `model_type`
@@ -30,10 +39,25 @@ BACKBONES: Registry[Callable[..., Backbone]] = Registry("backbone")
 HF_MODEL_TYPES: Registry[Callable[..., Backbone]] = Registry("Hugging Face model type")
 """`config.model_type` -> loader(name_or_path, revision=None, **kw) -> Backbone."""
 
+PRESET_ARCH: dict[str, str] = {}
+"""Preset name -> arch ("vit" | "cnn"), so configs can check adapters before loading weights."""
+
 # Modules whose import registers presets; imported lazily so `import longtail` stays light.
 BUILTIN_MODULES = ("longtail.models.clip", "longtail.models.efficientnet")
 
 PrototypeResult = tuple[torch.Tensor, "torch.Tensor | None"]
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+UPDATE_STATS = "longtail_update_stats"  # attribute set on a BatchNorm whose statistics may train
+
+
+def keep_norm_stats_frozen(module: nn.Module) -> None:
+    """Put every BatchNorm under `module` in eval mode unless an adapter allowed its statistics
+    to update (`setattr(bn, UPDATE_STATS, True)`, the `update_bn_stats` option). Frozen
+    statistics are the default for fine-tuning: small, class-imbalanced batches give noisy,
+    head-dominated estimates, and eval-mode BatchNorm trains exactly what is evaluated."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not getattr(m, UPDATE_STATS, False):
+            m.eval()
 
 
 class Backbone(nn.Module):
@@ -62,6 +86,58 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         param = next(self.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
+
+    # --- the fine-tuning interface (module docstring) -------------------------------------
+
+    arch: str = "generic"  # "vit" | "cnn": which adapters fit (ViT-only ones need "vit")
+
+    def tuning_root(self) -> nn.Module:
+        """The module adapters attach to; trainable parameter names are relative to it."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    def stem(self) -> list[nn.Module]:
+        """Modules before the first block (patch/conv stem, pre-norm)."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    def blocks(self) -> nn.ModuleList:
+        """The ordered blocks (ViT: encoder layers; CNN: residual blocks)."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    def top(self) -> list[nn.Module]:
+        """Modules after the last block up to the pooled feature (post-norm, head conv + BN)."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks())
+
+    def forward_prefix(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
+        """Stem + the first `depth` blocks: (B, 3, H, W) -> the hidden state after block depth."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        """Blocks depth.. and the top on a hidden state from `forward_prefix(., depth)` -> (B, d)."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
+    def feature_modules(self) -> list[nn.Module]:
+        """stem + blocks + top: every module the feature depends on (what `full` trains)."""
+        return [*self.stem(), *self.blocks(), *self.top()]
+
+    def norm_layers(self) -> list[nn.Module]:
+        """LayerNorm / BatchNorm / GroupNorm modules of the feature path, in order."""
+        return [m for part in self.feature_modules() for m in part.modules() if isinstance(m, NORM_TYPES)]
+
+    def bias_parameters(self) -> list[nn.Parameter]:
+        """Every bias of the feature path (BitFit); a CNN without conv biases: its BN shifts."""
+        return [p for part in self.feature_modules() for n, p in part.named_parameters()
+                if n.rsplit(".", 1)[-1] == "bias"]
+
+    @torch.no_grad()
+    def prefix_fingerprint(self, depth: int) -> str:
+        """`weights_fingerprint` of the stem and the first `depth` blocks only: a cached prefix
+        stays valid whatever the later blocks and the head hold."""
+        parts = nn.ModuleList([*self.stem(), *list(self.blocks())[:depth]])
+        return _fingerprint(parts.state_dict())
 
     # --- classifier initialisation -------------------------------------------------------
 
@@ -118,19 +194,30 @@ class Backbone(nn.Module):
     def weights_fingerprint(self) -> str:
         """A cheap hash of every parameter/buffer (names, shapes, sums), so adapted or
         fine-tuned weights never hit a cache written by the original ones."""
-        digest = hashlib.sha256()
-        for key, tensor in self.state_dict().items():
-            t = tensor.detach()
-            d = t.double()
-            stats = [d.sum().item(), d.square().sum().item()] if t.numel() else []
-            digest.update(json.dumps([key, list(t.shape), str(t.dtype), stats]).encode())
-        return digest.hexdigest()[:16]
+        return _fingerprint(self.state_dict())
+
+
+def _fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """Names, shapes, dtypes, sums and sums of squares of a state dict, hashed."""
+    digest = hashlib.sha256()
+    for key, tensor in state.items():
+        t = tensor.detach()
+        d = t.double()
+        stats = [d.sum().item(), d.square().sum().item()] if t.numel() else []
+        digest.update(json.dumps([key, list(t.shape), str(t.dtype), stats]).encode())
+    return digest.hexdigest()[:16]
 
 
 def _import_builtins() -> None:
     """Import the modules that register presets."""
     for module in BUILTIN_MODULES:
         importlib.import_module(module)
+
+
+def preset_arch(name: str) -> str | None:
+    """The architecture of a preset backbone without loading it (None: not a known preset)."""
+    _import_builtins()
+    return PRESET_ARCH.get(name)
 
 
 def backbone_names() -> list[str]:

@@ -7,6 +7,9 @@ embedding). The choice is the backbone's `feature_kind` ("pooler_output" | "imag
 so it is in the cache key and the feature file's meta; text prototypes follow it (mapped into
 the pre-projection space for "cls", the text embeddings themselves for "projected").
 `.model` is the HF `CLIPModel`, so adapters go into `.model.vision_model`.
+Fine-tuning interface (models/backbone.py): stem = patch/position embeddings + pre-LayerNorm,
+blocks = the encoder layers, top = the post-LayerNorm (on the CLS token; the visual projection
+of "projected" is applied after it and never trained); hidden states are (B, tokens, width).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from longtail.errors import ConfigError
-from longtail.models.backbone import BACKBONES, HF_MODEL_TYPES, Backbone
+from longtail.models.backbone import BACKBONES, HF_MODEL_TYPES, PRESET_ARCH, Backbone
 from longtail.models.preprocess import EvalTransform
 from longtail.models.templates import fill_templates
 
@@ -42,6 +45,7 @@ class CLIPBackbone(Backbone):
     the projected image embedding ("projected")."""
 
     has_text = True
+    arch = "vit"
 
     def __init__(
         self,
@@ -71,6 +75,34 @@ class CLIPBackbone(Backbone):
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
+        return self.model.visual_projection(pooled) if self.feature == "projected" else pooled
+
+    # --- fine-tuning interface ------------------------------------------------------------
+    def tuning_root(self) -> torch.nn.Module:
+        return self.model.vision_model
+
+    def stem(self) -> list[torch.nn.Module]:
+        tower = self.model.vision_model
+        return [tower.embeddings, tower.pre_layrnorm]
+
+    def blocks(self) -> torch.nn.ModuleList:
+        return self.model.vision_model.encoder.layers
+
+    def top(self) -> list[torch.nn.Module]:
+        return [self.model.vision_model.post_layernorm]
+
+    def forward_prefix(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
+        tower = self.model.vision_model
+        hidden = tower.pre_layrnorm(tower.embeddings(pixels))
+        for layer in self.blocks()[:depth]:
+            hidden = layer(hidden, None)
+        return hidden
+
+    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        tower = self.model.vision_model
+        for layer in self.blocks()[depth:]:
+            hidden = layer(hidden, None)
+        pooled = tower.post_layernorm(hidden[:, 0, :])
         return self.model.visual_projection(pooled) if self.feature == "projected" else pooled
 
     @torch.no_grad()
@@ -152,6 +184,7 @@ def from_pretrained(
 HF_MODEL_TYPES.register("clip", from_pretrained)
 for _preset, _hub_id in PRESETS.items():
     BACKBONES.register(_preset, partial(from_pretrained, _hub_id, name=_preset))
+    PRESET_ARCH[_preset] = "vit"
 
 
 # --- tiny_clip: a small random CLIP for tests and offline demos ------------------------------
@@ -211,3 +244,4 @@ def tiny_clip(
 
 
 BACKBONES.register("tiny_clip", tiny_clip)
+PRESET_ARCH["tiny_clip"] = "vit"

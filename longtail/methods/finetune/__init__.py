@@ -1,5 +1,6 @@
-"""Fine-tuning CLIP for long-tailed recognition: one engine for LIFT, LIFT+, Sage, baselines
-and the LT-Soups ingredients / stage 2.
+"""Fine-tuning any backbone (CLIP ViTs, EfficientNet-Lite CNNs) for long-tailed recognition: one
+engine for LIFT, LIFT+, Sage, partial / full fine-tuning, baselines and the LT-Soups
+ingredients / stage 2.
 
     from longtail.methods.finetune import build_config, fit
     result = fit(build_config("synthetic_images", "tiny_clip", "lift", {"epochs": 1}), out="runs/x")
@@ -7,7 +8,8 @@ and the LT-Soups ingredients / stage 2.
 Modules: config (FitConfig), presets (-d/-b/-m), data (splits, LT-Soups subsets, step-indexed
 batches), augment (decoding, device augmentation), model (FineTuneModel, FitLoss), optim
 (optimizers, schedules, EMA), engine (the training loop), predict (the prediction loop),
-checkpoint (files), runner (a run folder), loading (reload / evaluate a run).
+checkpoint (files), runner (a run folder), loading (reload / evaluate a run), prefix (training
+from the frozen-prefix cache).
 Importing this package registers the "fit" run kind for `longtail eval` / `report`.
 """
 

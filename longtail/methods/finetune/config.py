@@ -17,6 +17,8 @@ from longtail.errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp16", "no")
 SCHEDULE_UNITS = ("epoch", "step")
 INTERPOLATIONS = ("bilinear", "bicubic")
+PREFIX_CACHE = ("off", "on", "auto")
+PREFIX_VIEW_KINDS = ("flip", "rrc_flip")
 VAL_FROM = ("test", "train")
 
 
@@ -45,7 +47,8 @@ class FitConfig:
     method: str = "lift"  # method preset name (presets.METHOD_PRESETS), recorded for reports
     adapter: str = "adaptformer"  # longtail.models.adapters name; none = head only, full = every backbone weight
     adapter_options: dict[str, Any] = field(default_factory=dict)  # e.g. adapter_options.r=8
-    head_init: str = "text"  # text | class_mean | random (HEAD_INITS)
+    head_init: str = "text"  # text | prototypes | class_mean | auto (prototypes, else class_mean) | random (HEAD_INITS)
+    prototype_options: dict[str, Any] = field(default_factory=dict)  # e.g. prototype_options.imagenet_map=FILE
     templates: str = "lift"  # template set for text init: lift (1) | sage60 (60)
     scale: float = 25.0  # cosine-classifier scale s (LIFT: 25, LT-Soups: 30)
     init_from: str | None = None  # fit run folder whose weights start training (LT-Soups stage 2)
@@ -81,6 +84,12 @@ class FitConfig:
     test_resize_ratio: float = 256 / 224  # test: shorter side -> ratio*size, centre crop size
     tte: bool = False  # five-crop test-time ensembling (shorter side -> size+24)
     eval_batch_size: int = 256
+    # --- frozen-prefix cache (models/prefix_cache.py, methods/finetune/prefix.py) -----------
+    prefix_cache: str = "off"  # on | auto (on when the adapter leaves a frozen prefix: partial, none) | off
+    prefix_views: int = 1  # V views per image, drawn once (seeded) and cached; one sampled per epoch
+    prefix_view_kind: str = "flip"  # flip: identity (+ mirror when V = 2) | rrc_flip: V random-resized crops + flips
+    prefix_cache_dir: str | None = None  # default $LONGTAIL_CACHE/prefix or ~/.cache/longtail/prefix
+    prefix_dtype: str = "fp16"  # fp16 (half the disk) | fp32 (exactly the uncached states)
     # --- system ---------------------------------------------------------------------------
     precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16) | bf16 | fp16 | no; CPU: fp32
     device: str = "auto"
@@ -120,6 +129,15 @@ class FitConfig:
              "n_evals > 0 selects on validation images: set val_per_class=N or val_split=NAME"),
             (self.save_every >= 0, f"save_every must be >= 0, got {self.save_every}"),
             (self.test_resize_ratio >= 1, f"test_resize_ratio must be >= 1, got {self.test_resize_ratio}"),
+            (self.prefix_cache in PREFIX_CACHE,
+             f"prefix_cache must be one of {', '.join(PREFIX_CACHE)}, got {self.prefix_cache!r}"),
+            (self.prefix_view_kind in PREFIX_VIEW_KINDS,
+             f"prefix_view_kind must be one of {', '.join(PREFIX_VIEW_KINDS)}, got {self.prefix_view_kind!r}"),
+            (self.prefix_views >= 1 and (self.prefix_view_kind != "flip" or self.prefix_views <= 2),
+             f"prefix_views must be >= 1 (flip: 1 or 2), got {self.prefix_views}"),
+            (self.prefix_dtype in ("fp16", "fp32"), f"prefix_dtype must be fp16 or fp32, got {self.prefix_dtype!r}"),
+            (not (self.prefix_cache == "on" and self.feature_interchange),
+             "prefix_cache=on cannot serve feature_interchange (FIT needs the pixels): set prefix_cache=off"),
         ]
         for ok, message in checks:
             if not ok:
@@ -147,7 +165,10 @@ class FitConfig:
         if unknown:
             raise ConfigError(f"loss '{self.loss}' has no parameter {unknown[0]!r}; "
                               f"it accepts: {', '.join(accepted) or 'none'}")
-        make_adapter_config(self.adapter, **self.adapter_options)
+        adapter = make_adapter_config(self.adapter, **self.adapter_options)
+        if self.prefix_cache == "on" and not adapter.cacheable_depth:
+            raise ConfigError(f"prefix_cache=on needs a frozen prefix: adapter 'partial' or 'none', "
+                              f"not '{self.adapter}' (or set prefix_cache=auto / off)")
         _check_dataset(self.dataset)
 
     @property
@@ -170,8 +191,34 @@ class FitConfig:
     def micro_batch(self) -> int:
         return self.batch_size // self.grad_accum
 
+    def check_backbone_fits(self) -> None:
+        """A ViT-only adapter on a preset CNN backbone fails here, before any data or weights
+        load (called on finished configs: presets pass through intermediate combinations)."""
+        from longtail.models.adapters import check_adapter_fits
+        from longtail.models.backbone import preset_arch
+
+        arch = preset_arch(self.backbone)
+        if arch is not None:
+            check_adapter_fits(_Named(self.backbone, arch), self.adapter)
+
+    @property
+    def uses_prefix_cache(self) -> bool:
+        """Whether training runs from the frozen-prefix cache (on, or auto with a frozen prefix)."""
+        if self.prefix_cache == "off" or self.feature_interchange:
+            return False
+        from longtail.models.adapters import make_adapter_config
+
+        return make_adapter_config(self.adapter, **self.adapter_options).cacheable_depth
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class _Named:
+    """A backbone's name and arch, for adapter checks before the backbone is loaded."""
+
+    def __init__(self, name: str, arch: str) -> None:
+        self.name, self.arch = name, arch
 
 
 def _check_dataset(name: str) -> None:

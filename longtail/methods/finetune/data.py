@@ -75,10 +75,15 @@ def subset_indices(labels: np.ndarray, exponent: int | None, seed: int) -> np.nd
 
 
 def open_split(cfg, split: str):
-    """One split through `open_images` (list files from train_list / test_list)."""
-    from longtail.data.open_images import open_images
+    """One split through `open_images` (list files from train_list / test_list). An LT profile
+    given as options of a folder / zip / list source (`--option ir=100`) shapes the training
+    split only: test and validation splits stay as they are (presets handle their splits)."""
+    from longtail.data.open_images import LT_OPTIONS, open_images
+    from longtail.data.presets import DATASETS
 
     options = dict(cfg.data_options)
+    if split != "train" and cfg.dataset not in DATASETS:
+        options = {k: v for k, v in options.items() if k not in LT_OPTIONS}
     list_file = cfg.train_list if split == "train" else cfg.test_list
     if list_file:
         options["list_file"] = list_file

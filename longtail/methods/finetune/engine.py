@@ -81,12 +81,14 @@ def make_accelerator(cfg):
 
 def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                stop_after_steps: int | None = None,
-               on_step: Callable[[int], None] | None = None) -> FitResult:
+               on_step: Callable[[int], None] | None = None, prefix=None) -> FitResult:
     """Train `model` (its trainable parameters) on `train_set` per `cfg`; with a `run`
     (longtail.runs.Run) checkpoint into it and resume from its latest checkpoint.
 
     stop_after_steps: stop (as if interrupted) after that many optimizer steps in total;
-    on_step(step) runs after every optimizer step and its checkpoint.
+    on_step(step) runs after every optimizer step and its checkpoint. prefix: a
+    `prefix.PrefixSource`: batches are cached frozen-prefix states of `train_set`'s images (one
+    cached view per image and epoch) fed to `model(states, from_depth=depth)`, not pixels.
     """
     if cfg.micro_batch % acc.num_processes:
         raise ConfigError(f"batch_size/grad_accum = {cfg.micro_batch} must be divisible by the "
@@ -108,13 +110,14 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         model = model.to(acc.device)
     net = acc.unwrap_model(model)
     names = [n for n, p in net.named_parameters() if p.requires_grad]
+    stats = net.stat_buffers() if hasattr(net, "stat_buffers") else {}  # BN statistics that train
     criterion = criterion.to(acc.device)
     ema = WeightEMA(params, cfg.ema_decay) if cfg.ema_decay is not None and params else None
     checks = set(eval_points(total, cfg.n_evals)) if val_set is not None else set()
     state, best_state = LoopState(), None
     saved = ckpt.load_checkpoint(run.dir) if run is not None else None
     if saved is not None:
-        best_state = _restore(saved, state, params, names, ema, optimizer, scheduler)
+        best_state = _restore(saved, state, params, names, ema, optimizer, scheduler, stats)
     decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
                               spec["mean"], spec["std"], cfg.interpolation)
     images = DecodedImages(train_set, decode)
@@ -125,7 +128,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
 
     def save() -> None:
         if run is not None:
-            _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state)
+            _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state, stats)
 
     while state.step < total and not interrupted:
         epoch = state.epoch
@@ -133,7 +136,8 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                                      (cfg.crop_scale_min, cfg.crop_scale_max), cfg.crop_schedule,
                                      epoch, n_epochs, cfg.interpolation)
         sampler = EpochBatches(len(train_set), cfg.micro_batch, cfg.seed, epoch, state.batch, drop_last)
-        loader = acc.prepare(DataLoader(images, batch_sampler=sampler, num_workers=cfg.num_workers,
+        data = images if prefix is None else prefix.dataset(epoch)  # memory-mapped: no workers needed
+        loader = acc.prepare(DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers if prefix is None else 0,
                                         pin_memory=acc.device.type == "cuda"))
         model.train()
         lr = optimizer.param_groups[0]["lr"]
@@ -142,10 +146,13 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         for batch_images, labels in loader:
             micro = epoch * per_epoch + state.batch
             with acc.accumulate(model):
-                with torch.random.fork_rng(devices=rng_devices):
-                    torch.manual_seed(cfg.seed * 1_000_003 + (micro + 1) * world + rank)
-                    pixels = augment(batch_images)
-                out = model(pixels)
+                if prefix is None:
+                    with torch.random.fork_rng(devices=rng_devices):
+                        torch.manual_seed(cfg.seed * 1_000_003 + (micro + 1) * world + rank)
+                        pixels = augment(batch_images)
+                    out = model(pixels)
+                else:
+                    out = model(batch_images, from_depth=prefix.depth)
                 loss = criterion(out, labels)
                 acc.backward(loss)
                 optimizer.step()  # the package's one optimizer step
@@ -232,10 +239,12 @@ def _validate(cfg, acc, net, params, ema: WeightEMA | None, val_set) -> float:
     return float(balanced_accuracy(logits, np.asarray(val_set.labels), logits.shape[1]))
 
 
-def _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state: LoopState) -> None:
+def _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state: LoopState,
+                stats: dict) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         tensors = {f"model.{n}": p for n, p in zip(names, params)}
+        tensors.update({f"stats.{n}": b for n, b in stats.items()})
         if ema is not None:
             tensors.update({f"ema.{n}": t for n, t in zip(names, ema.state())})
         if best_state is not None:
@@ -250,10 +259,10 @@ def _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, 
     acc.wait_for_everyone()
 
 
-def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler):
+def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler, stats: dict):
     """Load a checkpoint into the loop's objects; returns the best-so-far weights (or None)."""
     tensors, training = saved
-    expected = {f"model.{n}" for n in names}
+    expected = {f"model.{n}" for n in names} | {f"stats.{n}" for n in stats}
     if ema is not None:
         expected |= {f"ema.{n}" for n in names}
     has_best = bool(names) and f"best.{names[0]}" in tensors
@@ -264,6 +273,8 @@ def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler):
     with torch.no_grad():
         for n, p in zip(names, params):
             p.copy_(tensors[f"model.{n}"])
+        for n, b in stats.items():
+            b.copy_(tensors[f"stats.{n}"])
         if ema is not None:
             for n, t in zip(names, ema.state()):
                 t.copy_(tensors[f"ema.{n}"])

@@ -1,4 +1,8 @@
-"""The fine-tuned classifier: backbone (+ adapter) -> post-LN CLS feature -> cosine head, plus FIT.
+"""The fine-tuned classifier: backbone (+ adapter) -> pooled feature -> cosine head, plus FIT.
+
+Any backbone with the fine-tuning interface (models/backbone.py) works: a CLIP ViT (its
+post-LN CLS feature) or a CNN (EfficientNet-Lite: its pooled head feature). With a frozen
+prefix (partial / none) `forward(hidden, from_depth=d)` starts from cached block-d states.
 
 One class for every fine-tuning run (LIFT, LIFT+, Sage, linear probe, full fine-tuning, LT-Soups
 ingredients and stage 2) and one state-dict layout: `weights()` holds the trainable tensors
@@ -15,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,7 @@ class InitContext:
     templates: str
     train_features: Callable[[], tuple[Tensor, Tensor]]  # frozen features + labels of the train set
     seed: int = 0
+    prototype_options: dict = field(default_factory=dict)  # e.g. imagenet_map for prototypes
 
 
 HEAD_INITS: Registry[Callable[[InitContext], Tensor | None]] = Registry("head init")
@@ -48,7 +53,7 @@ def text_init(ctx: InitContext) -> Tensor:
     if not getattr(ctx.backbone, "has_text", False):
         raise ConfigError(
             f"backbone '{getattr(ctx.backbone, 'name', '?')}' has no text tower; "
-            "use head_init=class_mean or head_init=random"
+            "use head_init=prototypes, class_mean or random"
         )
     return ctx.backbone.text_embeddings(list(ctx.class_names), get_templates(ctx.templates))
 
@@ -66,22 +71,46 @@ def class_mean_init(ctx: InitContext) -> Tensor:
     return F.normalize(sums, dim=1).float()
 
 
+@HEAD_INITS.register("prototypes")
+def prototypes_init(ctx: InitContext) -> Tensor:
+    """The backbone's class prototypes: CLIP text embeddings, EfficientNet ImageNet classifier
+    rows (WordNet-id class names match directly, a bundled map such as CIFAR-10's, or
+    `prototype_options.imagenet_map=FILE`); the cosine head keeps the rows, not the bias."""
+    backbone = ctx.backbone
+    sources = tuple(getattr(backbone, "prototype_sources", ()))
+    if not sources:
+        raise ConfigError(f"backbone '{getattr(backbone, 'name', '?')}' has no class prototypes; "
+                          "use head_init=class_mean or head_init=random")
+    options = {"templates": ctx.templates, **ctx.prototype_options}
+    weight, _ = backbone.prototypes(list(ctx.class_names), source=sources[0], **options)
+    weight = weight.detach().float().cpu()
+    return weight if sources[0] == "text" else F.normalize(weight, dim=1)  # text rows are unit already
+
+
+@HEAD_INITS.register("auto")
+def auto_init(ctx: InitContext) -> Tensor:
+    """prototypes when the backbone can make them for these class names, else class_mean."""
+    try:
+        return prototypes_init(ctx)
+    except ConfigError as err:
+        import sys
+
+        print(f"head_init=auto: class means ({err})", file=sys.stderr)
+        return class_mean_init(ctx)
+
+
 @HEAD_INITS.register("random")
 def random_init(ctx: InitContext) -> None:
     """None: the head draws seeded random rows."""
     return None
 
 
-def vision_tower(backbone: nn.Module) -> nn.Module:
-    """The module adapters attach to (HF CLIP: `.model.vision_model`)."""
-    model = getattr(backbone, "model", None)
-    tower = getattr(model, "vision_model", None)
-    if tower is None:
-        raise ConfigError(
-            f"backbone '{getattr(backbone, 'name', '?')}' has no CLIP vision tower to adapt; "
-            "fine-tuning presets need a CLIP backbone"
-        )
-    return tower
+def check_tunable(backbone: nn.Module) -> None:
+    """ConfigError unless the backbone has the fine-tuning interface (blocks, forward_from)."""
+    if not hasattr(backbone, "tuning_root"):
+        raise ConfigError(f"backbone '{getattr(backbone, 'name', '?')}' has no fine-tuning interface "
+                          "(longtail.models.backbone.Backbone: blocks, forward_prefix, forward_from)")
+    backbone.tuning_root()  # raises for a Backbone that does not expose its blocks
 
 
 class FineTuneModel(nn.Module):
@@ -108,6 +137,10 @@ class FineTuneModel(nn.Module):
             self.handle.set_text_vector(self.head.weight.mean(dim=0))  # SG-Adapter's w_bar; no-op otherwise
         return self.backbone.forward_features(pixels)
 
+    def features_from(self, hidden: Tensor, depth: int) -> Tensor:
+        """The feature from cached block-`depth` states (frozen-prefix cache)."""
+        return self.backbone.forward_from(hidden.to(self.head.weight.dtype), depth)
+
     @torch.no_grad()
     def zero_shot_features(self, pixels: Tensor) -> Tensor:
         """f_zs: the frozen encoder, eval mode, no grad, on the same pixels."""
@@ -122,8 +155,9 @@ class FineTuneModel(nn.Module):
         finally:
             self.backbone.train(was_training)
 
-    def forward(self, pixels: Tensor) -> dict[str, Tensor]:
-        f = self.features(pixels)
+    def forward(self, pixels: Tensor, from_depth: int | None = None) -> dict[str, Tensor]:
+        """Logits of pixels, or (from_depth=d) of block-d hidden states of a frozen prefix."""
+        f = self.features(pixels) if from_depth is None else self.features_from(pixels, from_depth)
         z = self.head(f)
         if not self.interchange:
             return {"z": z, "z_hat": z}
@@ -141,16 +175,26 @@ class FineTuneModel(nn.Module):
         return self
 
     # --- checkpoint contents ---------------------------------------------------------------
+    def stat_buffers(self) -> dict[str, Tensor]:
+        """BatchNorm statistics that training updates (tuned blocks with update_bn_stats=true)."""
+        from longtail.models.backbone import UPDATE_STATS
+
+        return {f"{m_name}.{b_name}" if m_name else b_name: buf
+                for m_name, module in self.named_modules() if getattr(module, UPDATE_STATS, False)
+                for b_name, buf in module.named_buffers(recurse=False)}
+
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """Adapter + head (+ s1, s2) + W_zs: all that differs from the pretrained backbone."""
+        """Adapter + head (+ s1, s2) + W_zs (+ updated BN statistics): all that differs from
+        the pretrained backbone."""
         state = {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+        state.update({n: b.detach() for n, b in self.stat_buffers().items()})
         state["w_zs"] = self.w_zs.detach()
         return state
 
     def load_trainable_state_dict(self, state: dict[str, Tensor]) -> None:
         """Strict: the key set and shapes must equal `trainable_state_dict()`."""
-        own = dict(self.named_parameters())
-        expected = {n for n, p in own.items() if p.requires_grad} | {"w_zs"}
+        own = {**dict(self.named_parameters()), **self.stat_buffers()}
+        expected = {n for n, p in self.named_parameters() if p.requires_grad} | set(self.stat_buffers()) | {"w_zs"}
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
             raise DataError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -213,14 +257,16 @@ def build_model(cfg, backbone: nn.Module, class_names: Sequence[str],
                 train_features: Callable[[], tuple[Tensor, Tensor]] | None = None,
                 init: bool = True) -> FineTuneModel:
     """Inject the adapter, build the head (initialised per cfg.head_init unless init=False)."""
-    from longtail.models.adapters import inject_adapter, make_adapter_config
+    from longtail.models.adapters import check_adapter_fits, inject_adapter, make_adapter_config
 
     num_classes = len(class_names)
+    check_tunable(backbone)
+    check_adapter_fits(backbone, cfg.adapter)  # a ViT-only adapter on a CNN fails before head init
     backbone.requires_grad_(False)
     weight = None
     if init:
         ctx = InitContext(backbone, class_names, cfg.templates,
-                          train_features or _no_features, cfg.seed)
+                          train_features or _no_features, cfg.seed, dict(cfg.prototype_options))
         weight = HEAD_INITS.get(cfg.head_init)(ctx)
         weight = None if weight is None else weight.detach().float().cpu()
     adapter_cfg = make_adapter_config(cfg.adapter, **cfg.adapter_options)
@@ -229,7 +275,7 @@ def build_model(cfg, backbone: nn.Module, class_names: Sequence[str],
         zero_shot = copy.deepcopy(backbone).eval()
     with torch.random.fork_rng(devices=[]):  # adapter init (Kaiming) reproducible from cfg.seed
         torch.manual_seed(cfg.seed)
-        handle = inject_adapter(vision_tower(backbone), adapter_cfg, num_classes)
+        handle = inject_adapter(backbone, adapter_cfg, num_classes)
     generator = torch.Generator().manual_seed(cfg.seed)
     head = CosineHead(num_classes, int(backbone.feature_dim), weight=weight, generator=generator, scale=cfg.scale)
     model = FineTuneModel(backbone, head, handle, interchange=cfg.feature_interchange)

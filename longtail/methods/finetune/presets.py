@@ -33,6 +33,13 @@ BACKBONE_PRESETS.register("tiny_clip", {"backbone": "tiny_clip", "eval_batch_siz
 BACKBONE_PRESETS.register("clip_vit_b16", {"backbone": "clip_vit_b16"})
 BACKBONE_PRESETS.register("clip_vit_b32", {"backbone": "clip_vit_b32"})
 BACKBONE_PRESETS.register("clip_vit_l14", {"backbone": "clip_vit_l14"})
+# CNNs: 128 px, small batches and 2 decode workers suit a CPU (backbone_options.image_size=224
+# for the native resolution); head_init auto = the ImageNet classifier rows when the class names
+# are WordNet ids or a bundled map covers them (CIFAR-10), else class means.
+for _cnn in ("efficientnet_lite0", "efficientnet_lite2"):
+    BACKBONE_PRESETS.register(_cnn, {"backbone": _cnn, "backbone_options": {"image_size": 128},
+                                     "head_init": "auto", "batch_size": 64, "eval_batch_size": 128,
+                                     "num_workers": 2, "scale": 25.0})
 
 # --- methods ---------------------------------------------------------------------------------
 _LIFT_OPTIM = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
@@ -65,6 +72,12 @@ METHOD_PRESETS.register("linear_probe", {  # classifier only, on the frozen back
 METHOD_PRESETS.register("full_ft", {  # heavy fine-tuning baseline of LIFT (every weight trained)
     **_LIFT_OPTIM, "epochs": 10, "adapter": "full", "head_init": "text",
     "templates": "lift", "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
+})
+
+METHOD_PRESETS.register("partial_ft", {  # the last block(s) + top; the frozen prefix is cached
+    **_LIFT_OPTIM, "epochs": 10, "adapter": "partial", "adapter_options": {"num_blocks": 1},
+    "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False,
+    "prefix_cache": "auto", "prefix_views": 2, "prefix_view_kind": "flip",
 })
 
 
@@ -101,6 +114,7 @@ def build_config(dataset: str, backbone: str, method: str, overrides: dict[str, 
     cfg = FitConfig(dataset=dataset, method=method)
     for layer in layers:
         cfg = apply_overrides(cfg, layer)
+    cfg.check_backbone_fits()
     return cfg
 
 

@@ -21,7 +21,8 @@ from longtail.methods.finetune.engine import FitResult, make_accelerator, train_
 from longtail.methods.finetune.loading import CLASSES, evaluate_model
 
 KIND = "fit"
-RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device", "save_every", "keep_checkpoints", "origin")
+RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device", "save_every", "keep_checkpoints", "origin",
+                    "prefix_cache_dir")
 
 
 def config_from_run(run_dir: str | Path) -> FitConfig:
@@ -62,7 +63,13 @@ def train(cfg: FitConfig, run=None, stop_after_steps: int | None = None, acceler
     model.input_spec = input_spec(backbone, cfg)
     base = make_loss(cfg.loss, splits.train.class_counts(), **cfg.loss_options)
     criterion = FitLoss(base, (cfg.lambda1, cfg.lambda2, cfg.lambda3))
-    result = train_loop(cfg, acc, model, criterion, splits.train, splits.val, run, stop_after_steps, on_step)
+    prefix = None
+    if cfg.uses_prefix_cache and (cfg.steps if cfg.steps is not None else cfg.epochs) > 0:
+        from longtail.methods.finetune.prefix import open_prefix_source
+
+        prefix = open_prefix_source(cfg, model, splits, acc)  # after init_from: the key sees loaded weights
+    result = train_loop(cfg, acc, model, criterion, splits.train, splits.val, run, stop_after_steps, on_step,
+                        prefix=prefix)
     result.splits = splits
     return result
 

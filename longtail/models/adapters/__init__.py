@@ -1,11 +1,11 @@
-"""Parameter-efficient adapters injected into Hugging Face CLIP vision towers.
+"""Parameter-efficient adapters and tuning modes, injected into a backbone in place.
 
     cfg = make_adapter_config("adaptformer", r="auto")
-    handle = inject_adapter(clip.model.vision_model, cfg, num_classes=100)
+    handle = inject_adapter(clip, cfg, num_classes=100)   # a Backbone, or clip.model.vision_model
     optimizer = torch.optim.SGD(handle.trainable_parameters() + list(head.parameters()), lr=0.01)
 
-Names: adaptformer, sg-adapter, lora (peft), vpt-shallow, vpt-deep, ssf, bitfit, ln-tuning,
-partial, full, none.
+ViT-only (HF CLIP): adaptformer, sg-adapter, lora (peft), vpt-shallow, vpt-deep, ssf.
+Any backbone (selective.py): none, bitfit, norm-tuning (= ln-tuning = bn-tuning), partial, full.
 """
 
 from longtail.models.adapters import adaptformer, lora, selective, sg_adapter, ssf, vpt  # noqa: F401  (registration)
@@ -13,6 +13,9 @@ from longtail.models.adapters.base import (
     ADAPTERS,
     AdapterConfig,
     AdapterHandle,
+    TuningParts,
+    adapters_for,
+    check_adapter_fits,
     inject_adapter,
     lift_bottleneck,
     locate_vision,
@@ -24,6 +27,9 @@ __all__ = [
     "ADAPTERS",
     "AdapterConfig",
     "AdapterHandle",
+    "TuningParts",
+    "adapters_for",
+    "check_adapter_fits",
     "inject_adapter",
     "lift_bottleneck",
     "locate_vision",

@@ -1,7 +1,11 @@
 """Adapter configs, the adapter registry and the handle that `inject_adapter` returns.
 
-Adapters are injected into a Hugging Face CLIP vision tower in place, with submodules and
-forward hooks, so HF's own forward (and the backbone's state-dict keys) stay untouched.
+Adapters are injected in place, with submodules and forward hooks, so the backbone's own
+forward (and its state-dict keys) stay untouched. Two families: ViT-only adapters (AdaptFormer,
+SG-Adapter, VPT, LoRA, SSF) reach into a Hugging Face CLIP vision tower (`VisionParts`);
+generic tuning modes (`generic = True`: none, bitfit, norm-tuning, partial, full) only choose
+which weights train and work on any backbone through the fine-tuning interface of
+`longtail.models.backbone.Backbone` (`TuningParts`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from longtail.errors import ConfigError, DataError
+from longtail.models.backbone import UPDATE_STATS
 from longtail.registry import Registry
 
 ADAPTERS: Registry = Registry("adapter")
@@ -71,6 +76,54 @@ def locate_vision(model: nn.Module) -> VisionParts:
     return VisionParts(tower, layers, cfg.hidden_size, cfg.layer_norm_eps, cfg.patch_size)
 
 
+@dataclass(frozen=True)
+class TuningParts:
+    """What generic tuning modes see of a backbone: its ordered parts, norms and biases."""
+
+    root: nn.Module  # the handle's module: trainable names are relative to it
+    stem: tuple[nn.Module, ...]
+    blocks: nn.ModuleList
+    top: tuple[nn.Module, ...]
+    norms: tuple[nn.Module, ...]
+    biases: tuple[nn.Parameter, ...]
+    arch: str = "vit"
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @classmethod
+    def of_backbone(cls, backbone: Any) -> TuningParts:
+        """From the interface of a `longtail.models.backbone.Backbone`."""
+        return cls(backbone.tuning_root(), tuple(backbone.stem()), backbone.blocks(), tuple(backbone.top()),
+                   tuple(backbone.norm_layers()), tuple(backbone.bias_parameters()), backbone.arch)
+
+    @classmethod
+    def of_vision(cls, parts: VisionParts) -> TuningParts:
+        """From an HF CLIP vision tower (the same parts CLIPBackbone's interface names)."""
+        tower = parts.tower
+        stem, top = (tower.embeddings, tower.pre_layrnorm), (tower.post_layernorm,)
+        modules = [*stem, *parts.layers, *top]
+        norms = tuple(m for part in modules for m in part.modules() if isinstance(m, nn.LayerNorm))
+        biases = tuple(p for part in modules for n, p in part.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
+        return cls(tower, stem, parts.layers, top, norms, biases, "vit")
+
+
+def adapters_for(arch: str) -> list[str]:
+    """Names of the adapters that work on a backbone of this architecture ("vit" | "cnn" | ...)."""
+    return [n for n in ADAPTERS.names() if arch == "vit" or getattr(ADAPTERS.get(n), "generic", False)]
+
+
+def check_adapter_fits(backbone: Any, name: str) -> None:
+    """One-line ConfigError when adapter `name` cannot work on `backbone` (a ViT-only adapter on
+    a CNN), naming the adapters that fit; raised before any head init or training."""
+    arch = getattr(backbone, "arch", "generic")
+    if arch == "vit" or getattr(ADAPTERS.get(name), "generic", False):
+        return
+    raise ConfigError(f"adapter '{name}' needs a ViT (CLIP) backbone; for '{getattr(backbone, 'name', arch)}' "
+                      f"({arch}) choose one of: {', '.join(adapters_for(arch))}")
+
+
 def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
     """Turn CLI strings into the type of the field's default ("8" -> 8, "q_proj,v_proj" -> tuple)."""
     if not isinstance(value, str) or isinstance(default, str) and default != "auto":
@@ -98,6 +151,8 @@ class AdapterConfig:
 
     name: ClassVar[str] = ""
     can_disable: ClassVar[bool] = True  # False when the adapter edits backbone weights in place
+    generic: ClassVar[bool] = False  # True: works on any backbone (gets TuningParts, not VisionParts)
+    cacheable_depth: ClassVar[bool] = False  # True: frozen_depth() says how many blocks stay frozen
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +163,11 @@ class AdapterConfig:
     def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
         """Add modules/hooks to `parts` (registering them on `handle`) and mark trainable params."""
         raise NotImplementedError
+
+    def frozen_depth(self, num_blocks: int) -> int | None:
+        """Blocks 0..depth-1 (and the stem) stay exactly frozen, BatchNorm in eval: their output
+        can be cached (the frozen-prefix cache). None: no frozen prefix (the default)."""
+        return None
 
     def handle_class(self) -> type[AdapterHandle]:
         return AdapterHandle
@@ -258,6 +318,9 @@ class AdapterHandle:
         for parent, attr in reversed(self._added):
             delattr(parent, attr)
         self._restore_requires_grad()
+        for module in self.model.modules():  # BatchNorm statistics frozen again
+            if hasattr(module, UPDATE_STATS):
+                delattr(module, UPDATE_STATS)
         self.state.text = None  # drop the reference to the classifier's graph
         self._removed = True
 
@@ -266,17 +329,25 @@ class AdapterHandle:
             param.requires_grad_(self._requires_grad_before.get(name, False))
 
 
-def inject_adapter(vision_model: nn.Module, cfg: AdapterConfig | str, num_classes: int) -> AdapterHandle:
-    """Freeze `vision_model`, inject the adapter in place, and return its handle.
+def inject_adapter(target: nn.Module, cfg: AdapterConfig | str, num_classes: int) -> AdapterHandle:
+    """Freeze the backbone's tuning root, inject the adapter in place, and return its handle.
 
-    `vision_model`: HF CLIPVisionModel (or CLIPModel / CLIPModel.vision_model). `num_classes`
-    feeds the LIFT bottleneck rule for adapters whose r is "auto".
+    `target`: a `longtail.models.backbone.Backbone` (any architecture its adapters fit), or an
+    HF CLIPVisionModel (or CLIPModel / CLIPModel.vision_model). `num_classes` feeds the LIFT
+    bottleneck rule for adapters whose r is "auto".
     """
     if isinstance(cfg, str):
         cfg = make_adapter_config(cfg)
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    parts = locate_vision(vision_model)
+    if hasattr(target, "tuning_root"):  # a Backbone: through its fine-tuning interface
+        check_adapter_fits(target, cfg.name)
+        vision_model = target.tuning_root()
+        parts: Any = TuningParts.of_backbone(target) if cfg.generic else locate_vision(vision_model)
+    else:
+        vision_model = target
+        parts = locate_vision(vision_model)
+        parts = TuningParts.of_vision(parts) if cfg.generic else parts
     before = {n: p.requires_grad for n, p in vision_model.named_parameters()}
     vision_model.requires_grad_(False)
     handle = cfg.handle_class()(vision_model, cfg, before)

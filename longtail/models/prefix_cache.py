@@ -1,0 +1,208 @@
+"""The frozen-prefix cache: a backbone's hidden states after block `depth`, computed once per
+(image, view) and memory-mapped from disk, so training only the blocks after it (partial
+fine-tuning, head-only training) never runs the frozen bottom again, across epochs and runs.
+
+An entry is one fp16 (or fp32, `dtype="fp32"`) `.npy` array of shape (N, V, *hidden) plus a `.json` meta, named by the
+cache_store rule `<backbone>-<slot>-<key>`. The key covers the prefix weights
+(`Backbone.prefix_fingerprint(depth)`: the stem and the first `depth` blocks only, so runs that
+differ in the trained top share it), the depth, the preprocessing and the view spec the caller
+passes, the compute precision, and the dataset fingerprint (the images' content). Building
+saves shards as it goes (an interrupted build continues) and moves the finished array in place
+atomically; the meta, written last, holds the key, the shape and a sha256 of the array file.
+Opening checks all three: a foreign entry (another key), a truncated or edited array, or a
+missing meta is reported, deleted and rebuilt, never used. Views are rendered by the caller
+(`render`), so augmentation stays in the fine-tuning code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from longtail.errors import ConfigError
+from longtail.io import atomic_path, write_text
+from longtail.models.backbone import Backbone
+from longtail.models.cache_store import Shards, digest, drop_stale, load_shards, missing_ranges
+from longtail.models.features import DecodedImages
+
+CACHE_FORMAT = 1  # bump when the stored content or the key changes meaning
+SHARD_IMAGES = 256
+SHARD_SECONDS = 30.0
+ORPHAN_SECONDS = 600  # a temporary array untouched that long belongs to a killed build
+DTYPES = {"fp16": np.float16, "fp32": np.float32}  # fp16 by default: half the disk, ~1e-3 relative rounding
+
+Render = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(uint8 (B, S, S, 3) decoded images on the device, (B,) dataset indices) -> (B, V, 3, H, W)
+normalised pixels of the V views of each image."""
+
+
+def default_cache_dir() -> Path:
+    """`$LONGTAIL_CACHE/prefix`, else `~/.cache/longtail/prefix`."""
+    root = os.environ.get("LONGTAIL_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "longtail") / "prefix"
+
+
+def _payload(backbone: Backbone, depth: int, spec: dict[str, Any], precision: str, dtype: str) -> dict[str, Any]:
+    return {"format": CACHE_FORMAT, "backbone": backbone.name, "model_id": backbone.model_id,
+            "revision": backbone.revision, "prefix_weights": backbone.prefix_fingerprint(depth),
+            "depth": int(depth), "spec": spec, "precision": precision, "dtype": dtype}
+
+
+def entry_path(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any], precision: str,
+               cache_dir: str | Path | None = None, dtype: str = "fp16") -> tuple[Path, str]:
+    """(`<dir>/<backbone>-<slot>-<key>` without suffix, key) of a prefix-cache entry."""
+    base = _payload(backbone, depth, spec, precision, dtype)
+    layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
+    slot = digest({**base, "layout": layout}, 12)
+    key = digest({**base, "dataset": dataset.fingerprint()}, 24)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return root / f"{safe}-{slot}-{key}", key
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class PrefixCache:
+    """An opened entry: `array` is the read-only memory-mapped (N, V, *hidden) fp16 array."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]) -> None:
+        self.path, self.meta = path, meta
+        self.array = np.load(path.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
+        self.depth = int(meta["depth"])
+
+    @property
+    def views(self) -> int:
+        return int(self.array.shape[1])
+
+    def rows(self, indices: np.ndarray, views: np.ndarray) -> torch.Tensor:
+        """(B, *hidden) stored (fp16 / fp32) states of images `indices`, view `views[i]` of each."""
+        return torch.from_numpy(np.ascontiguousarray(self.array[indices, views]))
+
+
+def _check_entry(path: Path, key: str, shape: tuple[int, ...], dtype: Any) -> tuple[dict[str, Any] | None, str]:
+    """(meta, "") when the entry at `path` is whole and ours, else (None, why not)."""
+    npy, meta_file = path.with_suffix(".npy"), path.with_suffix(".json")
+    if not npy.exists() and not meta_file.exists():
+        return None, ""
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        array = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        return None, f"unreadable ({type(err).__name__})"
+    if meta.get("key") != key:
+        return None, f"a foreign entry (key {meta.get('key')!r}, expected {key!r})"
+    if tuple(array.shape) != shape or array.dtype != dtype:
+        return None, f"shape {tuple(array.shape)} {array.dtype}, expected {shape} {np.dtype(dtype)}"
+    if meta.get("sha256") != file_sha256(npy):
+        return None, "its contents do not match the recorded checksum"
+    return meta, ""
+
+
+def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, render: Render,
+                      decode: Any, spec: dict[str, Any], device: torch.device,
+                      cache_dir: str | Path | None = None, batch_size: int = 64, num_workers: int = 0,
+                      progress: bool = True, dtype: str = "fp16") -> PrefixCache:
+    """Open (building it first if needed) the prefix cache of `dataset` at `depth`.
+
+    `decode` (an EvalTransform) turns each image into a uint8 square in the loader workers;
+    `render` makes its V views; `spec` must describe both (it is part of the key).
+    """
+    precision = "fp16-autocast" if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"prefix cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    path, key = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
+    backbone.to(device).eval()
+    with torch.inference_mode():
+        probe = backbone.forward_prefix(_probe_pixels(render, decode, dataset, device)[:1, 0], depth)
+    shape = (len(dataset), views, *probe.shape[1:])
+    meta, why = _check_entry(path, key, shape, DTYPES[dtype])
+    if meta is not None:
+        return PrefixCache(path, meta)
+    if why:
+        warnings.warn(f"prefix cache {path.name}: {why}; rebuilding it", stacklevel=2)
+        for suffix in (".npy", ".json"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
+    else:
+        drop_stale(path, getattr(dataset, "name", "the dataset"), "prefix states")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.npy.*.tmp.npy"):  # builds killed by a signal
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - orphan.stat().st_mtime > ORPHAN_SECONDS:  # not a live build elsewhere
+                orphan.unlink()
+    shard_dir = path.with_suffix(".shards")
+    with atomic_path(path.with_suffix(".npy")) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPES[dtype], shape=shape)
+        _compute(backbone, dataset, depth, render, decode, device, out, shard_dir, batch_size,
+                 num_workers, progress)
+        out.flush()
+        del out
+    npy = path.with_suffix(".npy")
+    meta = {"key": key, "shape": list(shape), "dtype": dtype, "depth": int(depth),
+            "sha256": file_sha256(npy), "dataset": getattr(dataset, "name", None),
+            "dataset_fingerprint": dataset.fingerprint(), "spec": spec, "precision": precision}
+    write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
+    shutil.rmtree(shard_dir, ignore_errors=True)
+    return PrefixCache(path, meta)
+
+
+def _probe_pixels(render: Render, decode: Any, dataset: Any, device: torch.device) -> torch.Tensor:
+    """The views of image 0 (to learn the hidden-state shape)."""
+    image = torch.from_numpy(decode.to_uint8(dataset.load(0)))[None].to(device)
+    return render(image, torch.zeros(1, dtype=torch.long, device=device))
+
+
+def _compute(backbone: Backbone, dataset: Any, depth: int, render: Render, decode: Any,
+             device: torch.device, out: np.ndarray, shard_dir: Path, batch_size: int,
+             num_workers: int, progress: bool) -> None:
+    """Fill `out` (reusing and saving shards): every image's V views through the prefix."""
+    from longtail.progress import progress_bar
+
+    n, views = out.shape[0], out.shape[1]
+    done = np.zeros(n, dtype=bool)
+    reused, count = load_shards(shard_dir, out, done)
+    if count:
+        print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
+    shards = Shards(shard_dir, out, reused, count, SHARD_IMAGES, SHARD_SECONDS)
+    images = DecodedImages(dataset, decode)
+    bar = progress_bar(total=n, initial=reused, desc=f"prefix cache ({backbone.name}, depth {depth})",
+                       unit="image", enabled=progress)
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            for start, stop in missing_ranges(done):
+                loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size,
+                                    num_workers=num_workers, pin_memory=device.type == "cuda")
+                shards.begin(start)
+                for pixels, index in loader:
+                    x = render(pixels.to(device, non_blocking=True), index.to(device))  # (B, V, 3, H, W)
+                    hidden = backbone.forward_prefix(x.flatten(0, 1), depth)
+                    rows = index.numpy()
+                    out[rows] = hidden.view(len(rows), views, *hidden.shape[1:]).float().cpu().numpy().astype(out.dtype)
+                    shards.advance(int(rows.max()) + 1)
+                    bar.update(len(rows))
+                shards.close()
+    except BaseException:
+        print(f"kept {shards.images} of {n} images in {shards.shards} shards under {shard_dir}; "
+              "run the same command again to continue", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
