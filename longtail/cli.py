@@ -25,6 +25,7 @@ COMMANDS = (  # command name; its module is longtail/commands/<name with '-' -> 
     "soup",
     "monosoup",
     "lt-soups",
+    "export",
 )
 
 
