@@ -236,7 +236,7 @@ def test_key_value_overrides_and_flags_set_the_same_keys(files, tmp_path):
         (["max_iter=1.5"], "max_iter=1.5: expected an integer"),
         (["--loss", "la", "loss_options.gamma=0.1"], "loss 'la': unknown loss_options key 'gamma' (valid: tau)"),
         (["--loss", "ce", "--tau", "0.5"], "loss 'ce': unknown loss_options key 'tau' (valid: none)"),
-        (["--method", "svm"], "unknown probe method 'svm'; choose from: cosine, crt, distribution-calibration, "
+        (["--method", "svm"], "unknown probe method 'svm'; choose from: auto, cosine, crt, distribution-calibration, "
                               "gaussian-kde, linear, lws, ncm, smote, tau-norm, vmf-kde, zero-shot"),
         (["--init", "zeros"], "init must be one of random, prototypes"),
         (["--posthoc-tau", "best"], "posthoc_tau must be none, 'auto' or a finite number"),

@@ -112,7 +112,7 @@ def test_errors():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"method": "svm"}, "unknown probe method 'svm'; choose from: cosine, crt, distribution-calibration, gaussian-kde, linear, lws, ncm, smote, tau-norm"),
+    ({"method": "svm"}, "unknown probe method 'svm'; choose from: auto, cosine, crt, distribution-calibration, gaussian-kde, linear, lws, ncm, smote, tau-norm"),
     ({"solver": "sgd"}, "unknown probe solver 'sgd'; choose from: adamw, lbfgs"),
     ({"loss": "lq"}, "unknown loss 'lq'; choose from: balanced-softmax, ccar"),
     ({"head": "mlp"}, "unknown head 'mlp'; choose from: cosine, linear"),

@@ -9,6 +9,9 @@ gives at least one (k = max(1, round(f n))), so the tail is represented in valid
 The draw is one sort by (label, random key) from `numpy.random.default_rng(seed)`: the first
 k_c samples of class c in that order are validation. The same labels and rule give the same
 split; the record (`ValRule.record`) is what a run or feature file stores to say so.
+
+`stratified_folds` makes k cross-validation folds by the same kind of draw, every class in
+every training part (method=auto without a validation set).
 """
 
 from __future__ import annotations
@@ -81,6 +84,42 @@ class ValRule:
         return {"rule": self.describe(), "from": "train", "seed": self.seed,
                 "num_val": int(val_counts.sum()), "val_counts": val_counts.tolist(),
                 "val_index_sha256": digest}
+
+
+def stratified_folds(labels: np.ndarray, k: int, seed: int = 0, num_classes: int | None = None
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train_idx, held_idx) pairs for cross-validation: stratified, seeded, and every class
+    with a sample is in every training part.
+
+    Each class's samples are put in a seeded random order; the r-th goes to held-out fold
+    (o_c + r) mod k, o_c a seeded random offset per class. A class of n >= k samples is thus
+    dealt round-robin (floor(n/k) or ceil(n/k) held out per fold, so each training part keeps
+    n - ceil(n/k) >= 1); a class of 2 <= n < k samples has one sample held out in n of the
+    folds and none in the others (each training part keeps >= n - 1 >= 1); a class of a single
+    sample is in every training part and in no held-out part (it is never scored).
+    DataError when some fold would hold nothing out (e.g. every class has one sample).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ConfigError(f"cross-validation needs an integer number of folds >= 2, got {k!r}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size == 0:
+        raise DataError("cannot make cross-validation folds of an empty training set")
+    counts = np.bincount(labels, minlength=num_classes or 0)
+    rng = np.random.default_rng(seed)
+    key = rng.random(labels.size)
+    offsets = rng.integers(k, size=counts.size)
+    order = np.lexsort((key, labels))  # by label, then by the random key
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(labels.size) - starts[labels[order]]  # position within its class
+    fold = np.empty(labels.size, dtype=np.int64)
+    fold[order] = (offsets[labels[order]] + rank) % k
+    fold[counts[labels] == 1] = -1  # a single sample stays in every training part
+    out = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(int(k))]
+    if any(held.size == 0 for _, held in out):
+        raise DataError(f"{k}-fold cross-validation leaves a fold with nothing held out "
+                        f"({int((counts > 1).sum())} classes have two or more samples, "
+                        f"{int(counts[counts > 1].sum())} samples in all): use fewer folds or a validation set")
+    return out
 
 
 def check_val_options(fraction: float | None, per_class: int, what: str = "") -> None:

@@ -10,6 +10,7 @@ runs' data differ (`eval.compare.dataset_warnings`). Links are relative to the p
 from __future__ import annotations
 
 import base64
+import csv
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,39 @@ def _origin_links(run: dict[str, Any], page: Path) -> str:
     return f"<h2>Made from</h2><ul>{''.join(items)}</ul>" if items else ""
 
 
+def _short(cell: str) -> str:
+    """A CSV cell for a page: numbers to 4 significant digits, anything else as it is."""
+    try:
+        return f"{float(cell):.4g}"
+    except ValueError:
+        return cell
+
+
+def _selection_html(m: dict[str, Any], folder: Path, top: int = 10) -> str:
+    """A method=auto run's choice, how it was validated, its cost and the best rows of its table."""
+    auto = m.get("auto")
+    if not auto:
+        return ""
+    chosen = auto.get("chosen") or {}
+    settings = " ".join(f"{k}={v}" for k, v in (chosen.get("settings") or {}).items() if v not in (None, {}))
+    cost, work, total = auto.get("cost_vs_plain_fit"), auto.get("work_vs_plain_fit"), auto.get("total_seconds") or 0
+    text = (f"<p>Chosen by {esc(auto.get('metric'))} on {esc(auto.get('validated_by'))}; the test data was "
+            f"not used: <code>{esc(settings)}</code> (score {100 * (chosen.get('score') or 0):.1f} %). "
+            f"{esc(auto.get('num_candidates'))} candidate rows, search and refit {total:.1f} s"
+            + (f", {cost:.1f}x the seconds and {work or 0:.1f}x the work of one plain fit "
+               f"({esc(auto.get('plain_fit_from'))})" if cost else "") + ".</p>")
+    path = folder / str(auto.get("table") or "selection.csv")
+    if not path.is_file():
+        return "<h2>Selection</h2>" + text
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))[: top + 1]
+    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{esc(_short(c))}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return (f"<h2>Selection</h2>{text}<p class='note'>The best {len(rows) - 1} rows of "
+            f"<code>{esc(path.name)}</code> (scores are balanced accuracies, 0 to 1):</p>"
+            f"<table>{'<tr>' + head + '</tr>'}{body}</table>")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN/report.html (or `out`): test data, metrics, plots, per-class table, training
     curves, training data, config, environment. Works for every run kind; parts a run did not
@@ -117,6 +151,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         sections.append('<p class="note">This run has no test metrics (it was not evaluated, or has not finished).</p>')
     if plots.has_curves(m):
         sections += _figures("Training curves", [_img(_png(plots.training_curves([(name, m)])), "training curves")])
+    sections.append(_selection_html(m, folder))
     sections.append(_origin_links(run, page))
     stats = run["data_stats"]
     sections.append("<h2>Training data</h2>" + stats_table(stats))

@@ -16,7 +16,8 @@ from longtail.errors import ConfigError
 from longtail.registry import Registry
 
 # Modules whose import registers the built-in probe methods.
-BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.probe.decoupling", "longtail.methods.latent")
+BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.probe.decoupling", "longtail.methods.latent",
+                          "longtail.methods.probe.auto")
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,15 @@
 A probe run folder holds config.yaml (kind "probe": the ProbeConfig under `probe`, the feature
 files as given, as absolute paths and as `fingerprints` (samples, dim, file size, content hash:
 `data.features.feature_record`), the shot-group thresholds), env.json, data_stats.json,
-metrics.json, per_class.csv, head/ (head.safetensors + head.json) and report.html.
+metrics.json, per_class.csv, head/ (head.safetensors + head.json) and report.html; a
+`method=auto` run also selection.csv (the candidate table, best first) and, in metrics.json,
+`auto` (the choice, how it was validated, the cost).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from longtail.data.open_features import open_features
 from longtail.data.stats import ClassStats, class_stats, require_nonempty
 from longtail.errors import DataError
 from longtail.eval.metrics import evaluate
+from longtail.io import write_text
+from longtail.methods.probe.auto import selection_rows
 from longtail.methods.probe.config import ProbeConfig, upgrade_saved
 from longtail.methods.probe.model import Probe
 from longtail.methods.probe.train import fit_probe
@@ -99,6 +105,8 @@ def run_probe(
         metrics["label"] = config["label"]
         metrics["post_hoc"] = {"alpha": probe.alpha, "posthoc_tau": probe.posthoc_tau,
                                "temperature": probe.temperature}
+        if "auto" in probe.info:
+            metrics["auto"] = write_selection(run.path("selection.csv"), probe.info["auto"])
         probe.save(run.path("head"))
         if hasattr(probe, "write_figures"):  # oversampling methods: real vs synthetic projection
             probe.write_figures(run.path("figures"), test=test)
@@ -108,6 +116,19 @@ def run_probe(
 
         write_report(folder)
     return folder, metrics
+
+
+def write_selection(path: Path, auto: dict[str, Any]) -> dict[str, Any]:
+    """Write an auto run's candidate table to `path` (CSV, best first); return what metrics.json
+    keeps of the selection (everything but the table, plus its size)."""
+    rows = selection_rows(auto)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+    return {**{k: v for k, v in auto.items() if k != "candidates"}, "num_candidates": len(rows),
+            "table": path.name}
 
 
 def saved_feature_path(config: dict[str, Any], split: str, folder: Path) -> str:
