@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,13 @@ seed and per-class counts are stored in the file's meta (val_split).
 --backbone is a preset (tiny_clip, clip_vit_b16, clip_vit_b32,
 clip_vit_l14, clip_vit_l14_laion2b, efficientnet_lite0, efficientnet_lite2), a Hugging Face
 hub id or a folder saved with save_pretrained.
+
+Several processes (GPUs) share one extraction when started by torchrun or accelerate launch:
+each extracts a contiguous part of the images into shards of the cache entry, the first
+assembles the same cache entry one process would and writes --out (the cache folder must be
+shared by the processes; an interrupted run continues from the shards with any number of them):
+  torchrun --nproc_per_node 8 -m longtail features --data imagenet_lt --root data/ --backbone clip_vit_b16 --out train.npz
+  accelerate launch --multi_gpu --num_processes 8 -m longtail features ...   (same flags)
 
 examples:
   longtail features --data cifar100_lt --root data/ --split train --backbone clip_vit_b16 --out train.npz
@@ -152,12 +160,12 @@ def prototype_request(cfg: FeaturesConfig) -> tuple[str | None, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.data.features import save_features
+    import torch.distributed
+
     from longtail.data.splits import open_part
     from longtail.errors import ConfigError, DataError
     from longtail.io import check_writable
     from longtail.models.backbone import load_backbone
-    from longtail.models.features import extract_features, load_prototype_file
 
     cfg = build_config(args)
     out = Path(cfg.out)
@@ -168,8 +176,30 @@ def run(args: argparse.Namespace) -> int:
     if source is None and not Path(cfg.prototypes).is_file():
         raise DataError(f"prototype file not found: {cfg.prototypes}")
 
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # by torchrun / accelerate launch
+    if launched and not cfg.cache:
+        raise ConfigError("--no-cache: processes started by torchrun / accelerate launch share the work "
+                          "through the feature cache; drop --no-cache or run one process")
     dataset, drawn = open_part(cfg.data, cfg.split, cfg.root, cfg.val_rule(), **cfg.data_options)
     backbone = load_backbone(cfg.backbone, revision=cfg.revision, **cfg.backbone_options)
+    device, owned = cfg.device, launched and not torch.distributed.is_initialized()
+    if launched:
+        from accelerate import PartialState  # joins the process group (gloo on CPU, nccl on GPUs)
+
+        device = PartialState(cpu=cfg.device == "cpu").device  # this process's own GPU
+    try:
+        return _extract_and_write(cfg, dataset, drawn, backbone, source, options, device, out)
+    finally:
+        if owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _extract_and_write(cfg: FeaturesConfig, dataset, drawn, backbone, source, options, device, out: Path) -> int:
+    """Extract (every process of a group takes part) and write `out` (the main process only)."""
+    from longtail.data.features import save_features
+    from longtail.models.cache_store import process_group
+    from longtail.models.features import extract_features, load_prototype_file
+
     prototypes = source
     if source is None:
         prototypes = load_prototype_file(cfg.prototypes, dataset.num_classes, backbone.feature_dim)
@@ -177,13 +207,13 @@ def run(args: argparse.Namespace) -> int:
         backbone,
         dataset,
         batch_size=cfg.batch_size,
-        device=cfg.device,
         cache_dir=cfg.cache_dir,
         progress=cfg.progress,
         num_workers=cfg.workers,
         prototypes=prototypes,
         prototype_options=options,
         cache=cfg.cache,
+        device=device,
         meta={
             "data": cfg.data,
             "root": cfg.root,
@@ -194,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
             "templates": cfg.templates if _uses_text(source, backbone) else None,
         },
     )
+    if not process_group().main:
+        return 0
     save_features(fs, out)
     protos = "none" if fs.prototypes is None else f"{fs.prototypes.shape[0]} prototypes"
     part = "" if drawn is None else f" ({cfg.split} part of the training split, {drawn['rule']}, seed {cfg.seed})"

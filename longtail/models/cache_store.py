@@ -6,6 +6,15 @@ An entry is named `<name>-<slot>-<key>.<ext>`: the slot hashes where the data is
 layout) and the key also what it holds, so entries sharing a slot are the same images at
 different times and only the one of the current content is kept (`drop_stale`). Shards of an
 entry in progress live in `<entry>.shards/` as `START-STOP.npy` (rows START..STOP-1).
+
+`build_rows` fills an entry's rows, in one process or sharded across a torch.distributed
+process group (`torchrun`, `accelerate launch`): the main rank cleans and reads the shards
+already there, every rank computes its share of the missing rows (`rank_ranges`: whole
+batches, so every image is computed in the batch a one-process run would put it in) and saves
+it as shards in the same format, and the main rank reads them back and assembles the entry,
+which it alone saves. An interrupted sharded build resumes from all shards, in one process or
+in any number. The cache folder must be shared by the processes (one machine, or a shared
+file system).
 """
 
 from __future__ import annotations
@@ -13,15 +22,20 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from longtail.errors import DataError
 from longtail.io import atomic_write
 
 _SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npy$")
@@ -55,7 +69,8 @@ def drop_stale(path: Path, name: str, what: str = "features") -> None:
 
 def load_shards(shard_dir: Path | None, out: np.ndarray, done: np.ndarray) -> tuple[int, int]:
     """Fill `out` from the valid shards in `shard_dir` (right row range, row shape and dtype,
-    finite values; others are deleted); return (rows, shards) reused."""
+    finite values; others are deleted) whose rows are not all `done` yet; return (rows done,
+    shards read)."""
     if shard_dir is None or not shard_dir.is_dir():
         return 0, 0
     n, row_shape = out.shape[0], out.shape[1:]
@@ -63,6 +78,8 @@ def load_shards(shard_dir: Path | None, out: np.ndarray, done: np.ndarray) -> tu
     for shard in sorted(shard_dir.iterdir()):
         match = _SHARD_NAME.match(shard.name)
         start, stop = (int(match[1]), int(match[2])) if match else (0, 0)
+        if 0 <= start < stop <= n and done[start:stop].all():
+            continue  # already in `out` (the main rank's own rows of a sharded build)
         try:
             block = np.load(shard, allow_pickle=False) if 0 <= start < stop <= n else None
         except (OSError, ValueError, EOFError):
@@ -83,20 +100,30 @@ def missing_ranges(done: np.ndarray) -> list[tuple[int, int]]:
 
 
 class Shards:
-    """Saves `out[start:pos]` as a shard once `max_images` rows or `max_seconds` seconds have
-    accumulated since the last one, and counts what is kept on disk."""
+    """Saves rows start..pos-1 as a shard once `max_images` rows or `max_seconds` seconds have
+    accumulated since the last one, and counts what is kept on disk.
+
+    `out` holds every row (row i at out[i]), or with `rolling` only the shard being filled
+    (row i at out[i - start]; it needs max_images + one batch rows): a rank that only writes
+    shards never holds the whole array."""
 
     def __init__(self, folder: Path | None, out: np.ndarray, images: int, shards: int,
-                 max_images: int, max_seconds: float) -> None:
-        self.folder, self.out = folder, out
+                 max_images: int, max_seconds: float, rolling: bool = False) -> None:
+        self.folder, self.out, self.rolling = folder, out, rolling
         self.images, self.shards = images, shards
         self.max_images, self.max_seconds = max_images, max_seconds
-        self.start = self.pos = 0
+        self.start = self.pos = self.offset = 0
         self.since = time.monotonic()
 
     def begin(self, start: int) -> None:
         self.start = self.pos = start
+        self.offset = start if self.rolling else 0
         self.since = time.monotonic()
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Store the computed `values` of the (ascending, contiguous) `rows`."""
+        self.out[rows - self.offset] = values
+        self.advance(int(rows.max()) + 1)
 
     def advance(self, pos: int) -> None:
         self.pos = pos
@@ -107,8 +134,151 @@ class Shards:
         if self.folder is None or self.pos <= self.start:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        block = np.ascontiguousarray(self.out[self.start:self.pos])
+        block = np.ascontiguousarray(self.out[self.start - self.offset:self.pos - self.offset])
         atomic_write(self.folder / f"{self.start:09d}-{self.pos:09d}.npy", lambda tmp: save_npy(tmp, block))
         self.images += self.pos - self.start
         self.shards += 1
         self.begin(self.pos)
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the torch.distributed process group that `torchrun` /
+    `accelerate launch` started (initialised by accelerate or the command); rank 0 of 1 without one."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":  # nccl needs this rank's GPU named
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+    def agree(self, value: str, what: str) -> None:
+        """A one-line DataError unless every rank passes the same `value` (a cache entry's
+        name): ranks building different entries would wait for each other's shards forever."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        if len(set(values)) > 1:
+            raise DataError(f"the {self.world} processes disagree on the {what} ({', '.join(sorted(set(values)))}): "
+                            "they must load the same weights and images")
+
+    def device(self, device: torch.device) -> torch.device:
+        """`device`, on this rank's own GPU (LOCAL_RANK) when it is CUDA without an index."""
+        if self.world > 1 and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return device
+
+
+def process_group() -> Group:
+    """The current process group (`Group()` when torch.distributed is not initialised)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Group(dist.get_rank(), dist.get_world_size())
+    return Group()
+
+
+def rank_ranges(done: np.ndarray, batch_size: int, rank: int, world: int) -> list[tuple[int, int]]:
+    """Rank `rank`'s share of the rows not `done`, as [start, stop) ranges: each missing range is
+    cut into batches from its start (the batches one process makes of it) and the batches are
+    dealt in `world` contiguous runs, equal up to one batch."""
+    cuts = [(s, min(s + batch_size, b)) for a, b in missing_ranges(done) for s in range(a, b, batch_size)]
+    share = np.array_split(np.arange(len(cuts)), world)[rank]
+    ranges: list[tuple[int, int]] = []
+    for a, b in (cuts[i] for i in share):
+        if ranges and ranges[-1][1] == a:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+    return ranges
+
+
+def shard_coverage(shard_dir: Path, n: int) -> np.ndarray:
+    """(n,) bool: rows held by the shards in `shard_dir`, from their names (the main rank's
+    `load_shards` has deleted invalid shards by then)."""
+    done = np.zeros(n, dtype=bool)
+    if shard_dir.is_dir():
+        for shard in shard_dir.iterdir():
+            match = _SHARD_NAME.match(shard.name)
+            if match and 0 <= int(match[1]) < int(match[2]) <= n:
+                done[int(match[1]):int(match[2])] = True
+    return done
+
+
+Batches = Callable[[int, int], Iterator[tuple[np.ndarray, Any]]]
+"""(start, stop) -> (rows, values) for consecutive batches of rows start..stop-1, in order."""
+
+
+def build_rows(out: np.ndarray | None, shape: tuple[int, ...], dtype: Any, shard_dir: Path | None,
+               batch_size: int, batches: Batches, desc: str, progress: bool, max_images: int,
+               max_seconds: float, group: Group | None = None) -> np.ndarray | None:
+    """Compute every row of an entry of `shape`, reusing and saving shards in `shard_dir`.
+
+    One process (or `shard_dir` None): fills `out`. In a process group (see the module doc):
+    the main rank passes `out` and gets it back whole; the other ranks pass None, write their
+    shares as shards and get None. Says on stderr what was reused, and on an interrupt what is
+    kept for the next run.
+    """
+    from longtail.progress import progress_bar  # a bar on a terminal, a line every 30 s in a log
+
+    group = group or process_group()
+    if shard_dir is None:
+        group = Group()
+    n = shape[0]
+    done = np.zeros(n, dtype=bool)
+    reused = count = 0
+    if group.main:
+        reused, count = load_shards(shard_dir, out, done)
+        if count:
+            print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
+    group.barrier()  # the main rank has deleted the invalid shards
+    if not group.main:
+        done = shard_coverage(shard_dir, n)
+    group.barrier()  # every rank knows what is missing before any new shard appears
+    todo = rank_ranges(done, batch_size, group.rank, group.world)
+    rolling = not group.main
+    buffer = np.empty((max_images + batch_size, *shape[1:]), dtype=dtype) if rolling else out
+    shards = Shards(shard_dir, buffer, 0 if rolling else reused, 0 if rolling else count, max_images,
+                    max_seconds, rolling=rolling)
+    total = reused + sum(b - a for a, b in todo)
+    rank = f", rank {group.rank} of {group.world}" if group.world > 1 else ""
+    bar = progress_bar(total=total, initial=reused, desc=desc + rank, unit="image", enabled=progress and group.main)
+    try:
+        for start, stop in todo:
+            shards.begin(start)
+            for rows, values in batches(start, stop):
+                shards.put(rows, values)
+                bar.update(len(rows))
+            shards.close()
+    except BaseException:
+        if shard_dir is not None:
+            print(f"kept {shards.images} of {n if group.main else total} images in {shards.shards} shards "
+                  f"under {shard_dir}{rank}; run the same command again to continue", file=sys.stderr)
+        raise
+    finally:
+        bar.close()
+    group.barrier()  # every rank's shards are on disk
+    if not group.main:
+        return None
+    if group.world > 1:
+        for start, stop in todo:  # the main rank's own rows are in `out` already
+            done[start:stop] = True
+        load_shards(shard_dir, out, done)
+        if not done.all():
+            raise DataError(f"rows {missing_ranges(done)[:3]} of {shard_dir} are missing after every process "
+                            "finished: the cache folder must be shared by all processes")
+    return out

@@ -7,6 +7,10 @@ the precision and the dataset's fingerprint, which includes the images' content 
 or size + mtime for large folders; zip CRCs; the HF table fingerprint: `ImageDataset.fingerprint`),
 so a repeated call loads the file instead and changed images are extracted again (the stale
 entry is deleted). Work in progress is saved in small shards (SHARD_IMAGES / SHARD_SECONDS).
+Under `torchrun` / `accelerate launch` (an initialised torch.distributed process group) the
+processes share the work: each extracts a contiguous part of the missing images into shards,
+the main process assembles and saves the same entry one process would, and every process then
+reads it (cache_store.build_rows).
 The cache machinery (keys, shards, stale entries) is models/cache_store.py, shared with the
 frozen-prefix cache.
 """
@@ -31,7 +35,7 @@ from longtail.device import resolve_device
 from longtail.errors import DataError
 from longtail.io import to_jsonable
 from longtail.models.backbone import Backbone
-from longtail.models.cache_store import Shards, digest, drop_stale, load_shards, missing_ranges
+from longtail.models.cache_store import Group, build_rows, digest, drop_stale, process_group
 
 CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meaning
 # An extraction in progress saves its features in shards under `<cache entry>.shards/`; a shard
@@ -112,25 +116,23 @@ def extract_features(
     With `cache`, the features are stored under a key that covers the weights, preprocessing,
     precision and the images' content; an entry of the same images before they changed is
     deleted and extracted again, and an interrupted extraction continues from its shards.
+    In a torch.distributed process group every process must call it (it waits for the others):
+    they extract disjoint parts and all return the same features (see the module doc).
     """
     if batch_size < 1 or num_workers < 0:
         raise DataError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
     if len(dataset) == 0:
         raise DataError("the image dataset is empty")
-    dev = resolve_device(device)
+    group = process_group()
+    dev = group.device(resolve_device(device))
     precision = "fp16-autocast" if dev.type == "cuda" else "fp32"
     key = cache_key(backbone, dataset, precision)
     path = cache_path(backbone, dataset, precision, cache_dir) if cache else None
+    if path is not None:
+        group.agree(path.name, "feature cache entry")
     class_names = list(dataset.class_names)
     # Prototypes first: a bad class map or prototype file fails before the long forward pass.
     weights, bias = resolve_prototypes(backbone, class_names, prototypes, prototype_options)
-    features = _read_cache(path, len(dataset))
-    backbone.to(dev).eval()
-    if features is None:
-        if path is not None:
-            drop_stale(path, getattr(dataset, "name", "the dataset"))
-        shards = None if path is None else path.with_suffix(".shards")
-        features = _forward_all(backbone, dataset, dev, batch_size, num_workers, progress, shards)
     info = {
         "backbone": backbone.name,
         "model_id": backbone.model_id,
@@ -147,19 +149,50 @@ def extract_features(
         **({} if weights is None else {"prototype_kind": prototype_kind(backbone, prototypes)}),
         **(meta or {}),
     }
-    fs = FeatureSet(
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    features = _cached_or_extracted(backbone, dataset, dev, batch_size, num_workers, progress, path,
+                                    labels, to_jsonable(info), group)
+    return FeatureSet(
         features=features,
-        labels=np.asarray(dataset.labels, dtype=np.int64),
+        labels=labels,
         class_names=class_names,
         prototypes=weights,
         prototype_bias=bias,
         meta=to_jsonable(info),
     )
-    if path is not None and not path.exists():
+
+
+def _cached_or_extracted(backbone: Backbone, dataset: Any, device: torch.device, batch_size: int,
+                         num_workers: int, progress: bool, path: Path | None, labels: np.ndarray,
+                         meta: dict[str, Any], group: Group) -> np.ndarray:
+    """The features from the cache entry at `path`, else extracted and saved there (with
+    `labels` and `meta`). In a process group the main rank checks the entry and deletes
+    stale ones first, the ranks extract together, the main rank saves the entry, and the others
+    then read it."""
+    if path is None and group.world > 1 and group.main:
+        print(f"no feature cache: each of the {group.world} processes extracts every image "
+              "(sharing the work needs the cache folder)", file=sys.stderr)
+    features = _read_cache(path, len(dataset)) if group.main else None
+    if features is None and path is not None and group.main:
+        drop_stale(path, getattr(dataset, "name", "the dataset"))
+    if path is not None:
+        group.barrier()  # the main rank's verdict on the entry is on disk
+        if not group.main:
+            features = _read_cache(path, len(dataset))
+    backbone.to(device).eval()
+    if features is not None:
+        return features
+    shards = None if path is None else path.with_suffix(".shards")
+    features = _forward_all(backbone, dataset, device, batch_size, num_workers, progress, shards,
+                            group if path is not None else Group())
+    if path is None:
+        return features
+    if group.main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_features(FeatureSet(features=fs.features, labels=fs.labels, meta=fs.meta), path)
-        shutil.rmtree(path.with_suffix(".shards"), ignore_errors=True)
-    return fs
+        save_features(FeatureSet(features=features, labels=labels, meta=meta), path)
+        shutil.rmtree(shards, ignore_errors=True)
+    group.barrier()  # the entry is saved
+    return features if group.main else _read_cache(path, len(dataset))
 
 
 def _read_cache(path: Path | None, n: int) -> np.ndarray | None:
@@ -186,44 +219,27 @@ def _forward_all(
     num_workers: int,
     progress: bool,
     shard_dir: Path | None = None,
-) -> np.ndarray:
-    """Features of every image. With `shard_dir`, shards already there are reused and new ones
-    are saved as the work goes (see SHARD_IMAGES): an interrupted run resumes. Both runs say
-    on stderr what was kept / reused."""
-    from longtail.progress import progress_bar  # a bar on a terminal, a line every 30 s in a log
-
+    group: Group | None = None,
+) -> np.ndarray | None:
+    """Features of every image (None on the non-main ranks of a process group, which only save
+    their share as shards). With `shard_dir`, shards already there are reused and new ones are
+    saved as the work goes (see SHARD_IMAGES): an interrupted run resumes (cache_store.build_rows)."""
     transform = backbone.transform
     images = DecodedImages(dataset, transform)
-    n = len(dataset)
-    out = np.empty((n, backbone.feature_dim), dtype=np.float32)
-    done = np.zeros(n, dtype=bool)
-    reused, count = load_shards(shard_dir, out, done)
-    if count:
-        print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
-    todo = missing_ranges(done)
-    shards = Shards(shard_dir, out, reused, count, SHARD_IMAGES, SHARD_SECONDS)
-    bar = progress_bar(total=n, initial=reused, desc=f"features ({backbone.name})", unit="image", enabled=progress)
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-            for start, stop in todo:
-                loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size, shuffle=False,
-                                    num_workers=num_workers, pin_memory=device.type == "cuda")
-                shards.begin(start)
-                for pixels, index in loader:
-                    x = transform.normalize(pixels.to(device, non_blocking=True))
-                    rows = index.numpy()
-                    out[rows] = backbone.forward_features(x).float().cpu().numpy()
-                    shards.advance(int(rows.max()) + 1)
-                    bar.update(len(rows))
-                shards.close()
-    except BaseException:
-        if shard_dir is not None:
-            print(f"kept {shards.images} of {n} images in {shards.shards} shards under {shard_dir}; "
-                  "run the same command again to continue", file=sys.stderr)
-        raise
-    finally:
-        bar.close()
-    return out
+    group = group or process_group()
+    shape = (len(dataset), backbone.feature_dim)
+    out = np.empty(shape, dtype=np.float32) if group.main else None
+
+    def batches(start: int, stop: int):
+        loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size, shuffle=False,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
+        for pixels, index in loader:
+            x = transform.normalize(pixels.to(device, non_blocking=True))
+            yield index.numpy(), backbone.forward_features(x).float().cpu().numpy()
+
+    with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+        return build_rows(out, shape, np.float32, shard_dir, batch_size, batches, f"features ({backbone.name})",
+                          progress, SHARD_IMAGES, SHARD_SECONDS, group)
 
 
 def resolve_prototypes(

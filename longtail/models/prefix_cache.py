@@ -11,7 +11,10 @@ saves shards as it goes (an interrupted build continues) and moves the finished 
 atomically; the meta, written last, holds the key, the shape and a sha256 of the array file.
 Opening checks all three: a foreign entry (another key), a truncated or edited array, or a
 missing meta is reported, deleted and rebuilt, never used. Views are rendered by the caller
-(`render`), so augmentation stays in the fine-tuning code.
+(`render`), so augmentation stays in the fine-tuning code. In a torch.distributed process group
+(`torchrun`, `accelerate launch`) every process calls `open_prefix_cache`: they compute disjoint
+parts into shards, the main process assembles and saves the entry one process would, and all
+then open it (models/cache_store.build_rows).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -33,10 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from longtail.errors import ConfigError
+from longtail.errors import ConfigError, DataError
 from longtail.io import atomic_path, write_text
 from longtail.models.backbone import Backbone
-from longtail.models.cache_store import Shards, digest, drop_stale, load_shards, missing_ranges
+from longtail.models.cache_store import Group, build_rows, digest, drop_stale, process_group
 from longtail.models.features import DecodedImages
 
 CACHE_FORMAT = 1  # bump when the stored content or the key changes meaning
@@ -99,8 +101,10 @@ class PrefixCache:
         return torch.from_numpy(np.ascontiguousarray(self.array[indices, views]))
 
 
-def _check_entry(path: Path, key: str, shape: tuple[int, ...], dtype: Any) -> tuple[dict[str, Any] | None, str]:
-    """(meta, "") when the entry at `path` is whole and ours, else (None, why not)."""
+def _check_entry(path: Path, key: str, shape: tuple[int, ...], dtype: Any,
+                 checksum: bool = True) -> tuple[dict[str, Any] | None, str]:
+    """(meta, "") when the entry at `path` is whole and ours (without `checksum`: its key, shape
+    and dtype only), else (None, why not)."""
     npy, meta_file = path.with_suffix(".npy"), path.with_suffix(".json")
     if not npy.exists() and not meta_file.exists():
         return None, ""
@@ -113,7 +117,7 @@ def _check_entry(path: Path, key: str, shape: tuple[int, ...], dtype: Any) -> tu
         return None, f"a foreign entry (key {meta.get('key')!r}, expected {key!r})"
     if tuple(array.shape) != shape or array.dtype != dtype:
         return None, f"shape {tuple(array.shape)} {array.dtype}, expected {shape} {np.dtype(dtype)}"
-    if meta.get("sha256") != file_sha256(npy):
+    if checksum and meta.get("sha256") != file_sha256(npy):
         return None, "its contents do not match the recorded checksum"
     return meta, ""
 
@@ -127,33 +131,37 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     `decode` (an EvalTransform) turns each image into a uint8 square in the loader workers;
     `render` makes its V views; `spec` must describe both (it is part of the key).
     """
-    precision = "fp16-autocast" if device.type == "cuda" else "fp32"
     if dtype not in DTYPES:
         raise ConfigError(f"prefix cache dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    group = process_group()
+    device = group.device(device)
+    precision = "fp16-autocast" if device.type == "cuda" else "fp32"
     path, key = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
+    group.agree(path.name, "prefix cache entry")
     backbone.to(device).eval()
     with torch.inference_mode():
         probe = backbone.forward_prefix(_probe_pixels(render, decode, dataset, device)[:1, 0], depth)
     shape = (len(dataset), views, *probe.shape[1:])
-    meta, why = _check_entry(path, key, shape, DTYPES[dtype])
+    meta = _prepare_entry(path, key, shape, dtype, getattr(dataset, "name", "the dataset")) if group.main else None
+    group.barrier()  # the main rank's verdict on the entry is on disk
+    if not group.main:  # the main rank has just verified the checksum
+        meta = _check_entry(path, key, shape, DTYPES[dtype], checksum=False)[0]
     if meta is not None:
         return PrefixCache(path, meta)
-    if why:
-        warnings.warn(f"prefix cache {path.name}: {why}; rebuilding it", stacklevel=2)
-        for suffix in (".npy", ".json"):
-            path.with_suffix(suffix).unlink(missing_ok=True)
-    else:
-        drop_stale(path, getattr(dataset, "name", "the dataset"), "prefix states")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in path.parent.glob(f".{path.name}.npy.*.tmp.npy"):  # builds killed by a signal
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - orphan.stat().st_mtime > ORPHAN_SECONDS:  # not a live build elsewhere
-                orphan.unlink()
     shard_dir = path.with_suffix(".shards")
+    args = (dataset, backbone, depth, render, decode, device, shape, DTYPES[dtype], shard_dir, batch_size,
+            num_workers, progress, group)
+    if not group.main:
+        _compute(None, *args)
+        group.barrier()  # the main rank has saved the entry
+        meta, why = _check_entry(path, key, shape, DTYPES[dtype], checksum=False)
+        if meta is None:
+            raise DataError(f"prefix cache {path}: the entry the main process saved is {why or 'missing'}: "
+                            "the cache folder must be shared by all processes")
+        return PrefixCache(path, meta)
     with atomic_path(path.with_suffix(".npy")) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=DTYPES[dtype], shape=shape)
-        _compute(backbone, dataset, depth, render, decode, device, out, shard_dir, batch_size,
-                 num_workers, progress)
+        _compute(out, *args)
         out.flush()
         del out
     npy = path.with_suffix(".npy")
@@ -162,7 +170,28 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
             "dataset_fingerprint": dataset.fingerprint(), "spec": spec, "precision": precision}
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     shutil.rmtree(shard_dir, ignore_errors=True)
+    group.barrier()  # the entry is saved
     return PrefixCache(path, meta)
+
+
+def _prepare_entry(path: Path, key: str, shape: tuple[int, ...], dtype: str, name: str) -> dict[str, Any] | None:
+    """The meta of the whole entry at `path`, else None after deleting a bad entry (warning),
+    stale entries of the same images and temporary arrays of killed builds."""
+    meta, why = _check_entry(path, key, shape, DTYPES[dtype])
+    if meta is not None:
+        return meta
+    if why:
+        warnings.warn(f"prefix cache {path.name}: {why}; rebuilding it", stacklevel=3)
+        for suffix in (".npy", ".json"):
+            path.with_suffix(suffix).unlink(missing_ok=True)
+    else:
+        drop_stale(path, name, "prefix states")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{path.name}.npy.*.tmp.npy"):  # builds killed by a signal
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - orphan.stat().st_mtime > ORPHAN_SECONDS:  # not a live build elsewhere
+                orphan.unlink()
+    return None
 
 
 def _probe_pixels(render: Render, decode: Any, dataset: Any, device: torch.device) -> torch.Tensor:
@@ -171,38 +200,22 @@ def _probe_pixels(render: Render, decode: Any, dataset: Any, device: torch.devic
     return render(image, torch.zeros(1, dtype=torch.long, device=device))
 
 
-def _compute(backbone: Backbone, dataset: Any, depth: int, render: Render, decode: Any,
-             device: torch.device, out: np.ndarray, shard_dir: Path, batch_size: int,
-             num_workers: int, progress: bool) -> None:
-    """Fill `out` (reusing and saving shards): every image's V views through the prefix."""
-    from longtail.progress import progress_bar
-
-    n, views = out.shape[0], out.shape[1]
-    done = np.zeros(n, dtype=bool)
-    reused, count = load_shards(shard_dir, out, done)
-    if count:
-        print(f"reusing {reused} images from {count} shards under {shard_dir}", file=sys.stderr)
-    shards = Shards(shard_dir, out, reused, count, SHARD_IMAGES, SHARD_SECONDS)
+def _compute(out: np.ndarray | None, dataset: Any, backbone: Backbone, depth: int, render: Render,
+             decode: Any, device: torch.device, shape: tuple[int, ...], dtype: Any, shard_dir: Path,
+             batch_size: int, num_workers: int, progress: bool, group: Group) -> None:
+    """Fill `out` (reusing and saving shards; None on a non-main rank, which saves its share
+    as shards only): every image's V views through the prefix."""
+    views = shape[1]
     images = DecodedImages(dataset, decode)
-    bar = progress_bar(total=n, initial=reused, desc=f"prefix cache ({backbone.name}, depth {depth})",
-                       unit="image", enabled=progress)
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-            for start, stop in missing_ranges(done):
-                loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size,
-                                    num_workers=num_workers, pin_memory=device.type == "cuda")
-                shards.begin(start)
-                for pixels, index in loader:
-                    x = render(pixels.to(device, non_blocking=True), index.to(device))  # (B, V, 3, H, W)
-                    hidden = backbone.forward_prefix(x.flatten(0, 1), depth)
-                    rows = index.numpy()
-                    out[rows] = hidden.view(len(rows), views, *hidden.shape[1:]).float().cpu().numpy().astype(out.dtype)
-                    shards.advance(int(rows.max()) + 1)
-                    bar.update(len(rows))
-                shards.close()
-    except BaseException:
-        print(f"kept {shards.images} of {n} images in {shards.shards} shards under {shard_dir}; "
-              "run the same command again to continue", file=sys.stderr)
-        raise
-    finally:
-        bar.close()
+
+    def batches(start: int, stop: int):
+        loader = DataLoader(Subset(images, range(start, stop)), batch_size=batch_size,
+                            num_workers=num_workers, pin_memory=device.type == "cuda")
+        for pixels, index in loader:
+            x = render(pixels.to(device, non_blocking=True), index.to(device))  # (B, V, 3, H, W)
+            hidden = backbone.forward_prefix(x.flatten(0, 1), depth)
+            yield index.numpy(), hidden.view(len(index), views, *hidden.shape[1:]).float().cpu().numpy()
+
+    with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+        build_rows(out, shape, dtype, shard_dir, batch_size, batches,
+                   f"prefix cache ({backbone.name}, depth {depth})", progress, SHARD_IMAGES, SHARD_SECONDS, group)

@@ -41,7 +41,8 @@ class ViewRenderer:
         self.base = ResizeOnly(self.size, spec["mean"], spec["std"], interpolation=cfg.interpolation)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "views": self.views, "seed": self.seed, "scale": list(self.scale),
+        seed = None if self.kind == "flip" else self.seed  # flip views do not depend on the seed: runs share
+        return {"kind": self.kind, "views": self.views, "seed": seed, "scale": list(self.scale),
                 "interpolation": self.interpolation, "size": self.size}
 
     def __call__(self, images: Tensor, index: Tensor) -> Tensor:
@@ -169,9 +170,10 @@ def open_prefix_source(cfg, model, splits, acc) -> PrefixSource:
                 "std": list(spec["std"])}
     data, positions = positions_in(splits.full_train, splits.train)
     was_training = backbone.training
-    with acc.main_process_first():  # one process builds, the others then open the finished entry
-        cache = open_prefix_cache(backbone, data, depth, cfg.prefix_views, render, decode, key_spec,
-                                  acc.device, cfg.prefix_cache_dir, cfg.eval_batch_size,
-                                  cfg.num_workers, cfg.progress and acc.is_local_main_process, cfg.prefix_dtype)
+    # Under DDP every process calls this: they build the entry together (each its share of the
+    # images, the main process assembles it) and all open the finished entry.
+    cache = open_prefix_cache(backbone, data, depth, cfg.prefix_views, render, decode, key_spec,
+                              acc.device, cfg.prefix_cache_dir, cfg.eval_batch_size,
+                              cfg.num_workers, cfg.progress and acc.is_local_main_process, cfg.prefix_dtype)
     backbone.train(was_training)
     return PrefixSource(cache, positions, np.asarray(splits.train.labels), cfg.seed)
