@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -188,3 +189,36 @@ def test_interrupted_ingredient_resumes_bit_identically(tmp_path):
     seen.clear()
     LTSoups(cfg, tmp_path / "cut").run_job(1, 0, on_step=seen.append)  # finished: skipped
     assert seen == []
+
+
+def test_ingredients_and_stage2_pass_tuning_mode_and_prefix_cache(tmp_path):
+    """adapter / head_init / prefix settings reach every job's FitConfig; stage 2 trains only the
+    head (cached from the soup); a plan written before these fields existed is still accepted."""
+    from longtail.io import read_yaml, write_yaml
+
+    cfg = LTSoupsConfig(data_options=DATA, root=str(tmp_path / "data"), exponents=[0, 1], branches=1,
+                        adapter="partial", adapter_options={"num_blocks": 1}, head_init="class_mean",
+                        prefix_cache="auto", prefix_views=2, ema_decay=None, device="cpu", num_workers=0)
+    pipe = LTSoups(cfg, tmp_path / "lts")
+    job = pipe.ingredient_config(1, 0)
+    assert (job.adapter, job.adapter_options, job.head_init) == ("partial", {"num_blocks": 1}, "class_mean")
+    assert job.uses_prefix_cache and job.prefix_views == 2 and job.ema_decay is None
+    stage2 = pipe.stage2_config()
+    assert (stage2.adapter, stage2.adapter_options) == ("none", {}) and stage2.uses_prefix_cache
+    from longtail.methods.finetune.prefix import ViewRenderer
+
+    spec = {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    first = pipe.ingredient_config(0, 0)
+    assert first.seed != job.seed  # flip views are seed-free: every ingredient keys the same cache entry
+    assert ViewRenderer(first, spec).to_dict() == ViewRenderer(job, spec).to_dict()
+    rrc = [dataclasses.replace(c, prefix_view_kind="rrc_flip") for c in (first, job)]
+    assert ViewRenderer(rrc[0], spec).to_dict() != ViewRenderer(rrc[1], spec).to_dict()
+    pipe.write_plan()
+    plan = read_yaml(tmp_path / "lts" / "plan.yaml")
+    for key in ("adapter", "adapter_options", "head_init", "prefix_cache", "prefix_views", "test_split"):
+        plan.pop(key)  # an older plan
+    write_yaml(tmp_path / "lts" / "plan.yaml", plan)
+    with pytest.raises(ConfigError, match="adapter"):  # missing keys compare as their defaults
+        pipe.write_plan()
+    LTSoups(LTSoupsConfig(**{**cfg.__dict__, "adapter": "full", "adapter_options": {}, "head_init": "text",
+                             "prefix_cache": "off", "prefix_views": 1}), tmp_path / "lts").write_plan()

@@ -9,7 +9,9 @@ DESCRIPTION = """\
 LT-Soups (docs/methods.md §2.4-2.5) in one pipeline folder (--out): for each balance
 exponent i in F (default 0..floor(log2 rho): 0..6 on CIFAR-100-LT rho=100) and each of K
 branches (branches=2), a full fine-tune of CLIP on the subset n'_c = min(n_c, n_min 2^i)
-(`ingredients/e{i}_b{k}`, a fit run); then the recursive soup of the ingredients with the
+(`ingredients/e{i}_b{k}`, a fit run; adapter=partial adapter_options.num_blocks=1
+prefix_cache=auto prefix_views=2 for last-block fine-tunes from one frozen-prefix cache
+entry, the CPU / CNN recipe); then the recursive soup of the ingredients with the
 zero-shot model (`soup/`, a soup run) and stage 2, the classifier re-tuned on all the data
 (`final/`, a fit run); comparison.json / comparison.html put them side by side.
 On CIFAR-100-LT the long-tailed set is drawn as the authors' script draws it
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from longtail.config import add_override_arguments
 
     p.add_argument("-d", "--data", help="dataset name of the data layer (e.g. cifar100_ir100, synthetic_images)")
-    p.add_argument("-b", "--backbone", help="CLIP backbone name (e.g. clip_vit_b16, tiny_clip)")
+    p.add_argument("-b", "--backbone", help="backbone name (e.g. clip_vit_b16, tiny_clip, efficientnet_lite0)")
     add_override_arguments(p, "branches=1 max_steps=3 data_options.selection=ldam")
     p.add_argument("--out", help="the pipeline folder shared by every job")
     p.add_argument("--job", type=int, help="run only ingredient job N (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
@@ -47,14 +49,22 @@ AUTHORS_DATA = {name: {"data_options.selection": "lt_soups"}
                 for name in ("cifar100_lt", "cifar100_ir100", "cifar100_ir50", "cifar100_ir10")}
 
 
+# what a backbone preset of `longtail fit` contributes (EfficientNet: 128 px, head_init=auto);
+# the LT-Soups recipe keeps its own batch size and cosine scale
+BACKBONE_KEYS = ("backbone_options", "head_init", "num_workers", "eval_batch_size")
+
+
 def build_config(data: str, backbone: str, overrides: dict):
     """LTSoupsConfig from -d/-b, the dataset's fine-tuning settings (e.g. CIFAR's decode size),
-    the authors' CIFAR-100-LT draw, then the KEY=VALUE overrides; checked before any data is read."""
+    the backbone preset's input settings, the authors' CIFAR-100-LT draw, then the KEY=VALUE
+    overrides; checked before any data is read."""
     from longtail.config import apply_overrides
-    from longtail.methods.finetune.presets import DATASET_SETTINGS
+    from longtail.methods.finetune.presets import BACKBONE_PRESETS, DATASET_SETTINGS
     from longtail.soups.lt_soups import LTSoupsConfig
 
     settings = {k: v for k, v in DATASET_SETTINGS.get(data, {}).items() if k in ("decode_size", "num_workers")}
+    if backbone in BACKBONE_PRESETS:
+        settings.update({k: v for k, v in BACKBONE_PRESETS.get(backbone).items() if k in BACKBONE_KEYS})
     cfg = LTSoupsConfig(dataset=data, backbone=backbone)
     return apply_overrides(cfg, {**settings, **AUTHORS_DATA.get(data, {}), **overrides})
 

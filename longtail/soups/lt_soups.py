@@ -1,13 +1,17 @@
-"""LT-Soups (arXiv 2511.10683, docs/methods.md §2.4-2.5): subsampled full fine-tunes, soup, re-tuned head.
+"""LT-Soups (arXiv 2511.10683, docs/methods.md §2.4-2.5): subsampled fine-tunes, soup, re-tuned head.
 
 A pipeline folder holds `plan.yaml`, one fit run per ingredient job
-(`ingredients/e{i}_b{k}`: full fine-tuning of the balanced subset n'_c = min(n_c, n_min 2^i)),
+(`ingredients/e{i}_b{k}`: fine-tuning (`adapter`, full by default) of the balanced subset
+n'_c = min(n_c, n_min 2^i)),
 then `soup/` (a soup run of those fit runs, loadable like one) and `final/` (stage 2: a fit
 run that re-tunes the classifier of the soup on the whole training set). Everything trains
 through the fine-tuning engine (`longtail.methods.finetune`). Every ingredient job is
 independent and skipped once finished, so jobs run in parallel on several GPUs or machines
 and the merge runs afterwards; an interrupted job run again continues from its last
-checkpoint to the weights of an uninterrupted run. SLURM, CIFAR-100-LT (rho = 100, so
+checkpoint to the weights of an uninterrupted run. With `adapter=partial` and
+`prefix_cache=auto` every ingredient trains from one frozen-prefix cache entry (flip views do
+not depend on the ingredient's seed) and stage 2 from the soup's block-L states: the CPU /
+CNN recipe (`benchmarks/real_finetune.py`). SLURM, CIFAR-100-LT (rho = 100, so
 F = 0..6) with K = 2 branches, |F| * K = 14 jobs::
 
     #SBATCH --array=0-13
@@ -34,7 +38,7 @@ from longtail.methods.finetune.data import subset_counts
 from longtail.soups.merge import Coefficients, merge_coefficients
 
 RUNTIME_ONLY = ("device", "precision", "save_every", "keep_checkpoints", "num_workers", "progress",
-                "eval_batch_size")  # may differ between the jobs of one pipeline
+                "eval_batch_size", "prefix_cache_dir")  # may differ between the jobs of one pipeline
 STAGES = ("all", "prepare", "ingredients", "finish")
 
 
@@ -47,8 +51,13 @@ class LTSoupsConfig:
     root: str | None = None
     val_split: str | None = None  # a split name; None: first val_per_class test images per class
     val_per_class: int = 10
+    test_split: str = "test"  # the evaluation split (a zip with train/ and val/ folders: val)
     backbone: str = "tiny_clip"
     backbone_options: dict[str, Any] = field(default_factory=dict)
+    adapter: str = "full"  # the ingredients' tuning mode (paper: full; CPU / CNN: partial + adapter_options)
+    adapter_options: dict[str, Any] = field(default_factory=dict)  # e.g. adapter_options.num_blocks=1
+    head_init: str = "text"  # theta_0's classifier (CLIP: text; EfficientNet: prototypes / auto)
+    prototype_options: dict[str, Any] = field(default_factory=dict)  # e.g. prototype_options.imagenet_map=FILE
     templates: str = "lift"
     scale: float = 30.0  # cosine classifier scale of the LT-Soups code
     exponents: list[int] | None = None  # F; None: 0..floor(log2 rho); -1 = whole training set
@@ -61,7 +70,7 @@ class LTSoupsConfig:
     epochs: int = 10
     min_steps: int = 100
     max_steps: int | None = None  # cap for smoke tests (not in the paper)
-    ema_decay: float = 0.99
+    ema_decay: float | None = 0.99  # None: no EMA (short CPU runs, where 0.99 would keep them near theta_0)
     n_evals: int = 5
     augment: str = "rrc_flip"
     interpolation: str = "bilinear"  # as the authors' torchvision transforms
@@ -69,6 +78,15 @@ class LTSoupsConfig:
     decode_size: int | None = None  # CPU decode side of training images; None: input size * test_resize_ratio
     stage2: bool = True
     stage2_epochs: int = 10
+    # frozen-prefix cache (FitConfig fields of the same names): with prefix_cache=auto, partial
+    # ingredients share one entry (block L-k states of the whole training set) and stage 2
+    # (adapter none) trains the classifier from the soup's block-L states; off keeps the
+    # authors' fresh random-resized-crop augmentation
+    prefix_cache: str = "off"
+    prefix_views: int = 1
+    prefix_view_kind: str = "flip"
+    prefix_cache_dir: str | None = None
+    prefix_dtype: str = "fp16"
     eval_batch_size: int = 256
     num_workers: int = 4  # DataLoader workers decoding images (0: in the main process)
     precision: str = "bf16"  # mixed precision on CUDA; CPU always fp32
@@ -121,12 +139,15 @@ def soup_coefficients(cfg: LTSoupsConfig, n_exponents: int) -> Coefficients:
 
 
 def fit_config(cfg: LTSoupsConfig, steps: int, seed: int, loss: str, **fields: Any) -> FitConfig:
-    """The fine-tuning engine's config of one LT-Soups training (full fine-tuning by default)."""
+    """The fine-tuning engine's config of one LT-Soups training (cfg.adapter: full fine-tuning by default;
+    the frozen-prefix cache settings pass through, so cached ingredients share one entry)."""
     values: dict[str, Any] = dict(
         dataset=cfg.dataset, data_options=dict(cfg.data_options), root=cfg.root, val_split=cfg.val_split,
+        test_split=cfg.test_split,
         val_per_class=cfg.val_per_class, decode_size=cfg.decode_size, num_workers=cfg.num_workers,
-        backbone=cfg.backbone, backbone_options=dict(cfg.backbone_options), method="lt_soups", adapter="full",
-        head_init="text", templates=cfg.templates, scale=cfg.scale, loss=loss,
+        backbone=cfg.backbone, backbone_options=dict(cfg.backbone_options), method="lt_soups", adapter=cfg.adapter,
+        adapter_options=dict(cfg.adapter_options), head_init=cfg.head_init,
+        prototype_options=dict(cfg.prototype_options), templates=cfg.templates, scale=cfg.scale, loss=loss,
         loss_options={"tau": 1.0} if loss == "la" else {}, optimizer="adamw", lr=cfg.lr,
         weight_decay=cfg.weight_decay, steps=steps, batch_size=cfg.batch_size, lr_schedule="cosine",
         schedule_unit="step", warmup_steps=warmup_steps(steps), warmup_start_factor=1e-6,
@@ -134,6 +155,8 @@ def fit_config(cfg: LTSoupsConfig, steps: int, seed: int, loss: str, **fields: A
         interpolation=cfg.interpolation, test_resize_ratio=cfg.test_resize_ratio,
         eval_batch_size=cfg.eval_batch_size, precision=cfg.precision, device=cfg.device, seed=seed,
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
+        prefix_cache=cfg.prefix_cache, prefix_views=cfg.prefix_views, prefix_view_kind=cfg.prefix_view_kind,
+        prefix_cache_dir=cfg.prefix_cache_dir, prefix_dtype=cfg.prefix_dtype,
     )
     values.update(fields)
     return FitConfig(**values)
@@ -167,7 +190,8 @@ class LTSoups:
         path = self.folder / "plan.yaml"
         if path.exists():
             old = read_yaml(path)
-            diff = sorted(k for k in plan if old.get(k) != plan[k] and k not in RUNTIME_ONLY)
+            defaults = asdict(LTSoupsConfig(dataset=self.cfg.dataset, backbone=self.cfg.backbone))
+            diff = sorted(k for k in plan if old.get(k, defaults.get(k)) != plan[k] and k not in RUNTIME_ONLY)
             if diff:
                 raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); use another --out")
             return
@@ -192,7 +216,8 @@ class LTSoups:
     def stage2_config(self) -> FitConfig:
         """Stage 2: only the classifier, from the soup, LA with the full-data priors."""
         return fit_config(self.cfg, self._steps(int(self.counts.sum()), self.cfg.stage2_epochs),
-                          seed=self.cfg.seed + 7, loss="la", adapter="none", init_from=str(self.folder / "soup"),
+                          seed=self.cfg.seed + 7, loss="la", adapter="none", adapter_options={},
+                          init_from=str(self.folder / "soup"),
                           method="lt_soups_stage2",
                           origin={"pipeline": str(self.folder), "label": "LT-Soups (soup + stage 2)"})
 
