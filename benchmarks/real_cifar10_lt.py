@@ -61,7 +61,10 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("prototype init, LA + interpolation (alpha on val)", {"loss": "la", "init": "prototypes", "interpolate": "auto"}),
     ("prototype init, LA + L2-SP anchor", {"loss": "la", "init": "prototypes", "l2_target": "init"}),
     ("prototype init, vMF-KDE + LR", {"method": "vmf-kde", "init": "prototypes"}),
+    ("auto (chosen on val)", {"method": "auto"}),
+    ("auto (chosen by 3-fold CV on train, no val)", {"method": "auto"}),
 )
+NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)"}  # fitted without the validation split
 
 
 def parse_args() -> argparse.Namespace:
@@ -80,13 +83,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cache-dir", help="feature cache (default $LONGTAIL_CACHE/features)")
     p.add_argument("--out", default="runs/real_cifar10_lt.json", help="results JSON (a .md table is written beside it)")
     p.add_argument("--check-configs", action="store_true", help="build and validate every row's config, then exit")
+    p.add_argument("--only", nargs="+", help="run only the probe rows whose label contains one of these strings")
     return p.parse_args()
 
 
 def row_configs(device: str) -> list[ProbeConfig]:
     """The validated ProbeConfig of every row (a bad row fails here, before any image is read)."""
     base = ProbeConfig(method="linear", loss="ce", device=device)  # each row changes what it names
-    return [apply_overrides(base, overrides) for _, overrides in ROWS]
+    auto = ProbeConfig(method="auto", device=device)  # auto chooses the loss itself
+    return [apply_overrides(auto if overrides.get("method") == "auto" else base, overrides) for _, overrides in ROWS]
 
 
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
@@ -160,10 +165,18 @@ def main() -> None:
 
     results = []
     for (label, _), cfg in zip(ROWS, configs):
+        if args.only and not any(s in label for s in args.only):
+            continue
         start = time.perf_counter()
-        probe = fit_probe(lt, cfg, val)
+        probe = fit_probe(lt, cfg, None if label in NO_VAL_ROWS else val)
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
         print(f"  {label}: {100 * results[-1]['all']:.2f}", flush=True)
+        if "auto" in probe.info:
+            results[-1]["auto_choice"] = probe.info["auto"]["chosen"]
+            print(f"    chose {probe.info['auto']['chosen']}", flush=True)
+    if args.only:
+        print("\n" + markdown_table(results))
+        return
     results.append(sklearn_reference(lt, test, counts))
     refs = [(f"balanced subset ({per_class}/class, same size), LR CE", balanced)]
     if args.full_balanced:

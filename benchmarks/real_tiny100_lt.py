@@ -229,6 +229,8 @@ def main() -> None:
             extra["auto_choice"] = probe.info["auto"].get("chosen")
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start, **extra))
         print(f"  {label}: {100 * results[-1]['all']:.2f} ({results[-1]['fit_seconds']:.1f}s)", flush=True)
+        if extra:
+            print(f"    chose {extra['auto_choice']}", flush=True)
     def wanted(label: str) -> bool:
         return not args.only or any(s in label for s in args.only)
 

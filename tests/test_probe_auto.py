@@ -78,6 +78,7 @@ def test_val_path_scores_are_the_methods_own_and_the_winner_is_refitted():
     best = max(r["mean"] for r in rows)
     first_best = next(r for r in rows if r["mean"] == best)  # ties: the earlier row
     assert auto["chosen"]["settings"] == first_best["settings"] and auto["chosen"]["score"] == best
+    assert auto["chosen"]["se"] == first_best["se"] > 0
     # the shared-work score of a row (post-hoc tau, tau-norm rescaling, interpolation on one fit's
     # logits) is the validation score of the method itself, fitted from the row's configuration
     picks = [r for r in rows if r["settings"]["posthoc_tau"] == 1.0 and r["settings"]["interpolate"] == 0.5
@@ -90,6 +91,16 @@ def test_val_path_scores_are_the_methods_own_and_the_winner_is_refitted():
     assert np.array_equal(refit.logits(val.features), probe.logits(val.features))
     assert probe.config["method"] == auto["chosen"]["settings"]["method"]
     assert auto["total_seconds"] >= auto["refit_seconds"] > 0 and auto["cost_vs_plain_fit"] > 0
+
+
+def test_standard_error_of_a_balanced_accuracy_is_binomial_per_class():
+    from longtail.methods.probe.auto import score_with_error
+
+    labels = np.array([0, 0, 0, 0, 1, 1])  # class 0: 3 of 4 right; class 1: 1 of 2; class 2 absent
+    pred = np.array([0, 0, 0, 1, 1, 0])
+    score, se = score_with_error(pred, labels, 3)
+    assert score == pytest.approx((0.75 + 0.5) / 2)
+    assert se == pytest.approx(np.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2) / 2)
 
 
 def test_cross_validation_is_deterministic_for_a_seed_and_records_its_cost():

@@ -23,7 +23,9 @@ stratified k-fold cross-validation on `train` (k = method_options.folds, default
 images than folds has one image held out in some folds and none in the others, so each
 training part keeps at least one; a class with a single image is in every training part and
 in no held-out part (never scored). The score is the mean over folds of the held-out balanced
-accuracy (over the classes present there). Ties go to the earlier row (cosine first, then
+accuracy (over the classes present there), recorded with its binomial standard error (`se`:
+how much a small validation set can be trusted). The top score wins; among equal scores the
+earlier row (cosine first, then
 smaller tau), so the default probe wins a tie. The test set is never seen.
 
 The winner is refitted from its configuration (cold start) on all of `train`, so the probe
@@ -48,7 +50,7 @@ from longtail.data.features import FeatureSet
 from longtail.data.splits import stratified_folds
 from longtail.data.stats import require_nonempty
 from longtail.errors import ConfigError
-from longtail.eval.metrics import balanced_accuracy
+from longtail.eval.metrics import per_class_accuracy
 from longtail.methods.probe import prototypes
 from longtail.methods.probe.config import ProbeConfig
 from longtail.methods.probe.decoupling import CRT_LOSS, CRT_LOSS_OPTIONS, row_norms
@@ -193,10 +195,19 @@ def _work(probe: Probe, num_samples: int) -> int:
     return int(probe.info.get("train", {}).get("evaluations", 0)) * num_samples
 
 
+def score_with_error(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """(balanced accuracy, its binomial standard error) over the classes present in `labels`:
+    SE = sqrt(sum_c p_c (1 - p_c) / n_c) / C_present (the per-class accuracies are independent)."""
+    acc, n = per_class_accuracy(pred, labels, num_classes)
+    present = n > 0
+    p, n = acc[present], n[present]
+    return float(p.mean()), float(np.sqrt(np.sum(p * (1.0 - p) / n)) / p.size)
+
+
 def _score_all(names: tuple[str, ...], train: FeatureSet, held: FeatureSet, base: ProbeConfig
-               ) -> tuple[dict[str, tuple[str, dict, float]], dict[str, np.ndarray]]:
-    """{row key: (candidate, settings, held-out balanced accuracy)} and {candidate: (seconds, work)}."""
-    rows: dict[str, tuple[str, dict, float]] = {}
+               ) -> tuple[dict[str, tuple[str, dict, tuple[float, float]]], dict[str, np.ndarray]]:
+    """{row key: (candidate, settings, (held-out balanced accuracy, its SE))}, {candidate: (seconds, work)}."""
+    rows: dict[str, tuple[str, dict, tuple[float, float]]] = {}
     cost: dict[str, np.ndarray] = {}
     shared: dict[str, Any] = {}
     for name in names:
@@ -211,8 +222,8 @@ def _score_all(names: tuple[str, ...], train: FeatureSet, held: FeatureSet, base
             if get_method(settings["method"]).trains and train.prototypes is not None:
                 probe.zero_shot = prototypes.interpolation_head(train, base.scale, probe.normalize)
             for row, pred in _variants(name, settings, probe, held.features):
-                score = balanced_accuracy(pred, held.labels, train.num_classes)
-                rows[json.dumps(row, sort_keys=True)] = (name, row, score)
+                rows[json.dumps(row, sort_keys=True)] = (name, row, score_with_error(pred, held.labels,
+                                                                                      train.num_classes))
     return rows, cost
 
 
@@ -258,10 +269,13 @@ def fit_auto(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None)
         rows, spent = _score_all(names, part_train, held, base)
         for name, c in spent.items():
             cost[name].append(c)
-        for key, (name, settings, score) in rows.items():
-            table.setdefault(key, {"candidate": name, "settings": settings, "scores": []})["scores"].append(score)
+        for key, (name, settings, (score, error)) in rows.items():
+            row = table.setdefault(key, {"candidate": name, "settings": settings, "scores": [], "errors": []})
+            row["scores"].append(score)
+            row["errors"].append(error)
     for row in table.values():
         row["mean"] = float(np.mean(row["scores"]))
+        row["se"] = float(np.sqrt(np.sum(np.square(row.pop("errors")))) / len(parts))  # SE of the mean
         row["fit_seconds"], row["fit_work"] = np.sum(cost[row["candidate"]], axis=0).tolist()
     candidates = list(table.values())
     best = candidates[int(np.argmax([row["mean"] for row in candidates]))]  # first of equals wins
@@ -276,7 +290,7 @@ def fit_auto(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None)
         "folds": k, "held_out_sizes": [int(held.num_samples) for _, held in parts],
         "metric": "balanced accuracy", "candidates": candidates,
         "chosen": {"candidate": best["candidate"], "settings": best["settings"], "score": best["mean"],
-                   "l2": chosen.l2},
+                   "se": best["se"], "l2": chosen.l2},
         "search_seconds": search, "refit_seconds": float(refit[0]), "total_seconds": float(total[0]),
         "work_unit": "L-BFGS objective evaluations x training samples", "total_work": int(total[1]),
         "plain_fit_from": plain_from,
@@ -288,16 +302,17 @@ def fit_auto(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None)
 
 
 def selection_rows(auto: dict[str, Any]) -> list[dict[str, Any]]:
-    """`info["auto"]`'s candidate table as flat rows (selection.csv), best mean score first
-    (a stable sort: among equals the table's order, so row 1 is the chosen candidate)."""
+    """`info["auto"]`'s candidate table as flat rows (selection.csv): the chosen row first, then
+    the others by mean score (a stable sort: among equals the table's order)."""
     folds = auto["folds"]
     out = []
-    for row in sorted(auto["candidates"], key=lambda r: -r["mean"]):
+    chosen = auto["chosen"]["settings"]
+    for row in sorted(auto["candidates"], key=lambda r: (r["settings"] != chosen, -r["mean"])):
         settings = row["settings"]
         scores = dict(zip([f"fold_{i + 1}" for i in range(folds)] if folds else ["val"], row["scores"]))
         out.append({"candidate": row["candidate"], **{k: settings[k] for k in ("method", "loss", "C")},
                     "init": settings.get("init", "random"),
                     "method_options": json.dumps(settings["method_options"], sort_keys=True),
                     "posthoc_tau": settings["posthoc_tau"], "interpolate": settings["interpolate"],
-                    **scores, "mean": row["mean"], "fit_seconds": row["fit_seconds"], "fit_work": row["fit_work"]})
+                    **scores, "mean": row["mean"], "se": row["se"], "fit_seconds": row["fit_seconds"], "fit_work": row["fit_work"]})
     return out
