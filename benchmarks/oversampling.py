@@ -1,4 +1,12 @@
-"""Latent oversampling on the `synthetic_features` benchmark, and our SMOTE vs imbalanced-learn's.
+"""Latent oversampling on the `synthetic_features` benchmark, and our SMOTE vs imbalanced-learn's;
+with --tiny / --features, the time of every oversampling probe against the plain probe.
+
+--tiny (Tiny-ImageNet-100-LT EfficientNet-Lite0 features, the draw of
+benchmarks/real_tiny100_lt.py) or --features FILE [--lt IR]: the plain linear probe (CE,
+L-BFGS) and smote / gaussian-kde / vmf-kde / distribution-calibration + the same probe, each
+fitted once untimed, then --repeats interleaved rounds (a busy machine slows all rows alike) at
+--threads (default 2); median seconds, ratio to the plain probe, and where the time goes
+(sampling and preparation vs the L-BFGS fit on real + synthetic rows).
 
 Part 1: balanced (class-mean) and few-shot test accuracy of the linear probe (L-BFGS, CE) on
 real features (`none`) and on real + synthetic features from `smote`, `gaussian-kde` and
@@ -7,6 +15,7 @@ Part 2: time to generate the same number of SMOTE samples (k = 5, classes with m
 class) with longtail's batched torch SMOTE and with `imblearn.over_sampling.SMOTE`, on the
 benchmark's training set and on a larger one; median of --repeats after a warm-up, as a ratio.
 
+    python benchmarks/oversampling.py --tiny [--threads 2] [--repeats 3]
     python benchmarks/oversampling.py [--repeats 3] [--threads N] [--device auto]
         [--num-classes 40] [--dim 64] [--n-max 500] [--big-classes 100] [--big-dim 512] [--big-n-max 1000]
 """
@@ -15,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +39,11 @@ from longtail.eval.metrics import evaluate
 from longtail.methods.latent.oversample import make_oversampler
 from longtail.methods.probe import ProbeConfig, fit_probe
 
-METHODS = {"none": "linear", "smote": "smote", "gaussian-kde": "gaussian-kde", "vmf-kde": "vmf-kde"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_vs_sklearn import add_data_arguments, load_training_set, race  # noqa: E402  (benchmarks/ is not a package)
+
+METHODS = {"none": "linear", "smote": "smote", "gaussian-kde": "gaussian-kde", "vmf-kde": "vmf-kde",
+           "distribution-calibration": "distribution-calibration"}
 
 
 def median_time(fn, repeats: int) -> float:
@@ -51,7 +66,7 @@ def accuracy_table(args: argparse.Namespace) -> None:
           f"(n_max {counts.max()}, n_min {counts.min()}), test {bench.test.num_samples}; "
           f"Bayes balanced accuracy {100 * bench.bayes_balanced_accuracy:.2f} "
           f"+- {100 * bench.bayes_standard_error:.2f}")
-    print(f"  {'method':<14}{'balanced':>10}{'few':>8}{'many':>8}{'synthetic':>11}{'fit s':>8}")
+    print(f"  {'method':<26}{'balanced':>10}{'few':>8}{'many':>8}{'synthetic':>11}{'fit s':>8}")
     for name, method in METHODS.items():
         start = time.perf_counter()
         probe = fit_probe(bench.train, ProbeConfig(method=method, loss="ce", seed=args.seed, device=args.device))
@@ -59,7 +74,7 @@ def accuracy_table(args: argparse.Namespace) -> None:
         m = evaluate(probe.logits(bench.test.features), bench.test.labels, counts)
         synth = probe.info.get("oversampling", {}).get("num_synthetic", 0)
         few, many = (("n/a" if m[g] is None else f"{100 * m[g]:.2f}") for g in ("few", "many"))
-        print(f"  {name:<14}{100 * m['class_mean']:>10.2f}{few:>8}{many:>8}{synth:>11}{seconds:>8.1f}")
+        print(f"  {name:<26}{100 * m['class_mean']:>10.2f}{few:>8}{many:>8}{synth:>11}{seconds:>8.1f}")
 
 
 def big_set(num_classes: int, dim: int, n_max: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,12 +105,41 @@ def smote_timing(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespa
     print(f"  speed-up (imblearn / ours)      : {t_imb / t_ours:8.1f}x")
 
 
+def ratio_table(args: argparse.Namespace) -> None:
+    """Every oversampling probe's time against the plain probe's, same data, same run."""
+    from threadpoolctl import threadpool_limits
+
+    train, _, what = load_training_set(args)
+    counts = train.class_counts()
+    threads = args.threads or 2
+    torch.set_num_threads(threads)
+    splits: dict[str, list[float]] = {name: [] for name in METHODS}  # L-BFGS seconds of every call
+
+    def fit(name: str, method: str):
+        start = time.perf_counter()
+        probe = fit_probe(train, ProbeConfig(method=method, loss="ce", seed=args.seed, device=args.device))
+        splits[name].append((time.perf_counter() - start, probe.info["train"]["train_seconds"]))
+        return probe
+
+    fits = {name: (lambda name=name, method=method: fit(name, method)) for name, method in METHODS.items()}
+    with threadpool_limits(limits=threads):
+        results = race(fits, args.repeats)
+    base = results["none"][1]
+    print(f"{what}: C={train.num_classes}, d={train.dim}, N={train.num_samples} (n_max {counts.max()}, "
+          f"n_min {counts.min()}); threads={threads}, repeats={args.repeats} (median, interleaved)")
+    print(f"  {'method':<26}{'rows':>8}{'seconds':>9}{'x plain':>9}{'sampling':>10}{'L-BFGS':>8}{'iters':>6}")
+    for name, (probe, seconds) in results.items():
+        timed = splits[name][1:]  # the timed rounds (the first call is the warm-up)
+        fit_s = statistics.median(t for _, t in timed)  # L-BFGS on real + synthetic rows
+        other_s = statistics.median(total - t for total, t in timed)  # sampling and preparation
+        rows = train.num_samples + probe.info.get("oversampling", {}).get("num_synthetic", 0)
+        print(f"  {name:<26}{rows:>8}{seconds:>9.2f}{seconds / base:>9.2f}{other_s:>10.2f}{fit_s:>8.2f}"
+              f"{probe.info['train']['iterations']:>6}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-classes", type=int, default=40)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--n-max", type=int, default=500)
+    add_data_arguments(p)
     p.add_argument("--big-classes", type=int, default=100)
     p.add_argument("--big-dim", type=int, default=512)
     p.add_argument("--big-n-max", type=int, default=1000)
@@ -104,6 +148,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-accuracy", action="store_true")
     args = p.parse_args()
+    if args.tiny or args.features:
+        ratio_table(args)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads={torch.get_num_threads()}")

@@ -66,7 +66,9 @@ def nearest_heads(queries: Tensor, head_means: Tensor, k: int) -> Tensor:
 
 def calibrated_mean(queries: Tensor, head_means: Tensor, nearest: Tensor) -> Tensor:
     """mu' = (sum_{i in S} mu_i + x~) / (k + 1) for every query (m, d)."""
-    return (head_means[nearest].sum(1) + queries) / (nearest.shape[1] + 1)
+    # embedding_bag sums the k gathered rows without the (m, k, d) intermediate of head_means[nearest]
+    summed = torch.nn.functional.embedding_bag(nearest, head_means, mode="sum")
+    return (summed + queries) / (nearest.shape[1] + 1)
 
 
 def calibrated_covariance(head_covs: Tensor, nearest: Tensor, alpha: float) -> Tensor:

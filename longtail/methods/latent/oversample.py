@@ -21,6 +21,7 @@ from longtail.data.profiles import strategy_targets
 from longtail.data.stats import MANY_THRESHOLD
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
+from longtail.maths.finite import all_finite
 from longtail.maths.vmf import sample_vmf
 from longtail.methods.latent import calibration
 from longtail.methods.latent.concentration import class_slices, in_class_knn, local_concentration
@@ -98,7 +99,7 @@ class Oversampler:
             raise DataError(f"features {tuple(x.shape)} and labels {tuple(y.shape)} do not match")
         if y.numel() == 0 or y.min() < 0:
             raise DataError("labels must be non-empty and non-negative")
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise DataError("features contain NaN or inf")
         num_classes = int(y.max()) + 1 if num_classes is None else num_classes
         counts = torch.bincount(y, minlength=num_classes)

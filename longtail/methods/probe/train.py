@@ -16,6 +16,7 @@ from longtail.data.features import FeatureSet, check_compatible
 from longtail.data.stats import require_nonempty
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
+from longtail.maths.finite import all_finite
 from longtail.methods.heads import build_head
 from longtail.methods.losses import make_loss
 from longtail.methods.probe.config import ProbeConfig
@@ -61,7 +62,7 @@ def train_head(
     y = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long()
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise DataError(f"features (N, d) and labels (N,) expected, got {tuple(x.shape)} and {tuple(y.shape)}")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise DataError("training features contain NaN or inf")
     if y.min() < 0 or y.max() >= counts.size:
         raise DataError(f"training label out of range for {counts.size} classes")
