@@ -9,7 +9,7 @@ scikit-learn's LogisticRegression on the same long-tailed features, and our prob
 50,000 training images).
 
 Protocol: validation = the first 10 test images of each class (file order), test = the other
-9,000 (the LT-Soups CIFAR protocol), so methods that choose tau / alpha on validation never see
+9,900 (the LT-Soups CIFAR protocol), so methods that choose tau / alpha on validation never see
 the test images. The CIFAR-10 copy is JPEG-compressed (quality ~75): numbers can differ by up to
 about a point from the original pickles.
 

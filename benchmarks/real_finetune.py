@@ -3,7 +3,7 @@
 Two datasets, the protocols of the probe benchmarks (same images, same validation, same test):
 - CIFAR-10-LT IR 100 (`real_cifar10_lt.py`): n_c = floor(5000 * 100^(-c/9)), LDAM selection
   seed 0 (12,406 images); validation = the first 10 test images of each class (file order),
-  test = the other 9,000;
+  test = the other 9,900;
 - Tiny-ImageNet-100-LT IR 100 (`real_tiny100_lt.py`, its `class_order` / `lt_split`): a seeded
   class order gets n_i = floor(500 * 100^(-i/99)) (10,847 images, 35/35/30 many/medium/few);
   validation = the same draw's next 10 spare training images per class (990); test = the 50
@@ -35,7 +35,7 @@ full forward ~50 images/s (the data README's extraction rate; measured here only
 scales with the forward rate: at 35 images/s the total is ~3 h. With warm feature
 and prefix caches and the defaults (--epochs 5; LT-Soups 3 epochs, >= 60 steps of 128 images,
 ~100k images over the 7 ingredients; stage 2 3 epochs), CIFAR-10-LT / Tiny-100-LT take: 16 test
-evaluations through the full backbone (9,000 / 5,000 images) 48 / 27 min; 4 partial-FT fits
+evaluations through the full backbone (9,900 / 5,000 images) 48 / 27 min; 4 partial-FT fits
 12.5 / 11 min; 7 ingredients 5 / 5 min; stage 2 (the soup's block-16 states, 2 views, never warm,
 + training) 9 / 8 min; WiSE-FT validation, probes, model loads 1.5 / 3 min: ~76 / ~53 min, ~2 h 10
 min together, not the issue's 60: 75 minutes are test evaluations although blocks 0..14 of every
