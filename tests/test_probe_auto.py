@@ -94,11 +94,11 @@ def test_val_path_scores_are_the_methods_own_and_the_winner_is_refitted():
 
 
 def test_standard_error_of_a_balanced_accuracy_is_binomial_per_class():
-    from longtail.methods.probe.auto import score_with_error
+    from longtail.eval.metrics import balanced_accuracy_se
 
     labels = np.array([0, 0, 0, 0, 1, 1])  # class 0: 3 of 4 right; class 1: 1 of 2; class 2 absent
     pred = np.array([0, 0, 0, 1, 1, 0])
-    score, se = score_with_error(pred, labels, 3)
+    score, se = balanced_accuracy_se(pred, labels, 3)
     assert score == pytest.approx((0.75 + 0.5) / 2)
     assert se == pytest.approx(np.sqrt(0.75 * 0.25 / 4 + 0.5 * 0.5 / 2) / 2)
 
@@ -136,8 +136,8 @@ def test_bad_options_fail_when_the_config_is_built():
         ProbeConfig(method="auto", method_options={"folds": 1})
     with pytest.raises(ConfigError, match="unknown method_options key 'k'"):
         ProbeConfig(method="auto", method_options={"k": 3})
-    with pytest.raises(ConfigError, match="chooses loss itself"):
-        fit_probe(_blobs(), ProbeConfig(method="auto", loss="ce"))
+    with pytest.raises(ConfigError, match="chooses loss itself"):  # when the config is built, before data
+        ProbeConfig(method="auto", loss="ce")
     with pytest.raises(DataError, match="candidate 'zero-shot' needs class prototypes"):
         fit_probe(_blobs(prototypes=False), ProbeConfig(method="auto", method_options={"candidates": ["zero-shot"]}))
 

@@ -29,8 +29,16 @@ def balanced_accuracy(logits_or_pred: np.ndarray, labels: np.ndarray, num_classe
     x = np.asarray(logits_or_pred)
     pred = x.argmax(axis=1) if x.ndim == 2 else x
     num_classes = num_classes or (x.shape[1] if x.ndim == 2 else int(max(pred.max(), labels.max())) + 1)
-    acc, n_test = per_class_accuracy(pred, np.asarray(labels), num_classes)
-    return float(acc[n_test > 0].mean())
+    return balanced_accuracy_se(pred, np.asarray(labels), num_classes)[0]
+
+
+def balanced_accuracy_se(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:
+    """(balanced accuracy of predicted labels, its binomial standard error) over the classes
+    present in `labels`: SE = sqrt(sum_c p_c (1 - p_c) / n_c) / C_present (classes independent)."""
+    acc, n_test = per_class_accuracy(pred, labels, num_classes)
+    present = n_test > 0
+    p, n = acc[present], n_test[present]
+    return float(p.mean()), float(np.sqrt(np.sum(p * (1.0 - p) / n)) / p.size)
 
 
 def _hmean(a: np.ndarray) -> float:

@@ -50,7 +50,7 @@ from longtail.data.features import FeatureSet
 from longtail.data.splits import stratified_folds
 from longtail.data.stats import require_nonempty
 from longtail.errors import ConfigError
-from longtail.eval.metrics import per_class_accuracy
+from longtail.eval.metrics import balanced_accuracy_se
 from longtail.methods.probe import prototypes
 from longtail.methods.probe.config import ProbeConfig
 from longtail.methods.probe.decoupling import CRT_LOSS, CRT_LOSS_OPTIONS, row_norms
@@ -195,15 +195,6 @@ def _work(probe: Probe, num_samples: int) -> int:
     return int(probe.info.get("train", {}).get("evaluations", 0)) * num_samples
 
 
-def score_with_error(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """(balanced accuracy, its binomial standard error) over the classes present in `labels`:
-    SE = sqrt(sum_c p_c (1 - p_c) / n_c) / C_present (the per-class accuracies are independent)."""
-    acc, n = per_class_accuracy(pred, labels, num_classes)
-    present = n > 0
-    p, n = acc[present], n[present]
-    return float(p.mean()), float(np.sqrt(np.sum(p * (1.0 - p) / n)) / p.size)
-
-
 def _score_all(names: tuple[str, ...], train: FeatureSet, held: FeatureSet, base: ProbeConfig
                ) -> tuple[dict[str, tuple[str, dict, tuple[float, float]]], dict[str, np.ndarray]]:
     """{row key: (candidate, settings, (held-out balanced accuracy, its SE))}, {candidate: (seconds, work)}."""
@@ -222,8 +213,8 @@ def _score_all(names: tuple[str, ...], train: FeatureSet, held: FeatureSet, base
             if get_method(settings["method"]).trains and train.prototypes is not None:
                 probe.zero_shot = prototypes.interpolation_head(train, base.scale, probe.normalize)
             for row, pred in _variants(name, settings, probe, held.features):
-                rows[json.dumps(row, sort_keys=True)] = (name, row, score_with_error(pred, held.labels,
-                                                                                      train.num_classes))
+                rows[json.dumps(row, sort_keys=True)] = (name, row, balanced_accuracy_se(pred, held.labels,
+                                                                                         train.num_classes))
     return rows, cost
 
 
@@ -250,11 +241,10 @@ def _parts(train: FeatureSet, val: FeatureSet | None, cfg: ProbeConfig) -> tuple
                 train.with_arrays(train.features[b], train.labels[b])) for a, b in folds]
 
 
-@probe_method("auto", check_options=_check_options)
+@probe_method("auto", check_options=_check_options, check_config=_check_base)
 def fit_auto(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
     """Choose method, loss, head, l2 and tau by balanced accuracy on val (else k-fold CV on train)."""
     start = time.perf_counter()
-    _check_base(cfg)
     names = candidate_names(cfg.method_options)
     if train.prototypes is None and "candidates" not in cfg.method_options:
         names = tuple(n for n in names if n not in NEEDS_PROTOTYPES)

@@ -78,7 +78,7 @@ class ProbeConfig:
         self.val_rule()  # val_split / val_per_class: ranges, not both
         self._check_choices()
         method = get_method(self.method)
-        method.validate_options(self.method, self.method_options)
+        method.validate(self)
         if self.interpolate is not None and not method.trains:
             raise ConfigError(f"interpolate applies to trained methods, not '{self.method}'")
         self._check_loss_options()

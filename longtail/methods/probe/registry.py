@@ -27,6 +27,8 @@ class ProbeMethod:
     fit: `fit(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None) -> Probe`.
     check_options: raises ConfigError on bad `cfg.method_options` (None: the method takes none);
       called when the config is built, before any data is read.
+    check_config: raises ConfigError on other fields of the whole ProbeConfig that the method
+      cannot take (e.g. `auto` chooses the loss itself); also called when the config is built.
     trains: False for methods without a trained head (zero-shot), which cannot interpolate.
     needs_validation: the options in `method_options` that choose something on a validation
       set, in words (e.g. ["method_options.tau='auto'"]); None: none do.
@@ -36,15 +38,19 @@ class ProbeMethod:
     check_options: Callable[[dict[str, Any]], None] | None = None
     trains: bool = True
     needs_validation: Callable[[dict[str, Any]], list[str]] | None = None
+    check_config: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.fit.__doc__)  # `longtail list` shows the method's own doc
 
-    def validate_options(self, name: str, options: dict[str, Any]) -> None:
+    def validate(self, cfg: Any) -> None:
+        """cfg.method_options, then the method's own check of the whole config (cfg: a ProbeConfig)."""
         if self.check_options is not None:
-            self.check_options(options)
-        elif options:
-            raise ConfigError(f"method '{name}' takes no method_options (got {', '.join(sorted(options))})")
+            self.check_options(cfg.method_options)
+        elif cfg.method_options:
+            raise ConfigError(f"method '{cfg.method}' takes no method_options (got {', '.join(sorted(cfg.method_options))})")
+        if self.check_config is not None:
+            self.check_config(cfg)
 
     def validation_needs(self, options: dict[str, Any]) -> list[str]:
         """The method options that need a validation set (empty when none)."""
@@ -57,11 +63,12 @@ PROBE_METHODS: Registry[ProbeMethod] = Registry("probe method")
 def probe_method(
     name: str, *, check_options: Callable[[dict[str, Any]], None] | None = None, trains: bool = True,
     needs_validation: Callable[[dict[str, Any]], list[str]] | None = None,
+    check_config: Callable[[Any], None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register `fit` as probe method `name` (returns `fit` unchanged)."""
 
     def register(fit: Callable[..., Any]) -> Callable[..., Any]:
-        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains, needs_validation))
+        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains, needs_validation, check_config))
         return fit
 
     return register
