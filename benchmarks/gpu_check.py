@@ -70,14 +70,28 @@ def autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16):
     return torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
 
 
+def training_throughput(model: torch.nn.Module, image_size: int, sizes: dict, device: torch.device) -> dict:
+    """Images/s and peak memory of SGD steps (LA loss, bf16 autocast on CUDA) on random pixels."""
+    num_classes = model.head.weight.shape[0]
+    loss_fn = make_loss("la", np.linspace(500, 5, num_classes).round().astype(np.int64)).to(device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    x = torch.randn(sizes["batch"], 3, image_size, image_size, device=device)
+    y = torch.randint(0, num_classes, (sizes["batch"],), device=device)
+
+    def step():
+        with autocast(device):
+            loss = loss_fn(model(x)["z"].float(), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    img_s, peak = throughput(step, sizes["batch"], sizes["steps"], device)
+    return {"img_s": round(img_s, 1), "peak_mib": None if peak is None else round(peak)}
+
+
 def train_steps(sizes: dict, device: torch.device, num_classes: int = 100) -> dict:
     """LIFT / Sage / bare forward+backward on the ViT-B/16-sized CLIP."""
     names = [f"class {i}" for i in range(num_classes)]
-    counts = np.linspace(500, 5, num_classes).round().astype(np.int64)
-    loss_fn = make_loss("la", counts).to(device)
-    s = SIZES[sizes["vit"]]["image_size"]
-    x = torch.randn(sizes["batch"], 3, s, s, device=device)
-    y = torch.randint(0, num_classes, (sizes["batch"],), device=device)
     out = {}
     for method in ("lift", "sage", "bare"):
         preset = "linear_probe" if method == "bare" else method
@@ -86,19 +100,8 @@ def train_steps(sizes: dict, device: torch.device, num_classes: int = 100) -> di
         if method == "bare":  # backward through every block, as an adapter in every block needs
             model.backbone.model.vision_model.embeddings.register_forward_hook(
                 lambda module, args, output: output.detach().requires_grad_(True))
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-
-        def step(model=model, optimizer=optimizer):
-            with autocast(device):
-                loss = loss_fn(model(x)["z"].float(), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        img_s, peak = throughput(step, sizes["batch"], sizes["steps"], device)
-        out[method] = {"img_s": round(img_s, 1), "peak_mib": None if peak is None else round(peak)}
-        del model, optimizer
+        out[method] = training_throughput(model, SIZES[sizes["vit"]]["image_size"], sizes, device)
+        del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for method in ("lift", "sage"):
@@ -114,23 +117,9 @@ def effnet_full_ft(sizes: dict, device: torch.device, num_classes: int = 100) ->
                        {"head_init": "random", "backbone_options": {"pretrained": False, "image_size": px}})
     from longtail.models.backbone import load_backbone
 
-    backbone = load_backbone("efficientnet_lite0", pretrained=False, image_size=px)
-    model = build_model(cfg, backbone, names).to(device).train()
-    loss_fn = make_loss("la", np.linspace(500, 5, num_classes).round().astype(np.int64)).to(device)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    x = torch.randn(sizes["batch"], 3, px, px, device=device)
-    y = torch.randint(0, num_classes, (sizes["batch"],), device=device)
-
-    def step():
-        with autocast(device):
-            loss = loss_fn(model(x)["z"].float(), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    img_s, peak = throughput(step, sizes["batch"], sizes["steps"], device)
-    return {"image_size": px, "batch": sizes["batch"], "trainable": model.num_trainable(), "img_s": round(img_s, 1),
-            "peak_mib": None if peak is None else round(peak)}
+    model = build_model(cfg, load_backbone(cfg.backbone, **cfg.backbone_options), names).to(device).train()
+    return {"image_size": px, "batch": sizes["batch"], "trainable": model.num_trainable(),
+            **training_throughput(model, px, sizes, device)}
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ from longtail.data.open_images import open_images
 from longtail.data.presets import CIFAR10_CLASSES
 from longtail.data.profiles import exponential_profile, subsample_per_class
 from longtail.eval.metrics import evaluate
+from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
 from longtail.models.backbone import load_backbone
 from longtail.models.features import extract_features
@@ -61,10 +62,13 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("prototype init, LA + interpolation (alpha on val)", {"loss": "la", "init": "prototypes", "interpolate": "auto"}),
     ("prototype init, LA + L2-SP anchor", {"loss": "la", "init": "prototypes", "l2_target": "init"}),
     ("prototype init, vMF-KDE + LR", {"method": "vmf-kde", "init": "prototypes"}),
-    ("auto (chosen on val)", {"method": "auto"}),
-    ("auto (chosen by 3-fold CV on train, no val)", {"method": "auto"}),
+    ("auto (chosen on val)", {"method": "auto", "loss": "la"}),  # la: the default loss, the base auto starts from
+    ("auto (chosen by 3-fold CV on train, no val)", {"method": "auto", "loss": "la"}),
 )
 NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)"}  # fitted without the validation split
+TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
+                 ("medium", "medium", "pct"), ("few", "few", "pct"), ("smallest 3", "smallest3", "pct"),
+                 ("ECE", "ece", "pct"), ("fit s", "fit_seconds", ".1f"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,8 +94,7 @@ def parse_args() -> argparse.Namespace:
 def row_configs(device: str) -> list[ProbeConfig]:
     """The validated ProbeConfig of every row (a bad row fails here, before any image is read)."""
     base = ProbeConfig(method="linear", loss="ce", device=device)  # each row changes what it names
-    auto = ProbeConfig(method="auto", device=device)  # auto chooses the loss itself
-    return [apply_overrides(auto if overrides.get("method") == "auto" else base, overrides) for _, overrides in ROWS]
+    return [apply_overrides(base, overrides) for _, overrides in ROWS]
 
 
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
@@ -175,7 +178,7 @@ def main() -> None:
             results[-1]["auto_choice"] = probe.info["auto"]["chosen"]
             print(f"    chose {probe.info['auto']['chosen']}", flush=True)
     if args.only:
-        print("\n" + markdown_table(results))
+        print("\n" + markdown_table(results, TABLE_COLUMNS))
         return
     results.append(sklearn_reference(lt, test, counts))
     refs = [(f"balanced subset ({per_class}/class, same size), LR CE", balanced)]
@@ -186,7 +189,7 @@ def main() -> None:
         probe = fit_probe(data, ProbeConfig(method="linear", loss="ce", device=args.device), val)
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
 
-    table = markdown_table(results)
+    table = markdown_table(results, TABLE_COLUMNS)
     print("\n" + table)
     info = {"backbone": args.backbone, "image_size": args.image_size, "ir": args.ir, "train_counts": counts.tolist(),
             "test_images": int(test.num_samples), "val_images": int(val.num_samples),
@@ -197,18 +200,6 @@ def main() -> None:
     out.write_text(json.dumps(info, indent=2))
     out.with_suffix(".md").write_text(table + "\n")
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
-
-
-def markdown_table(results: list[dict]) -> str:
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}"
-
-    lines = ["| method | all | many | medium | few | smallest 3 | ECE | fit s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        lines.append(f"| {r['method']} | {pct(r['all'])} | {pct(r['many'])} | {pct(r['medium'])} | {pct(r['few'])} | "
-                     f"{pct(r['smallest3'])} | {pct(r['ece'])} | {r['fit_seconds']:.1f} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

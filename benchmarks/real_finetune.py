@@ -74,6 +74,7 @@ from longtail.data.controlled_cifar import validation_split  # noqa: E402
 from longtail.data.images import ImageDataset  # noqa: E402
 from longtail.data.open_images import open_images  # noqa: E402
 from longtail.data.profiles import exponential_profile, subsample_per_class  # noqa: E402
+from longtail.eval.tables import markdown_table  # noqa: E402
 from longtail.io import read_json  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -112,6 +113,9 @@ class Protocol:
         if self.val_train_idx is not None:
             return self.base_train.subset(self.val_train_idx, name=f"{self.name}_val")
         return self.base_test.subset(self.val_test_idx[0], name=f"{self.name}_val")
+TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("balanced", "class_mean", "pct"),
+                 ("many", "many", "pct"), ("medium", "medium", "pct"), ("few", "few", "pct"),
+                 ("ECE", "ece", "pct"), ("wall s", "seconds", ".0f"))
 
 
 def cifar10_protocol(root: str, ir: float, val_per_class: int = 10) -> Protocol:
@@ -411,7 +415,7 @@ def main(argv=None) -> dict[str, Any]:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "total_seconds": time.perf_counter() - t0, "datasets": results}
     tables = "\n\n".join(f"### {r['dataset']} ({r['test_images']} test images, {r['total_seconds']:.0f} s)\n\n"
-                         + markdown_table(r["rows"]) for r in results)
+                         + markdown_table(r["rows"], TABLE_COLUMNS) for r in results)
     print("\n" + tables)
     (out / "real_finetune.json").write_text(json.dumps(info, indent=2, default=float))
     (out / "real_finetune.md").write_text(tables + "\n")
@@ -426,16 +430,6 @@ def _say(r: dict[str, Any]) -> None:
 
 def _pct(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.2f}"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| method | all | balanced | many | medium | few | ECE | wall s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        secs = "n/a" if r["seconds"] != r["seconds"] else f"{r['seconds']:.0f}"
-        lines.append(f"| {r['method']} | {_pct(r['all'])} | {_pct(r['class_mean'])} | {_pct(r['many'])} | "
-                     f"{_pct(r['medium'])} | {_pct(r['few'])} | {_pct(r['ece'])} | {secs} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.profiles import exponential_profile, subsample_per_class
 from longtail.eval.metrics import evaluate
+from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
 from longtail.methods.probe.registry import load_methods
 from longtail.models.backbone import load_backbone
@@ -82,9 +83,13 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("prototype init, LA + interpolation (alpha on val)", {"loss": "la", "init": "prototypes", "interpolate": "auto"}),
     ("prototype init, LA + L2-SP anchor", {"loss": "la", "init": "prototypes", "l2_target": "init"}),
     ("prototype init, cRT", {"method": "crt", "init": "prototypes"}),
-    ("auto (chosen on val)", {"method": "auto"}),
-    ("auto (chosen by CV on train, no val)", {"method": "auto", "_no_val": True}),
+    ("auto (chosen on val)", {"method": "auto", "loss": "la"}),  # la: the default loss, the base auto starts from
+    ("auto (chosen by CV on train, no val)", {"method": "auto", "loss": "la"}),
 )
+NO_VAL_ROWS = {"auto (chosen by CV on train, no val)"}  # fitted without the validation split
+TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
+                 ("medium", "medium", "pct"), ("few", "few", "pct"), ("ECE", "ece", "pct"),
+                 ("fit s", "fit_seconds", ".1f"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,20 +111,13 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def row_configs(device: str, only: list[str] | None = None) -> list[tuple[str, ProbeConfig, bool]]:
-    """(label, validated ProbeConfig, uses val) of every row (or those whose label contains one of
-    `only`); a bad row fails here, before any image is read."""
+def row_configs(device: str, only: list[str] | None = None) -> list[tuple[str, ProbeConfig]]:
+    """(label, validated ProbeConfig) of every row (or those whose label contains one of `only`);
+    a bad row fails here, before any image is read."""
     load_methods()
     base = ProbeConfig(method="linear", loss="ce", device=device)
-    out = []
-    for label, overrides in ROWS:
-        if only and not any(s in label for s in only):
-            continue
-        overrides = dict(overrides)
-        no_val = overrides.pop("_no_val", False)
-        start = ProbeConfig(device=device) if overrides.get("method") == "auto" else base  # auto picks loss itself
-        out.append((label, apply_overrides(start, overrides), not no_val))
-    return out
+    return [(label, apply_overrides(base, overrides)) for label, overrides in ROWS
+            if not only or any(s in label for s in only)]
 
 
 def class_order(root: str) -> list[str]:
@@ -221,9 +219,9 @@ def main() -> None:
           f"{stats}), val {val.num_samples}")
 
     results = []
-    for label, cfg, uses_val in configs:
+    for label, cfg in configs:
         start = time.perf_counter()
-        probe = fit_probe(lt, cfg, val if uses_val else None)
+        probe = fit_probe(lt, cfg, None if label in NO_VAL_ROWS else val)
         extra = {}
         if "auto" in probe.info:
             extra["auto_choice"] = probe.info["auto"].get("chosen")
@@ -245,7 +243,7 @@ def main() -> None:
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
         print(f"  {label}: {100 * results[-1]['all']:.2f}", flush=True)
 
-    table = markdown_table(results)
+    table = markdown_table(results, TABLE_COLUMNS)
     print("\n" + table)
     info = {"backbone": args.backbone, "image_size": args.image_size, "ir": args.ir, "seed": args.seed,
             "train_counts": counts.tolist(), "groups": stats, "test_images": int(test.num_samples),
@@ -256,17 +254,6 @@ def main() -> None:
     out.write_text(json.dumps(info, indent=2, default=str))
     out.with_suffix(".md").write_text(table + "\n")
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
-
-
-def markdown_table(results: list[dict]) -> str:
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.2f}"
-
-    lines = ["| method | all | many | medium | few | ECE | fit s |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        lines.append(f"| {r['method']} | {pct(r['all'])} | {pct(r['many'])} | {pct(r['medium'])} | {pct(r['few'])} | "
-                     f"{pct(r['ece'])} | {r['fit_seconds']:.1f} |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -262,3 +262,14 @@ def test_fit_prints_progress_lines_to_a_pipe(tmp_path, capsys, monkeypatch):
     assert steps and re.match(r"fit: \d+/\d+ steps, [\d.]+ step/s", steps[0]), err
     assert "loss=" in err and "fit: done" in err
     assert not np.any(["\r" in line for line in err.splitlines()])
+
+
+def test_markdown_table_formats_percentages_seconds_and_missing_values():
+    from longtail.eval.tables import markdown_table
+
+    rows = [{"method": "la", "all": 0.7629, "few": None, "fit_seconds": 1.25},
+            {"method": "ce", "all": 0.5, "few": float("nan"), "fit_seconds": 10.0}]
+    columns = (("method", "method", "s"), ("all", "all", "pct"), ("few", "few", "pct"), ("fit s", "fit_seconds", ".1f"))
+    assert markdown_table(rows, columns).splitlines() == [
+        "| method | all | few | fit s |", "| --- | ---: | ---: | ---: |",
+        "| la | 76.29 | n/a | 1.2 |", "| ce | 50.00 | n/a | 10.0 |"]

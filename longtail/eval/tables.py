@@ -1,7 +1,8 @@
 """HTML fragments of run reports: metric tables, the test data a run was evaluated on,
-per-class tables with class names, data statistics, key/value tables.
+per-class tables with class names, data statistics, key/value tables; and `markdown_table`,
+the results tables the benchmarks print (and the README shows).
 
-Everything here reads a loaded run (`runs.load_run`: config, metrics, data_stats) and returns
+The HTML helpers read a loaded run (`runs.load_run`: config, metrics, data_stats) and return
 escaped HTML; `longtail.eval.report` assembles the pages.
 """
 
@@ -65,6 +66,21 @@ def metrics_table(rows: Sequence[tuple[str, dict[str, Any]]], extra: Sequence[st
                          for e in extra)
         body.append(f"<tr{cls}><td>{esc(name)}</td>{cells}</tr>")
     return f"<table><tr><th>run</th>{head}</tr>{''.join(body)}</table>"
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A markdown table, one line per row dict. `columns`: (header, key, format), format "pct"
+    (a fraction shown in % with 2 decimals), "s" (text, left-aligned) or a format spec (".1f");
+    None and NaN show as n/a."""
+    def cell(value: Any, form: str) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return "n/a"
+        return f"{100 * value:.2f}" if form == "pct" else format(value, "" if form == "s" else form)
+
+    lines = ["| " + " | ".join(header for header, _, _ in columns) + " |",
+             "| " + " | ".join("---" if form == "s" else "---:" for _, _, form in columns) + " |"]
+    lines += ["| " + " | ".join(cell(r[key], form) for _, key, form in columns) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def key_values(rows: dict[str, Any] | Sequence[tuple[str, Any]]) -> str:
