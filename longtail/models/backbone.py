@@ -119,6 +119,11 @@ class Backbone(nn.Module):
         """Blocks depth.. and the top on a hidden state from `forward_prefix(., depth)` -> (B, d)."""
         raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
 
+    def forward_between(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Blocks start..stop-1 on the hidden state after block `start` -> the state after `stop`
+        (a deeper prefix-cache entry from a shallower one)."""
+        raise ConfigError(f"backbone '{self.name}' does not expose blocks for fine-tuning")
+
     def feature_modules(self) -> list[nn.Module]:
         """stem + blocks + top: every module the feature depends on (what `full` trains)."""
         return [*self.stem(), *self.blocks(), *self.top()]

@@ -93,15 +93,16 @@ class CLIPBackbone(Backbone):
 
     def forward_prefix(self, pixels: torch.Tensor, depth: int) -> torch.Tensor:
         tower = self.model.vision_model
-        hidden = tower.pre_layrnorm(tower.embeddings(pixels))
-        for layer in self.blocks()[:depth]:
+        return self.forward_between(tower.pre_layrnorm(tower.embeddings(pixels)), 0, depth)
+
+    def forward_between(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for layer in self.blocks()[start:stop]:
             hidden = layer(hidden, None)
         return hidden
 
     def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         tower = self.model.vision_model
-        for layer in self.blocks()[depth:]:
-            hidden = layer(hidden, None)
+        hidden = self.forward_between(hidden, depth, self.num_blocks)
         pooled = tower.post_layernorm(hidden[:, 0, :])
         return self.model.visual_projection(pooled) if self.feature == "projected" else pooled
 

@@ -156,15 +156,17 @@ class EfficientNetLite(nn.Module):
 
     def forward_prefix(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         """Stem and the first `depth` MBConv blocks -> (B, C, H', W')."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks[:depth]:
+        return self.forward_between(F.relu6(self._bn0(self._conv_stem(x))), 0, depth)
+
+    def forward_between(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """MBConv blocks start..stop-1."""
+        for block in self._blocks[start:stop]:
             x = block(x)
         return x
 
     def forward_from(self, x: torch.Tensor, depth: int) -> torch.Tensor:
         """Blocks `depth`.., head conv + BN, global average pool -> (B, 1280)."""
-        for block in self._blocks[depth:]:
-            x = block(x)
+        x = self.forward_between(x, depth, len(self._blocks))
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean(dim=(2, 3))
 
@@ -288,6 +290,9 @@ class EfficientNetLiteBackbone(Backbone):
 
     def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         return self.model.forward_from(hidden, depth)
+
+    def forward_between(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return self.model.forward_between(hidden, start, stop)
 
     def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         raise ConfigError(

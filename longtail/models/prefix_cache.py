@@ -10,7 +10,9 @@ passes, the compute precision, and the dataset fingerprint (the images' content)
 saves shards as it goes (an interrupted build continues) and moves the finished array in place
 atomically; the meta, written last, holds the key, the shape and a sha256 of the array file.
 Opening checks all three: a foreign entry (another key), a truncated or edited array, or a
-missing meta is reported, deleted and rebuilt, never used. Views are rendered by the caller
+missing meta is reported, deleted and rebuilt, never used. A missing entry is derived from a
+shallower whole entry of the same images, views and prefix weights when one exists (blocks
+d'..depth-1 on its states), else computed from the images. Views are rendered by the caller
 (`render`), so augmentation stays in the fine-tuning code. In a torch.distributed process group
 (`torchrun`, `accelerate launch`) every process calls `open_prefix_cache`: they compute disjoint
 parts into shards, the main process assembles and saves the entry one process would, and all
@@ -149,8 +151,11 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     if meta is not None:
         return PrefixCache(path, meta)
     shard_dir = path.with_suffix(".shards")
-    args = (dataset, backbone, depth, render, decode, device, shape, DTYPES[dtype], shard_dir, batch_size,
-            num_workers, progress, group)
+    source = shallower_entry(backbone, dataset, depth, spec, precision, cache_dir, dtype, views)
+    batches = (_from_entry(source, backbone, depth, device, batch_size) if source is not None
+               else _from_pixels(dataset, backbone, depth, render, decode, device, views, batch_size, num_workers))
+    what = f"prefix cache ({backbone.name}, depth {depth}" + (f", from depth {source.depth})" if source else ")")
+    args = (shape, DTYPES[dtype], shard_dir, batch_size, batches, what, progress, group, device)
     if not group.main:
         _compute(None, *args)
         group.barrier()  # the main rank has saved the entry
@@ -167,7 +172,8 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     npy = path.with_suffix(".npy")
     meta = {"key": key, "shape": list(shape), "dtype": dtype, "depth": int(depth),
             "sha256": file_sha256(npy), "dataset": getattr(dataset, "name", None),
-            "dataset_fingerprint": dataset.fingerprint(), "spec": spec, "precision": precision}
+            "dataset_fingerprint": dataset.fingerprint(), "spec": spec, "precision": precision,
+            "derived_from": source.path.name if source is not None else None}
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     shutil.rmtree(shard_dir, ignore_errors=True)
     group.barrier()  # the entry is saved
@@ -200,12 +206,40 @@ def _probe_pixels(render: Render, decode: Any, dataset: Any, device: torch.devic
     return render(image, torch.zeros(1, dtype=torch.long, device=device))
 
 
-def _compute(out: np.ndarray | None, dataset: Any, backbone: Backbone, depth: int, render: Render,
-             decode: Any, device: torch.device, shape: tuple[int, ...], dtype: Any, shard_dir: Path,
-             batch_size: int, num_workers: int, progress: bool, group: Group) -> None:
-    """Fill `out` (reusing and saving shards; None on a non-main rank, which saves its share
-    as shards only): every image's V views through the prefix."""
-    views = shape[1]
+def shallower_entry(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any], precision: str,
+                    cache_dir: str | Path | None, dtype: str, views: int) -> PrefixCache | None:
+    """The deepest whole entry of the same images, views, preprocessing and prefix weights at a
+    depth below `depth`, or None: running blocks d'..depth-1 on it gives the wanted states
+    without decoding an image (LT-Soups stage 2 starts from the ingredients' entry). Its states
+    are stored rounded (fp16), so the derived ones match the direct ones to that rounding."""
+    path, _ = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
+    fingerprint = dataset.fingerprint()
+    candidates = set()
+    for meta_file in path.parent.glob(f"{path.name.rsplit('-', 2)[0]}-*.json"):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (meta.get("dataset_fingerprint") == fingerprint and meta.get("spec") == spec
+                and meta.get("dtype") == dtype and meta.get("precision") == precision
+                and isinstance(meta.get("depth"), int) and 0 <= meta["depth"] < depth
+                and (meta.get("shape") or [0, 0])[1] == views):
+            candidates.add(meta["depth"])
+    for d in sorted(candidates, reverse=True):
+        other, key = entry_path(backbone, dataset, d, spec, precision, cache_dir, dtype)
+        meta_file = other.with_suffix(".json")
+        if not meta_file.is_file():
+            continue
+        shape = tuple(json.loads(meta_file.read_text(encoding="utf-8")).get("shape", ()))
+        meta, _ = _check_entry(other, key, shape, DTYPES[dtype])
+        if meta is not None:
+            return PrefixCache(other, meta)
+    return None
+
+
+def _from_pixels(dataset: Any, backbone: Backbone, depth: int, render: Render, decode: Any,
+                 device: torch.device, views: int, batch_size: int, num_workers: int):
+    """batches(start, stop) of (indices, (B, V, *hidden) states): decode, render, run the prefix."""
     images = DecodedImages(dataset, decode)
 
     def batches(start: int, stop: int):
@@ -216,6 +250,27 @@ def _compute(out: np.ndarray | None, dataset: Any, backbone: Backbone, depth: in
             hidden = backbone.forward_prefix(x.flatten(0, 1), depth)
             yield index.numpy(), hidden.view(len(index), views, *hidden.shape[1:]).float().cpu().numpy()
 
+    return batches
+
+
+def _from_entry(source: PrefixCache, backbone: Backbone, depth: int, device: torch.device, batch_size: int):
+    """batches(start, stop) of a deeper entry's states: blocks source.depth..depth-1 on the source's."""
+    dtype = next(backbone.parameters()).dtype
+
+    def batches(start: int, stop: int):
+        for a in range(start, stop, batch_size):
+            b = min(a + batch_size, stop)
+            held = torch.from_numpy(np.array(source.array[a:b])).to(device, dtype)
+            hidden = backbone.forward_between(held.flatten(0, 1), source.depth, depth)
+            yield np.arange(a, b), hidden.view(b - a, *held.shape[1:2], *hidden.shape[1:]).float().cpu().numpy()
+
+    return batches
+
+
+def _compute(out: np.ndarray | None, shape: tuple[int, ...], dtype: Any, shard_dir: Path, batch_size: int,
+             batches: Any, what: str, progress: bool, group: Group, device: torch.device) -> None:
+    """Fill `out` from `batches` (reusing and saving shards; None on a non-main rank, which
+    saves its share as shards only)."""
     with torch.inference_mode(), torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-        build_rows(out, shape, dtype, shard_dir, batch_size, batches,
-                   f"prefix cache ({backbone.name}, depth {depth})", progress, SHARD_IMAGES, SHARD_SECONDS, group)
+        build_rows(out, shape, dtype, shard_dir, batch_size, batches, what, progress, SHARD_IMAGES, SHARD_SECONDS,
+                   group)

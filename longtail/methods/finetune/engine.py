@@ -34,7 +34,7 @@ from longtail.methods.finetune.optim import (
     make_scheduler,
     swap_in,
 )
-from longtail.methods.finetune.predict import predict_logits
+from longtail.methods.finetune.predict import evaluation_logits
 
 
 @dataclass
@@ -231,8 +231,7 @@ def _validate(cfg, acc, net, params, ema: WeightEMA | None, val_set) -> float:
 
     live = swap_in(params, ema.state()) if ema is not None else None
     try:
-        logits = predict_logits(net, val_set, batch_size=cfg.eval_batch_size, device=acc.device,
-                                num_workers=cfg.num_workers, precision=cfg.precision)
+        logits = evaluation_logits(net, cfg, val_set, acc.device, tte=False)
     finally:
         if live is not None:
             swap_in(params, live)

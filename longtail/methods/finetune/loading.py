@@ -19,7 +19,7 @@ from longtail.errors import DataError
 from longtail.io import read_json
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
-from longtail.methods.finetune.predict import predict_logits
+from longtail.methods.finetune.predict import evaluation_logits
 
 CLASSES = "classes.json"  # class names, full training counts and group counts of a fit run
 
@@ -47,9 +47,7 @@ def evaluate_model(model, cfg: FitConfig, test_set, counts, group_counts=None, c
     from longtail.data.stats import class_stats
     from longtail.eval.metrics import evaluate
 
-    logits = predict_logits(model, test_set, batch_size=cfg.eval_batch_size, tte=cfg.tte,
-                            device=cfg.device, num_workers=cfg.num_workers, precision=cfg.precision,
-                            progress=cfg.progress)
+    logits = evaluation_logits(model, cfg, test_set, cfg.device, cfg.progress)
     metrics = evaluate(logits, np.asarray(test_set.labels), np.asarray(counts),
                        group_counts=group_counts, class_names=class_names)
     metrics["tte"] = cfg.tte

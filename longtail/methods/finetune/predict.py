@@ -89,6 +89,26 @@ def predict_logits(model: nn.Module, dataset, batch_size: int = 256, tte: bool =
     return logits
 
 
+def evaluation_logits(model: nn.Module, cfg: Any, dataset, device: str | torch.device = "auto",
+                      progress: bool = False, tte: bool | None = None) -> np.ndarray:
+    """(N, C) logits for a run's metrics (tte: cfg.tte) and validation (tte=False): from the
+    frozen-prefix cache of the images where the run trains from it (`prefix.cached_logits`),
+    else `predict_logits`."""
+    tte = cfg.tte if tte is None else tte
+    from longtail.methods.finetune.prefix import cached_logits
+
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    was_training = model.training
+    try:
+        logits = None if tte else cached_logits(model, cfg, dataset, device, cfg.precision)
+    finally:
+        model.train(was_training)
+    if logits is not None:
+        return logits
+    return predict_logits(model, dataset, batch_size=cfg.eval_batch_size, tte=tte, device=device,
+                          num_workers=cfg.num_workers, precision=cfg.precision, progress=progress)
+
+
 def frozen_features(backbone: nn.Module, dataset, cfg: Any, device) -> tuple[Tensor, Tensor]:
     """Frozen-backbone features of a dataset with the test transform (for class-mean init)."""
     backbone.eval().to(device)

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from longtail.errors import ConfigError
-from longtail.methods.finetune.augment import ResizeOnly, decode_transform
+from longtail.methods.finetune.augment import Normalize, ResizeOnly, decode_transform
 
 VIEW_SALT = 7_919  # keeps the view draws apart from the shuffles seeded by the same cfg.seed
 
@@ -177,3 +177,45 @@ def open_prefix_source(cfg, model, splits, acc) -> PrefixSource:
                               cfg.num_workers, cfg.progress and acc.is_local_main_process, cfg.prefix_dtype)
     backbone.train(was_training)
     return PrefixSource(cache, positions, np.asarray(splits.train.labels), cfg.seed)
+
+
+class TestView:
+    """The evaluation 'view': the test transform's decoded crop, normalised, as the only view."""
+
+    def __init__(self, spec: dict) -> None:
+        self.norm = Normalize(spec["mean"], spec["std"])
+
+    def __call__(self, images: Tensor, index: Tensor) -> Tensor:
+        return self.norm(self.norm.to_float(images))[:, None]
+
+
+def cached_logits(model, cfg, dataset, device: torch.device, precision: str = "auto") -> np.ndarray | None:
+    """(N, C) logits of a model on a dataset's test-transformed images from the frozen-prefix
+    cache (its own entry, one view: the test crop), or None where evaluation cannot read it:
+    the run does not train from the cache or runs in several processes. The entry is keyed by the prefix weights like any other, so every run, soup
+    and interpolation of the same frozen prefix evaluates from one pass over the images."""
+    from longtail.methods.finetune.augment import test_transform
+    from longtail.methods.finetune.predict import autocast
+    from longtail.models.adapters import make_adapter_config
+    from longtail.models.cache_store import process_group
+    from longtail.models.prefix_cache import open_prefix_cache
+
+    if not cfg.uses_prefix_cache or process_group().world > 1 or not len(dataset):
+        return None
+    backbone = model.backbone
+    depth = make_adapter_config(cfg.adapter, **cfg.adapter_options).frozen_depth(backbone.num_blocks)
+    spec = model.input_spec
+    decode = test_transform(spec)
+    key_spec = {"decode": decode.to_dict(), "views": {"kind": "test", "views": 1},
+                "mean": list(spec["mean"]), "std": list(spec["std"])}
+    cache = open_prefix_cache(backbone, dataset, depth, 1, TestView(spec), decode, key_spec, device,
+                              cfg.prefix_cache_dir, cfg.eval_batch_size, cfg.num_workers, cfg.progress, cfg.prefix_dtype)
+    model.eval().to(device)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), cfg.eval_batch_size):
+            rows = np.arange(start, min(start + cfg.eval_batch_size, len(dataset)))
+            hidden = cache.rows(rows, np.zeros(len(rows), dtype=np.int64)).to(device)
+            with autocast(device, precision):
+                out.append(model(hidden, from_depth=depth)["z_hat"].float().cpu())
+    return torch.cat(out).numpy().astype(np.float32)
