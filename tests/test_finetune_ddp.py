@@ -1,4 +1,5 @@
-"""Two-process DDP on CPU (gloo, via torchrun) gives the same weights as one process, same global batch."""
+"""Two-process DDP on CPU (gloo, via torchrun) gives the same weights as one process, same global
+batch, including an uneven last batch (36 images, batch 8: the second process gets only padding)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     root, out = sys.argv[1], sys.argv[2]
     cfg = build_config("synthetic_images", "tiny_clip", "sage", {
         "data_options": {"num_classes": 4, "n_max": 16, "imbalance_ratio": 4, "test_per_class": 2, "size": 16},
-        "root": root, "batch_size": 4, "epochs": 2, "augment": "none", "progress": False,
+        "root": root, "batch_size": 8, "epochs": 2, "augment": "none", "progress": False,
         "backbone_options": {"image_size": 16, "patch_size": 8}, "device": "cpu"})
     result = train(cfg)
     if torch.distributed.is_initialized():

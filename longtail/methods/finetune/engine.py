@@ -153,12 +153,21 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                     out = model(pixels)
                 else:
                     out = model(batch_images, from_depth=prefix.depth)
-                loss = criterion(out, labels)
+                real, scale = _real_share(state.batch, per_epoch, len(train_set), cfg.micro_batch, rank, world,
+                                          drop_last)
+                if real == 0:  # only padding here: a zero loss through the same graph (DDP wants every grad)
+                    loss = criterion(out, labels) * 0.0
+                    out, labels = {k: v[:0] for k, v in out.items()}, labels[:0]
+                elif real is not None:  # the last batch, uneven across processes: drop accelerate's padding
+                    out, labels = {k: v[:real] for k, v in out.items()}, labels[:real]
+                    loss = criterion(out, labels) * scale
+                else:
+                    loss = criterion(out, labels)
                 acc.backward(loss)
                 optimizer.step()  # the package's one optimizer step
                 optimizer.zero_grad(set_to_none=True)
             state.batch += 1
-            loss_sum += loss.item() * len(labels)
+            loss_sum += loss.item() / scale * len(labels) if real != 0 else 0.0
             correct += int((out["z_hat"].argmax(1) == labels).sum())
             seen += len(labels)
             if not acc.sync_gradients:
@@ -213,6 +222,21 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                   "num_trainable": net.num_trainable(), "num_processes": world}
     return FitResult(net, {"throughput": throughput}, state.history, run.dir if run else None,
                      interrupted, state.selection)
+
+
+def _real_share(batch: int, per_epoch: int, n: int, micro: int, rank: int, world: int,
+                drop_last: bool) -> tuple[int | None, float]:
+    """(real rows of this process's share, loss scale) of the epoch's last batch when it is
+    shorter than `micro` and split across processes, else (None, 1.0). accelerate pads such a
+    batch with the epoch's first images so every process gets micro / world rows
+    (`even_batches`); leaving the padding out and weighting each share by its real size makes
+    the averaged gradient the batch mean, as in one process."""
+    last = n - (per_epoch - 1) * micro
+    if world == 1 or drop_last or batch != per_epoch - 1 or last >= micro:
+        return None, 1.0
+    share = micro // world
+    real = min(max(last - share * rank, 0), share)
+    return real, real * world / last
 
 
 def _final_weights(params, ema: WeightEMA | None, best_state) -> None:
