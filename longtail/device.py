@@ -18,3 +18,11 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA GPU is available")
     return device
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision on CUDA per `precision` (auto: bf16 if supported, else fp16); off on CPU."""
+    if device.type != "cuda" or precision == "no":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if precision == "fp16" or not torch.cuda.is_bf16_supported() else torch.bfloat16
+    return torch.autocast("cuda", dtype=dtype)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from longtail.device import resolve_device
+from longtail.device import autocast, resolve_device
 from longtail.methods.finetune.augment import (
     DecodedImages,
     Normalize,
@@ -32,14 +32,6 @@ def input_spec(backbone: nn.Module, cfg: Any) -> dict[str, Any]:
     return {"size": int(transform.output_size[0]), "mean": list(transform.mean),
             "std": list(transform.std), "test_resize_ratio": float(cfg.test_resize_ratio),
             "interpolation": cfg.interpolation}
-
-
-def autocast(device: torch.device, precision: str):
-    """Mixed precision on CUDA per `precision` (auto: bf16 if supported, else fp16); off on CPU."""
-    if device.type != "cuda" or precision == "no":
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.float16 if precision == "fp16" or not torch.cuda.is_bf16_supported() else torch.bfloat16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 @torch.no_grad()

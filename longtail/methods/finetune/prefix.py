@@ -192,10 +192,11 @@ class TestView:
 def cached_logits(model, cfg, dataset, device: torch.device, precision: str = "auto") -> np.ndarray | None:
     """(N, C) logits of a model on a dataset's test-transformed images from the frozen-prefix
     cache (its own entry, one view: the test crop), or None where evaluation cannot read it:
-    the run does not train from the cache or runs in several processes. The entry is keyed by the prefix weights like any other, so every run, soup
-    and interpolation of the same frozen prefix evaluates from one pass over the images."""
+    the run does not train from the cache or runs in several processes. The entry is keyed by
+    the prefix weights like any other, so every run, soup and interpolation of the same frozen
+    prefix evaluates from one pass over the images."""
+    from longtail.device import autocast
     from longtail.methods.finetune.augment import test_transform
-    from longtail.methods.finetune.predict import autocast
     from longtail.models.adapters import make_adapter_config
     from longtail.models.cache_store import process_group
     from longtail.models.prefix_cache import open_prefix_cache
