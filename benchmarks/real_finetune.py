@@ -28,27 +28,20 @@ Rows (all / many / medium / few / ECE, wall seconds), every one through the libr
   chosen by balanced validation accuracy, then tested once;
 - ceiling: partial FT on a balanced subset of the same size (CIFAR 1,240/class, Tiny 108/class).
 
-Time (an estimate: the full run was not made here). Rates on 2 uncontended cores at 128 px: a
-full forward ~50 images/s (the data README's extraction rate; measured here only under load:
-12.9/s at load 7.6, 15.1/s at load 4.5), training the last block + head from the cache ~330/s
-(6.7-7.2x the forward in the same process: 87/s and 108/s at those loads). Every figure below
-scales with the forward rate: at 35 images/s the total is ~3 h. With warm feature
-and prefix caches and the defaults (--epochs 5; LT-Soups 3 epochs, >= 60 steps of 128 images,
-~100k images over the 7 ingredients; stage 2 3 epochs), CIFAR-10-LT / Tiny-100-LT take: 16 test
-evaluations through the full backbone (9,900 / 5,000 images) 48 / 27 min; 4 partial-FT fits
-12.5 / 11 min; 7 ingredients 5 / 5 min; stage 2 (the soup's block-16 states, 2 views, never warm,
-+ training) 9 / 8 min; WiSE-FT validation, probes, model loads 1.5 / 3 min: ~76 / ~53 min, ~2 h 10
-min together, not the issue's 60: 75 minutes are test evaluations although blocks 0..14 of every
-row are the same. Evaluating from cached test-image prefixes (one pass per dataset, ~10 s per
-evaluation) would bring it to ~60 min, and deriving stage 2's states from the shared block-15
-entry to ~45 min: library changes (methods/finetune/predict.py, models/prefix_cache.py). Cold
-caches add the prefix entries (CIFAR ~8 min, Tiny ~7 min, the balanced subsets as much again)
-and the probe benchmarks' feature extraction. `--smoke` (3 classes, 16 training images per class,
-IR 2, 32 px, 1 epoch, private caches in the runs folder) runs every row of both datasets end to
-end: 98 s for both on the shared build machine at load ~4 (2-4 min at load 7-8). Wall seconds
-include building a cold prefix-cache entry (the first partial-FT row, stage 2, the ceiling).
+Time, measured on the 2-core build machine (2026-12-02), warm feature caches (the probe
+benchmarks'): with warm prefix caches and the defaults, 34.3 min for both datasets (CIFAR-10-LT
+17.8 min, Tiny 16.5 min); one partial-FT fit of 10 epochs takes ~170 s with its evaluation
+(training the last block + head from the cache at 600-860 images/s). Cold prefix caches
+(measured with --epochs 5: 55.7 min in all, CIFAR 30.1, Tiny 25.5) add ~35 min of entry
+builds (a full prefix forward at ~45 image views/s: the LT sets with 2 flip views, the balanced
+subsets, the test and validation images). Evaluation reads a cached prefix of the test images
+(one pass per dataset, shared by every row with the same frozen prefix), and LT-Soups' stage 2
+derives its block-16 states from the ingredients' block-15 entry. `--smoke` (3 classes, 16
+training images per class, IR 2, 32 px, 1 epoch, private caches in the runs folder) runs every
+row of both datasets end to end in ~2 min. Wall seconds include building a cold prefix-cache
+entry (the first partial-FT row and the ceiling).
 
-    python benchmarks/real_finetune.py [--dataset cifar10|tiny|both] [--epochs 5] [--runs-dir runs/real_finetune]
+    python benchmarks/real_finetune.py [--dataset cifar10|tiny|both] [--epochs 10] [--runs-dir runs/real_finetune]
     python benchmarks/real_finetune.py --smoke
 """
 
@@ -265,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--ir", type=float, default=100.0)
-    p.add_argument("--epochs", type=int, default=5, help="partial-FT epochs (the preset's 10 halved for the CPU)")
+    p.add_argument("--epochs", type=int, default=10, help="partial-FT epochs (the partial_ft preset's)")
     p.add_argument("--soup-epochs", type=int, default=3, help="LT-Soups ingredient and stage-2 epochs")
     p.add_argument("--soup-min-steps", type=int, default=60)
     p.add_argument("--soup-max-steps", type=int, default=None)
