@@ -205,6 +205,9 @@ def test_ingredients_and_stage2_pass_tuning_mode_and_prefix_cache(tmp_path):
     assert job.uses_prefix_cache and job.prefix_views == 2 and job.ema_decay is None
     stage2 = pipe.stage2_config()
     assert (stage2.adapter, stage2.adapter_options) == ("none", {}) and stage2.uses_prefix_cache
+    assert stage2.lr == job.lr == cfg.lr  # one lr unless stage2_lr says otherwise
+    own = LTSoups(dataclasses.replace(cfg, lr=1e-3, stage2_lr=3e-5), tmp_path / "other")
+    assert (own.stage2_config().lr, own.ingredient_config(1, 0).lr) == (3e-5, 1e-3)
     from longtail.methods.finetune.prefix import ViewRenderer
 
     spec = {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}

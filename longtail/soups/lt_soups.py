@@ -78,6 +78,7 @@ class LTSoupsConfig:
     decode_size: int | None = None  # CPU decode side of training images; None: input size * test_resize_ratio
     stage2: bool = True
     stage2_epochs: int = 10
+    stage2_lr: float | None = None  # None: lr (the paper uses one); set it when lr was raised for short ingredient runs
     # frozen-prefix cache (FitConfig fields of the same names): with prefix_cache=auto, partial
     # ingredients share one entry (block L-k states of the whole training set) and stage 2
     # (adapter none) trains the classifier from the soup's block-L states; off keeps the
@@ -105,6 +106,8 @@ class LTSoupsConfig:
             raise ConfigError(f"interpolation must be bilinear or bicubic, got '{self.interpolation}'")
         if self.exponents is not None and (not self.exponents or len(set(self.exponents)) != len(self.exponents)):
             raise ConfigError(f"exponents must be a non-empty list without repeats, got {self.exponents}")
+        if self.stage2_lr is not None and not self.stage2_lr > 0:
+            raise ConfigError(f"stage2_lr must be > 0 (or null: lr), got {self.stage2_lr}")
         if self.min_steps < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ConfigError("min_steps and max_steps must be >= 1")
         fit_config(self, steps=1, seed=0, loss="ce")  # every name and range of the fit config
@@ -217,6 +220,7 @@ class LTSoups:
         """Stage 2: only the classifier, from the soup, LA with the full-data priors."""
         return fit_config(self.cfg, self._steps(int(self.counts.sum()), self.cfg.stage2_epochs),
                           seed=self.cfg.seed + 7, loss="la", adapter="none", adapter_options={},
+                          lr=self.cfg.lr if self.cfg.stage2_lr is None else self.cfg.stage2_lr,
                           init_from=str(self.folder / "soup"),
                           method="lt_soups_stage2",
                           origin={"pipeline": str(self.folder), "label": "LT-Soups (soup + stage 2)"})
