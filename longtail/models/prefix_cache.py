@@ -214,7 +214,7 @@ def shallower_entry(backbone: Backbone, dataset: Any, depth: int, spec: dict[str
     are stored rounded (fp16), so the derived ones match the direct ones to that rounding."""
     path, _ = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
     fingerprint = dataset.fingerprint()
-    candidates = set()
+    candidates = []  # (depth, entry path, shape) of entries whose meta matches all but the prefix weights
     for meta_file in path.parent.glob(f"{path.name.rsplit('-', 2)[0]}-*.json"):
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
@@ -224,13 +224,11 @@ def shallower_entry(backbone: Backbone, dataset: Any, depth: int, spec: dict[str
                 and meta.get("dtype") == dtype and meta.get("precision") == precision
                 and isinstance(meta.get("depth"), int) and 0 <= meta["depth"] < depth
                 and (meta.get("shape") or [0, 0])[1] == views):
-            candidates.add(meta["depth"])
-    for d in sorted(candidates, reverse=True):
+            candidates.append((meta["depth"], meta_file.with_suffix(""), tuple(meta["shape"])))
+    for d, found, shape in sorted(candidates, key=lambda c: c[0], reverse=True):
         other, key = entry_path(backbone, dataset, d, spec, precision, cache_dir, dtype)
-        meta_file = other.with_suffix(".json")
-        if not meta_file.is_file():
+        if found != other:  # the same images at depth d under other prefix weights
             continue
-        shape = tuple(json.loads(meta_file.read_text(encoding="utf-8")).get("shape", ()))
         meta, _ = _check_entry(other, key, shape, DTYPES[dtype])
         if meta is not None:
             return PrefixCache(other, meta)

@@ -86,9 +86,9 @@ def evaluation_logits(model: nn.Module, cfg: Any, dataset, device: str | torch.d
     """(N, C) logits for a run's metrics (tte: cfg.tte) and validation (tte=False): from the
     frozen-prefix cache of the images where the run trains from it (`prefix.cached_logits`),
     else `predict_logits`."""
-    tte = cfg.tte if tte is None else tte
     from longtail.methods.finetune.prefix import cached_logits
 
+    tte = cfg.tte if tte is None else tte
     device = resolve_device(device) if not isinstance(device, torch.device) else device
     was_training = model.training
     try:

@@ -153,37 +153,55 @@ def positions_in(full, train) -> tuple[object, np.ndarray]:
     return train, np.arange(len(train), dtype=np.int64)
 
 
-def open_prefix_source(cfg, model, splits, acc) -> PrefixSource:
-    """Build or open the prefix cache of the run's training images and return the source."""
+def frozen_depth(cfg, backbone) -> int:
+    """d: blocks 0..d-1 of `backbone` stay frozen under the run's adapter (ConfigError if none)."""
     from longtail.models.adapters import make_adapter_config
-    from longtail.models.prefix_cache import open_prefix_cache
 
-    backbone = model.backbone
     depth = make_adapter_config(cfg.adapter, **cfg.adapter_options).frozen_depth(backbone.num_blocks)
     if depth is None:
         raise ConfigError(f"adapter '{cfg.adapter}' has no frozen prefix to cache")
+    return depth
+
+
+def open_entry(cfg, model, dataset, render, decode, device, progress: bool):
+    """Open (building it if needed) the run's cache entry of `dataset` at its frozen depth, views
+    rendered by `render` (its `views` and `to_dict()` join the key)."""
+    from longtail.models.prefix_cache import open_prefix_cache
+
+    spec = model.input_spec
+    key_spec = {"decode": decode.to_dict(), "views": render.to_dict(), "mean": list(spec["mean"]),
+                "std": list(spec["std"])}
+    backbone = model.backbone
+    return open_prefix_cache(backbone, dataset, frozen_depth(cfg, backbone), render.views, render, decode,
+                             key_spec, device, cfg.prefix_cache_dir, cfg.eval_batch_size, cfg.num_workers,
+                             progress, cfg.prefix_dtype)
+
+
+def open_prefix_source(cfg, model, splits, acc) -> PrefixSource:
+    """Build or open the prefix cache of the run's training images and return the source."""
     spec = model.input_spec
     decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
                               spec["mean"], spec["std"], cfg.interpolation)
-    render = ViewRenderer(cfg, spec)
-    key_spec = {"decode": decode.to_dict(), "views": render.to_dict(), "mean": list(spec["mean"]),
-                "std": list(spec["std"])}
     data, positions = positions_in(splits.full_train, splits.train)
-    was_training = backbone.training
+    was_training = model.backbone.training
     # Under DDP every process calls this: they build the entry together (each its share of the
     # images, the main process assembles it) and all open the finished entry.
-    cache = open_prefix_cache(backbone, data, depth, cfg.prefix_views, render, decode, key_spec,
-                              acc.device, cfg.prefix_cache_dir, cfg.eval_batch_size,
-                              cfg.num_workers, cfg.progress and acc.is_local_main_process, cfg.prefix_dtype)
-    backbone.train(was_training)
+    cache = open_entry(cfg, model, data, ViewRenderer(cfg, spec), decode, acc.device,
+                       cfg.progress and acc.is_local_main_process)
+    model.backbone.train(was_training)
     return PrefixSource(cache, positions, np.asarray(splits.train.labels), cfg.seed)
 
 
 class TestView:
     """The evaluation 'view': the test transform's decoded crop, normalised, as the only view."""
 
+    views = 1
+
     def __init__(self, spec: dict) -> None:
         self.norm = Normalize(spec["mean"], spec["std"])
+
+    def to_dict(self) -> dict:
+        return {"kind": "test", "views": 1}
 
     def __call__(self, images: Tensor, index: Tensor) -> Tensor:
         return self.norm(self.norm.to_float(images))[:, None]
@@ -197,20 +215,13 @@ def cached_logits(model, cfg, dataset, device: torch.device, precision: str = "a
     prefix evaluates from one pass over the images."""
     from longtail.device import autocast
     from longtail.methods.finetune.augment import test_transform
-    from longtail.models.adapters import make_adapter_config
     from longtail.models.cache_store import process_group
-    from longtail.models.prefix_cache import open_prefix_cache
 
     if not cfg.uses_prefix_cache or process_group().world > 1 or not len(dataset):
         return None
-    backbone = model.backbone
-    depth = make_adapter_config(cfg.adapter, **cfg.adapter_options).frozen_depth(backbone.num_blocks)
     spec = model.input_spec
-    decode = test_transform(spec)
-    key_spec = {"decode": decode.to_dict(), "views": {"kind": "test", "views": 1},
-                "mean": list(spec["mean"]), "std": list(spec["std"])}
-    cache = open_prefix_cache(backbone, dataset, depth, 1, TestView(spec), decode, key_spec, device,
-                              cfg.prefix_cache_dir, cfg.eval_batch_size, cfg.num_workers, cfg.progress, cfg.prefix_dtype)
+    cache = open_entry(cfg, model, dataset, TestView(spec), test_transform(spec), device, cfg.progress)
+    depth = cache.depth
     model.eval().to(device)
     out = []
     with torch.no_grad():
