@@ -19,13 +19,16 @@ about a point from the original pickles.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_bench import fit_rows, save_results  # noqa: E402  (what the probe benchmarks share)
 
 from longtail.config import apply_overrides
 from longtail.data.controlled_cifar import validation_split
@@ -166,17 +169,10 @@ def main() -> None:
     print(f"features: {args.backbone} @ {args.image_size}px, {train_all.num_samples} train + "
           f"{test_all.num_samples} test images in {extract_seconds:.0f}s; LT counts {counts.tolist()}")
 
-    results = []
-    for (label, _), cfg in zip(ROWS, configs):
-        if args.only and not any(s in label for s in args.only):
-            continue
-        start = time.perf_counter()
-        probe = fit_probe(lt, cfg, None if label in NO_VAL_ROWS else val)
-        results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
-        print(f"  {label}: {100 * results[-1]['all']:.2f}", flush=True)
-        if "auto" in probe.info:
-            results[-1]["auto_choice"] = probe.info["auto"]["chosen"]
-            print(f"    chose {probe.info['auto']['chosen']}", flush=True)
+    wanted_rows = [(label, cfg) for (label, _), cfg in zip(ROWS, configs)
+                   if not args.only or any(s in label for s in args.only)]
+    results = fit_rows(wanted_rows, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s),
+                       NO_VAL_ROWS)
     if args.only:
         print("\n" + markdown_table(results, TABLE_COLUMNS))
         return
@@ -195,10 +191,7 @@ def main() -> None:
             "test_images": int(test.num_samples), "val_images": int(val.num_samples),
             "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
             "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0, "rows": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2))
-    out.with_suffix(".md").write_text(table + "\n")
+    out = save_results(args.out, info, table)
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
 
 

@@ -32,9 +32,9 @@ are optimistic; comparisons between rows on the same features are fair.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import sys
 import time
 import warnings
 import zipfile
@@ -42,6 +42,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from probe_bench import fit_rows, save_results  # noqa: E402  (what the probe benchmarks share)
 
 from longtail.config import apply_overrides
 from longtail.data.features import FeatureSet
@@ -218,17 +221,8 @@ def main() -> None:
           f"images in {extract_seconds:.0f}s; LT {lt.num_samples} images ({counts.max()}..{counts.min()}/class, "
           f"{stats}), val {val.num_samples}")
 
-    results = []
-    for label, cfg in configs:
-        start = time.perf_counter()
-        probe = fit_probe(lt, cfg, None if label in NO_VAL_ROWS else val)
-        extra = {}
-        if "auto" in probe.info:
-            extra["auto_choice"] = probe.info["auto"].get("chosen")
-        results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start, **extra))
-        print(f"  {label}: {100 * results[-1]['all']:.2f} ({results[-1]['fit_seconds']:.1f}s)", flush=True)
-        if extra:
-            print(f"    chose {extra['auto_choice']}", flush=True)
+    results = fit_rows(configs, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s),
+                       NO_VAL_ROWS)
     def wanted(label: str) -> bool:
         return not args.only or any(s in label for s in args.only)
 
@@ -249,10 +243,7 @@ def main() -> None:
             "train_counts": counts.tolist(), "groups": stats, "test_images": int(test.num_samples),
             "val_images": int(val.num_samples), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0, "rows": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(info, indent=2, default=str))
-    out.with_suffix(".md").write_text(table + "\n")
+    out = save_results(args.out, info, table)
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
 
 
