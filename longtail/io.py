@@ -208,3 +208,70 @@ def check_writable(path: str | os.PathLike, what: str = "--out", folder: bool = 
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path}: cannot be created, folder {ancestor} is not writable")
     return path
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+class PathClaim:
+    """This process's exclusive claim on an output path (a run folder, a predictions file):
+    an OS lock on a hidden '.NAME.lock' file beside it, held until `release()` or the
+    process ends (so a killed process never leaves a claim behind). Whoever holds the claim
+    may delete that path's leftovers (staging folders, partial shards): their writer is dead.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str = "--out") -> None:
+        self._fd: int | None = None
+        self.path = Path(path)
+        self.lock = self.path.with_name(f".{self.path.name}.lock")
+        self.lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:  # the lock file may be replaced between open and lock by a releasing owner
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o666)
+            if not _try_lock(fd):
+                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(f"{what} {self.path} is being written by another running longtail "
+                                  f"process (pid {owner}); wait for it or choose another {what}")
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the claim up (idempotent): remove the lock file, then unlock."""
+        if self._fd is None:
+            return
+        try:
+            self.lock.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)  # closing the descriptor drops the lock
+        self._fd = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on an open file (flock; msvcrt on Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import atomic_path, read_json, read_yaml, write_json, write_yaml
+from longtail.io import PathClaim, atomic_path, read_json, read_yaml, write_json, write_yaml
 from longtail.registry import Registry
 
 DEFAULT_ROOT = Path("runs")
@@ -83,7 +83,7 @@ def _default_folder(root: Path, kind: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = root / f"{kind}-{stamp}"
     path, i = base, 1
-    while path.exists() or _staging(path).exists():
+    while path.exists() or _staging(path).exists() or path.with_name(f".{path.name}.lock").exists():
         i += 1
         path = base.with_name(f"{base.name}-{i}")
     return path
@@ -98,11 +98,17 @@ class Run:
     renamed to NAME by `finish()`, so an interrupted or failed run leaves no half-written run.
     Long jobs that must resume (fine-tuning) use `staged=False` and record their status."""
 
-    def __init__(self, folder: Path, staged: bool) -> None:
+    def __init__(self, folder: Path, staged: bool, claim: PathClaim | None = None) -> None:
         self.folder = folder
         self.staged = staged
         self.dir = _staging(folder) if staged else folder
         self.finished = False
+        self.claim = claim  # this process's exclusive claim on `folder` (None: another rank's)
+
+    def release(self) -> None:
+        """Give up the claim on the folder (another process may then write it)."""
+        if self.claim is not None:
+            self.claim.release()
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -121,17 +127,21 @@ class Run:
         status = {"status": "finished", "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.write_json("status.json", status)
         if self.staged:
+            if self.folder.is_dir() and not any(self.folder.iterdir()):
+                self.folder.rmdir()  # an empty folder given as --out is accepted
             if self.folder.exists():
                 raise DataError(f"run folder appeared while running, not overwritten: {self.folder}")
             self.dir.rename(self.folder)
             self.dir = self.folder
         self.finished = True
+        self.release()
         return self.folder
 
     def abort(self) -> None:
         """Drop a staged run's partial folder (failed runs leave nothing behind)."""
         if self.staged and not self.finished and self.dir.exists():
             shutil.rmtree(self.dir)
+        self.release()
 
     def mark(self, status: str, error: str | None = None) -> None:
         """Record an unfinished unstaged run's status ('running', 'interrupted' or 'failed',
@@ -158,6 +168,7 @@ class Run:
         else:
             lines = str(exc).strip().splitlines()
             self.mark("failed", f"{exc_type.__name__}: {lines[0] if lines else ''}".rstrip(": "))
+        self.release()
 
 
 def create_run(
@@ -169,29 +180,51 @@ def create_run(
     device: str | None = None,
     staged: bool = True,
     resume: bool = False,
+    claim: bool = True,
 ) -> Run:
     """Create a new run folder at `out` (default runs/KIND-TIMESTAMP) with config.yaml and env.json.
 
-    An existing `out` is an error unless `resume=True` (and the run is unstaged)."""
-    folder = _default_folder(DEFAULT_ROOT, kind) if out is None else Path(out)
-    if folder.exists() and any(folder.iterdir()):
-        if not resume:
-            raise ConfigError(f"run folder already exists, not overwritten: {folder} (choose another --out)")
-        if staged:
-            raise ConfigError("resume needs an unstaged run")
-        run = Run(folder, staged=False)
-        run.mark("running")
+    An existing non-empty `out` is an error unless `resume=True` (and the run is unstaged). The
+    process claims `out` first (`io.PathClaim`): a second process given the same `out` while this
+    one runs fails at once with one line, and only the claim holder removes a dead run's staging
+    leftovers. `claim=False`: the folder is already claimed by another rank of this job."""
+    folder, owner = _claimed_folder(out, kind) if claim else (Path(out), None)
+    try:
+        if folder.exists() and any(folder.iterdir()):
+            if not resume:
+                raise ConfigError(f"run folder already exists, not overwritten: {folder} (choose another --out)")
+            if staged:
+                raise ConfigError("resume needs an unstaged run")
+            run = Run(folder, staged=False, claim=owner)
+            run.mark("running")
+            return run
+        run = Run(folder, staged=staged, claim=owner)
+        if run.dir.exists():  # leftovers of an interrupted staged run (its process is gone: we hold the claim)
+            shutil.rmtree(run.dir)
+        run.dir.mkdir(parents=True, exist_ok=not staged)
+        cfg = config_dict(config)
+        run.write_yaml("config.yaml", {"kind": kind, "format_version": FORMAT_VERSION, **cfg})
+        run.write_json("env.json", environment(seed=seed, device=device))
+        if not staged:
+            run.write_json("status.json", {"status": "running"})
         return run
-    run = Run(folder, staged=staged)
-    if run.dir.exists():  # leftovers of an interrupted staged run
-        shutil.rmtree(run.dir)
-    run.dir.mkdir(parents=True)
-    cfg = config_dict(config)
-    run.write_yaml("config.yaml", {"kind": kind, "format_version": FORMAT_VERSION, **cfg})
-    run.write_json("env.json", environment(seed=seed, device=device))
-    if not staged:
-        run.write_json("status.json", {"status": "running"})
-    return run
+    except BaseException:
+        if owner is not None:
+            owner.release()
+        raise
+
+
+def _claimed_folder(out: str | Path | None, kind: str) -> tuple[Path, PathClaim]:
+    """(folder, this process's claim on it): `out`, or the first free runs/KIND-TIMESTAMP[-i]."""
+    if out is not None:
+        return Path(out), PathClaim(out, "run folder")
+    for _ in range(100):
+        folder = _default_folder(DEFAULT_ROOT, kind)
+        try:
+            return folder, PathClaim(folder, "run folder")
+        except ConfigError:  # another process took this name in the same second
+            continue
+    raise ConfigError(f"could not claim a new run folder under {DEFAULT_ROOT}; pass --out")
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
             run = create_run(out, KIND, cfg.to_dict(), seed=cfg.seed, device=cfg.device, staged=False)
     folder = broadcast_object_list([str(run.dir) if run else None])[0] if acc.num_processes > 1 else str(run.dir)
     if run is None:  # other ranks: same folder, checkpoints are written by the main process
-        run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True)
+        run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True, claim=False)
     try:
         with run:  # an exception or interrupt records status 'failed' / 'interrupted'
             result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
