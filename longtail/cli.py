@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
     if pairs:
         setattr(args, args._pairs, [*getattr(args, args._pairs), *pairs])
+    _one_line_warnings(args.command)
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"longtail {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line_warnings(command: str) -> None:
+    """Show warnings as 'longtail CMD: warning: ...' on one line, each distinct one once."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"longtail {command}: warning: {message}\n"
+    warnings.simplefilter("default", UserWarning)  # each distinct message once per place
 
 
 def _error(command: str, message: str) -> int:

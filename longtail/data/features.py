@@ -154,6 +154,19 @@ def record_change(saved: dict[str, Any], fs: FeatureSet) -> str | None:
             f"{now['sha256'][:12]}{size})")
 
 
+def match_classes(train_names: list[str] | None, other: FeatureSet) -> FeatureSet:
+    """`other` (test / val features) with labels indexed by the training classes, matched by name
+    (`data.classes.align_labels`); unchanged when either file has no class names."""
+    from longtail.data.classes import align_labels
+
+    if train_names is None or other.class_names is None:
+        return other
+    labels = align_labels(other.labels, other.class_names, train_names, other.source)
+    if other.class_names == list(train_names):
+        return other
+    return replace(other, labels=labels, class_names=list(train_names), prototypes=None, prototype_bias=None)
+
+
 def check_compatible(train: FeatureSet, other: FeatureSet) -> None:
     """Raise DataError unless `other` (test/val) has the train set's dimension and classes."""
     if other.dim != train.dim:

@@ -254,6 +254,16 @@ class ImageDataset:
             name=name or self.name, group_counts=self.group_counts,
         )
 
+    def with_classes(self, train_names: Sequence[str], where: str | None = None) -> ImageDataset:
+        """This split with labels indexed by the training classes, matched by name
+        (`longtail.data.classes.align_labels`: unknown class -> DataError, absent ones warned)."""
+        from longtail.data.classes import align_labels
+
+        labels = align_labels(self.labels, self.class_names, train_names, where or self.name)
+        if list(train_names) == self.class_names:
+            return self
+        return ImageDataset(self.items, labels, train_names, self.reader, name=self.name)
+
     def drop_corrupt(self, progress: bool = True) -> ImageDataset:
         """Decode every image once; return the subset that decodes, warning once with a count."""
         from longtail.progress import progress_bar

@@ -52,6 +52,25 @@ def open_images(
     return finish(dataset, on_corrupt, progress)
 
 
+def open_matched(
+    spec: str | os.PathLike, split: str, train_names: list[str] | None = None,
+    root: str | os.PathLike | None = None, **options: Any,
+) -> ImageDataset:
+    """Split `split` of `spec` with its labels indexed by the training classes, matched by name
+    (a test folder without a tail class must not shift every label after it). `train_names`
+    default: the class names of the spec's own training split (read from its listing; presets
+    keep their splits' classes consistent themselves). A training class without images in the
+    split is warned about once; a class unknown to training is a one-line DataError."""
+    spec = str(spec)
+    dataset = open_images(spec, split=split, root=root, **options)
+    if train_names is None:
+        if split == "train" or spec in DATASETS:
+            return dataset
+        listing = {k: v for k, v in options.items() if k not in (*LT_OPTIONS, "on_corrupt", "progress")}
+        train_names = open_images(spec, split="train", root=root, progress=False, **listing).class_names
+    return dataset.with_classes(train_names, where=f"{spec} ({split} split)")
+
+
 def test_split_of(spec: str | os.PathLike) -> str:
     """The split to read when `spec` is given as a test set: 'test' for a preset or a source
     with split folders, 'train' (the whole source) for a plain folder, zip, list or CSV."""

@@ -166,10 +166,10 @@ def split_features(features, rule: ValRule):
 def open_part(spec: str, split: str, root: Any, rule: ValRule, **options: Any):
     """(ImageDataset, record or None): `open_images(spec, split)`, or with an active rule the
     train / val part of the training split (disjoint, per the rule)."""
-    from longtail.data.open_images import open_images
+    from longtail.data.open_images import open_images, open_matched
 
-    if not rule.active:
-        return open_images(spec, split=split, root=root, **options), None
+    if not rule.active:  # a test / val split: labels indexed by the training classes
+        return open_matched(spec, split, root=root, **options), None
     check_part(split, rule)
     full = open_images(spec, split="train", root=root, **options)
     train_idx, val_idx, record = rule.draw(full.labels, full.num_classes)

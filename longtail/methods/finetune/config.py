@@ -222,8 +222,11 @@ class _Named:
 
 
 def _check_dataset(name: str) -> None:
-    """A bare name must be a data-layer dataset; paths and `hf:` specs are checked when opened."""
-    if any(c in name for c in "/\\:."):
+    """A bare name must be a data-layer dataset or an existing folder or file (the rule of
+    `open_images`: a preset first, then a path); other paths and `hf:` specs are checked when opened."""
+    from pathlib import Path
+
+    if any(c in name for c in "/\\:.") or Path(name).exists():
         return
     from longtail.data.presets import DATASETS
 

@@ -74,10 +74,11 @@ def subset_indices(labels: np.ndarray, exponent: int | None, seed: int) -> np.nd
     return np.sort(np.concatenate(picks))
 
 
-def open_split(cfg, split: str):
+def open_split(cfg, split: str, train_names: list[str] | None = None):
     """One split through `open_images` (list files from train_list / test_list). An LT profile
     given as options of a folder / zip / list source (`--option ir=100`) shapes the training
-    split only: test and validation splits stay as they are (presets handle their splits)."""
+    split only: test and validation splits stay as they are (presets handle their splits).
+    With `train_names`, the split's labels are indexed by those classes (matched by name)."""
     from longtail.data.open_images import LT_OPTIONS, open_images
     from longtail.data.presets import DATASETS
 
@@ -87,7 +88,10 @@ def open_split(cfg, split: str):
     list_file = cfg.train_list if split == "train" else cfg.test_list
     if list_file:
         options["list_file"] = list_file
-    return open_images(cfg.dataset, split=split, root=cfg.root, **options)
+    dataset = open_images(cfg.dataset, split=split, root=cfg.root, **options)
+    if train_names is None:
+        return dataset
+    return dataset.with_classes(train_names, where=f"{cfg.test_list or cfg.dataset} ({split} split)")
 
 
 @dataclass
@@ -128,9 +132,9 @@ def open_splits(cfg, test: bool = True) -> Splits:
         train = full.subset(subset_indices(full.labels, cfg.balance_exponent, cfg.subset_seed))
     carve = cfg.val_from == "test" and cfg.val_drawn
     if test or carve:
-        test_set = open_split(cfg, cfg.test_split)
+        test_set = open_split(cfg, cfg.test_split, full.class_names)
     if cfg.val_split is not None and fraction is None:
-        val = open_split(cfg, cfg.val_split)
+        val = open_split(cfg, cfg.val_split, full.class_names)
     elif carve and fraction is not None:
         rest, val_idx, record = ValRule(fraction, 0, cfg.seed).draw(test_set.labels, test_set.num_classes)
         val, test_set = test_set.subset(val_idx), test_set.subset(rest)

@@ -136,16 +136,14 @@ def evaluate_fit_run(run: dict[str, Any], test: str | None = None) -> dict[str, 
     on the run's own test images (refused when their fingerprint differs from the one in the
     run's metrics.json) or on SPEC (the metrics then say under `test_set` whether it is the
     run's own test set)."""
-    from longtail.data.open_images import open_images, test_split_of
+    from longtail.data.open_images import open_matched, test_split_of
 
     model = RunModel(run["folder"])
     saved = (run.get("metrics") or {}).get("test_data") or {}
     if test is None:
         check_test_images(saved, model.test, run["folder"], model.cfg)
         return model.metrics()
-    test_set = open_images(test, split=test_split_of(test))
-    if test_set.class_names != model.info["class_names"]:
-        raise DataError(f"test set classes differ from the run's {len(model.info['class_names'])} training classes")
+    test_set = open_matched(test, test_split_of(test), model.info["class_names"])
     metrics = model.metrics(test_set=test_set)
     metrics["test_set"] = {"source": test, "own": saved.get("fingerprint") == test_set.fingerprint()}
     return metrics

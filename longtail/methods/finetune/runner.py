@@ -131,7 +131,7 @@ def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True,
                              "group_counts": full.group_counts})
     ckpt.save_weights(run.dir, result.model.weights(),
                       {"kind": KIND, "config": cfg.to_dict(), "input_spec": result.model.input_spec})
-    test_set = splits.test if splits.test is not None else open_split(cfg, cfg.test_split)
+    test_set = splits.test if splits.test is not None else open_split(cfg, cfg.test_split, full.class_names)
     metrics = evaluate_model(result.model, cfg, test_set, counts, full.group_counts, full.class_names)
     metrics.update(result.metrics["throughput"])
     metrics["history"] = result.history

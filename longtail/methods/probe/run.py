@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from longtail.data.features import FeatureSet, check_compatible, feature_record, record_change
+from longtail.data.features import (
+    FeatureSet,
+    check_compatible,
+    feature_record,
+    match_classes,
+    record_change,
+)
 from longtail.data.open_features import open_features
 from longtail.data.stats import ClassStats, class_stats, require_nonempty
 from longtail.errors import DataError
@@ -72,7 +78,8 @@ def run_probe(
     metrics = `eval.metrics.evaluate` + fit_seconds, label and `post_hoc` (the interpolation
     alpha, post-hoc tau and temperature in use, chosen on `val` where cfg says "auto").
     """
-    check_compatible(train, test)  # val is checked by fit_probe
+    scored = match_classes(train.class_names, test)  # labels indexed by the training classes
+    check_compatible(train, scored)  # val is checked by fit_probe
     stats = train_stats(train, many, few)
     sets = {"train": train, "test": test, "val": val}
     config = {
@@ -93,8 +100,8 @@ def run_probe(
         probe = fit_probe(train, cfg, val)
         fit_seconds = time.perf_counter() - start
         metrics = evaluate(
-            probe.logits(test.features),
-            test.labels,
+            probe.logits(scored.features),
+            scored.labels,
             stats.counts,
             group_counts=stats.group_counts,
             class_names=list(stats.class_names),
@@ -109,7 +116,7 @@ def run_probe(
             metrics["auto"] = write_selection(run.path("selection.csv"), probe.info["auto"])
         probe.save(run.path("head"))
         if hasattr(probe, "write_figures"):  # oversampling methods: real vs synthetic projection
-            probe.write_figures(run.path("figures"), test=test)
+            probe.write_figures(run.path("figures"), test=scored)
         folder = run.finish(metrics)
     if report:
         from longtail.eval.report import write_report
@@ -191,6 +198,7 @@ def evaluate_probe_run(run: dict[str, Any], test: str | None = None) -> dict[str
         raise DataError(f"{folder}: missing data_stats.json")
     probe = Probe.load(folder / "head")
     test_set = own_test_features(config, folder) if test is None else open_features(test)
+    test_set = match_classes(probe.class_names, test_set)
     probe.check_compatible(test_set)
     metrics = evaluate(
         probe.logits(test_set.features),

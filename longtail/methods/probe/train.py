@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longtail.data.features import FeatureSet, check_compatible
+from longtail.data.features import FeatureSet, check_compatible, match_classes
 from longtail.data.stats import require_nonempty
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
@@ -95,6 +95,7 @@ def fit_probe(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None
     temperature calibration (cfg.calibrate)."""
     method = get_method(cfg.method)
     if val is not None:
+        val = match_classes(train.class_names, val)
         check_compatible(train, val)
     elif cfg.needs_validation():
         raise ConfigError(f"{', '.join(cfg.needs_validation())} needs a validation set (val)")
