@@ -219,3 +219,32 @@ def _colors(n: int) -> list:
     """n distinguishable colours (tab10, then tab20)."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
+
+
+def risk_coverage_curves(curves: dict[str, dict[str, Any]], path: str | None = None, title: str = "") -> plt.Figure:
+    """Selective risk (error among accepted) against coverage for one or more named curves
+    (dicts with "coverage", "risk" and optionally "aurc", as `eval.selective` writes them);
+    saved as a PNG when `path` is given (docs/methods.md §13.7)."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    colors = _colors(len(curves))
+    for i, (name, curve) in enumerate(curves.items()):
+        label = name if curve.get("aurc") is None else f"{name} (AURC {100 * curve['aurc']:.2f}%)"
+        ax.step(100 * np.asarray(curve["coverage"], dtype=float), 100 * np.asarray(curve["risk"], dtype=float),
+                where="post", lw=1.5, color=colors[i], label=label)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("coverage (% of inputs accepted)")
+    ax.set_ylabel("risk (% error among accepted)")
+    ax.set_title(title or "Risk–coverage")
+    if curves:
+        ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        from pathlib import Path
+
+        from longtail.io import atomic_write
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    return fig
