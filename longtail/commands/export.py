@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a fine-tuned run for transformers / peft / plain torch (merged weights, LoRA adapter, head)"
+HELP = "export a run for transformers / peft / plain torch / onnxruntime (merged weights, LoRA adapter, ONNX)"
 DESCRIPTION = """\
 Write a fit run (or a soup, MonoSoup edit, LT-Soups soup/ or final/ of fit runs) as a new
 folder the field's libraries load without longtail:
@@ -18,6 +18,11 @@ folder the field's libraries load without longtail:
             when it is not a hub id or folder (tiny_clip), or with --with-base
   longtail  the run's weights in the fit layout (any adapter, Sage's FIT), for load_finetuned
   auto      peft for LoRA runs, merged otherwise (default)
+  onnx      model.onnx: one graph from normalised pixels to logits (dynamic batch) for
+            onnxruntime, any adapter (foldable ones folded) and probe runs on features from
+            `longtail features` (backbone + probe head); --quantize adds model.int8.onnx
+            (int8 dynamic quantisation); class names and preprocessing in its metadata;
+            needs pip install 'longtail[onnx]'
 
 Every export also holds head.safetensors (cosine: weight, scale; linear: weight, bias),
 class_names.json, export.json (format, feature, head, preprocessing, provenance) and a
@@ -31,18 +36,21 @@ examples:
   longtail export runs/full_ft --out exports/full_ft
   longtail export runs/lora --out exports/lora_adapter             # peft adapter folder
   longtail export runs/lora --out exports/lora_merged format=merged
+  longtail export runs/lift --out exports/lift_onnx --format onnx --quantize
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from longtail.config import add_override_arguments
 
-    p.add_argument("run", help="fit run folder (or a soup / MonoSoup / LT-Soups soup of fit runs)")
+    p.add_argument("run", help="fit run folder (or a soup / MonoSoup / LT-Soups soup of fit runs; onnx: also a probe run)")
     p.add_argument("--out", required=True, help="folder to create (never overwritten)")
-    add_override_arguments(p, "format=merged with_base=true; fields: format, with_base")
-    p.add_argument("--format", help="auto (default), merged, peft or longtail (= format=...)")
+    add_override_arguments(p, "format=merged with_base=true; fields: format, with_base, quantize")
+    p.add_argument("--format", help="auto (default), merged, peft, longtail or onnx (= format=...)")
     p.add_argument("--with-base", action="store_true", default=None,
                    help="peft: also write the base CLIP model to DIR/base (= with_base=true)")
+    p.add_argument("--quantize", action="store_true", default=None,
+                   help="onnx: also write model.int8.onnx, int8 dynamic quantisation (= quantize=true)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +58,14 @@ def run(args: argparse.Namespace) -> int:
     from longtail.io import read_json
     from longtail.methods.finetune.export import ExportConfig, export_run
 
-    sugar = {"format": args.format, "with_base": args.with_base}
+    sugar = {"format": args.format, "with_base": args.with_base, "quantize": args.quantize}
     cfg = apply_overrides(ExportConfig(), command_overrides(args.overrides, sugar))
+    if cfg.format == "onnx":
+        from longtail.methods.finetune.onnx_export import export_onnx
+
+        out = export_onnx(args.run, args.out, quantize=cfg.quantize)
+        print(f"exported {args.run} (onnx, loads with onnxruntime) to {out}; see {out / 'README.md'}")
+        return 0
     out = export_run(args.run, args.out, cfg)
     manifest = read_json(out / "export.json")
     print(f"exported {args.run} ({manifest['format']}, loads with {manifest['library']}) to {out}; "

@@ -46,7 +46,7 @@ from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
 from longtail.methods.finetune.loading import CLASSES
 
-FORMATS = ("auto", "merged", "peft", "longtail")
+FORMATS = ("auto", "merged", "peft", "longtail", "onnx")  # onnx: onnx_export.export_onnx
 FOLDABLE = ("none", "ssf", "lora")  # plus every adapter that edits backbone weights in place
 HEAD_FILE, CLASS_NAMES, MANIFEST = "head.safetensors", "class_names.json", "export.json"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
@@ -63,10 +63,13 @@ class ExportConfig:
 
     format: str = "auto"
     with_base: bool = False
+    quantize: bool = False  # onnx: also model.int8.onnx
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ConfigError(f"unknown export format '{self.format}'; choose from: {', '.join(FORMATS)}")
+        if self.quantize and self.format != "onnx":
+            raise ConfigError("--quantize is for --format onnx")
 
 
 @dataclass
@@ -101,6 +104,8 @@ def plan_export(run_dir: str | Path, cfg: ExportConfig) -> ExportPlan:
         raise DataError(f"{run_dir / ckpt.WEIGHTS_CONFIG}: not a fit-layout weights config")
     fit = config_from_dict(meta["config"], str(run_dir / ckpt.WEIGHTS_CONFIG))
     fmt = cfg.format
+    if fmt == "onnx":
+        raise ConfigError("ONNX exports are written by longtail.methods.finetune.onnx_export.export_onnx")
     if fmt == "longtail":
         return ExportPlan(run_dir, fit, meta["input_spec"], fmt)
     if fit.feature_interchange and _fit_scales_nonzero(run_dir):
