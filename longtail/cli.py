@@ -19,6 +19,7 @@ COMMANDS = (  # command name; its module is longtail/commands/<name with '-' -> 
     "features",
     "probe",
     "eval",
+    "predict",
     "report",
     "demo",
     "fit",

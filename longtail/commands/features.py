@@ -219,6 +219,7 @@ def _extract_and_write(cfg: FeaturesConfig, dataset, drawn, backbone, source, op
             "root": cfg.root,
             "split": cfg.split,
             "options": cfg.data_options,
+            "backbone_options": cfg.backbone_options,  # so `longtail predict` can rebuild the backbone
             "val_split": drawn,
             "prototype_source": str(cfg.prototypes if source is None else source),
             "templates": cfg.templates if _uses_text(source, backbone) else None,

@@ -1,0 +1,252 @@
+"""Any run as a model: `Predictor.from_run(RUN)` turns images (or features) into the run's logits.
+
+The one loader of a run for prediction: a probe run (its head on the features of the backbone
+recorded in its training feature file, reloaded and checked against that file's weights
+fingerprint and preprocessing) or any folder in the fit layout (fit runs, soups, MonoSoup edits,
+LT-Soups soup/ and final/: `load_finetuned`). On top of the logits it applies the deployment
+prior (`eval.prior`, docs/methods.md §13) and the reject option (`eval.selective`), both fitted
+on the run's own validation split where they need one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longtail.data.features import FeatureSet
+from longtail.data.images import ImageDataset
+from longtail.errors import ConfigError, DataError
+from longtail.runs import load_run
+
+PRIOR_CHOICES = ("balanced", "train", "estimate", "estimate=em", "estimate=bbse")
+# Probe / fit settings whose scores are calibrated for the training prior (plain cross-entropy,
+# no post-hoc adjustment, no rebalancing method); every other run targets the balanced prior.
+_TRAIN_PRIOR_METHODS = ("linear", "cosine")
+
+
+@dataclass
+class Predictor:
+    """A run's classes, training counts and logits functions (see `from_run`)."""
+
+    folder: Path
+    kind: str
+    class_names: list[str]
+    train_counts: np.ndarray
+    groups: np.ndarray  # many / medium / few of each class (the run's training statistics)
+    trained_for: str  # 'balanced' or 'train': the prior the run's scores are calibrated for
+    image_logits: Callable[[ImageDataset, bool], np.ndarray]
+    feature_logits: Callable[[FeatureSet], np.ndarray] | None = None
+    validation: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
+    test: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> Predictor:
+        """The run at `run` as a model (one-line DataError for a folder that holds none)."""
+        record = load_run(run)
+        folder, config = Path(record["folder"]), record["config"]
+        if config["kind"] == "probe":
+            return _probe_predictor(record, device, batch_size, workers)
+        from longtail.methods.finetune import is_fit_layout
+
+        if is_fit_layout(folder):
+            return _fit_predictor(record, device, batch_size, workers)
+        raise DataError(f"{folder}: a {config['kind']} run without a model to predict with "
+                        "(use a probe run, a fit run, or a soup of fit runs)")
+
+    @property
+    def source_prior(self) -> np.ndarray:
+        """The prior the scores are calibrated for: uniform, or the training frequencies."""
+        from longtail.eval.prior import prior_from_counts
+
+        if self.trained_for == "train":
+            return prior_from_counts(self.train_counts)
+        return np.full(len(self.class_names), 1.0 / len(self.class_names))
+
+    def predict_images(self, images: ImageDataset, progress: bool = False) -> np.ndarray:
+        return self.image_logits(images, progress)
+
+    def target_prior(self, spec: str | None, logits: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
+        """(target prior or None for 'as trained', a record of how it was chosen) for `--prior`:
+        balanced, train, a CSV of class,weight, or estimate[=em|bbse] from `logits` (no labels)."""
+        from longtail.eval import prior as P
+
+        if spec is None:
+            return None, {"prior": self.trained_for, "how": "as trained"}
+        if spec == "balanced":
+            return np.full(len(self.class_names), 1.0 / len(self.class_names)), {"prior": "balanced"}
+        if spec == "train":
+            return P.prior_from_counts(self.train_counts), {"prior": "train"}
+        if spec.startswith("estimate"):
+            if logits is None:
+                raise ConfigError("--prior estimate needs the logits of the images to predict")
+            return self._estimate(spec.partition("=")[2] or "em", logits)
+        if not Path(spec).is_file():
+            raise ConfigError(f"--prior must be one of {', '.join(PRIOR_CHOICES)} or a CSV file of "
+                              f"class,weight; got '{spec}' (no such file)")
+        return P.read_prior_file(spec, self.class_names), {"prior": "file", "file": spec}
+
+    def _estimate(self, how: str, logits: np.ndarray) -> tuple[np.ndarray, dict]:
+        from scipy.special import softmax
+
+        from longtail.eval import prior as P
+
+        if how == "em":
+            temperature = self.info.get("temperature", 1.0)
+            q, info = P.em_prior(softmax(logits / temperature, axis=1), self.source_prior)
+            return q, {"prior": "estimate", "method": "em", "temperature": temperature, **info}
+        if how == "bbse":
+            val = self.validation()
+            if val is None:
+                raise DataError(f"{self.folder}: --prior estimate=bbse needs a run with a validation split")
+            val_logits, val_labels = val
+            q, info = P.bbse_prior(logits.argmax(1), val_logits.argmax(1), val_labels, len(self.class_names))
+            return q, {"prior": "estimate", "method": "bbse", **info}
+        raise ConfigError(f"unknown prior estimate '{how}'; choose em or bbse")
+
+    def adjust(self, logits: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+        """Logits for the target prior: z + log q - log p_source (unchanged for None)."""
+        from longtail.eval.prior import correct_logits
+
+        return logits if target is None else correct_logits(logits, target, self.source_prior)
+
+    def thresholds(self, reject: str, target: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """Per-class confidence thresholds for `--reject coverage=F|risk=F`, chosen on the run's
+        validation split (after the same prior correction) per shot group of the predicted class."""
+        from scipy.special import softmax
+
+        from longtail.eval.selective import fit_thresholds
+
+        key, _, value = reject.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if key not in ("coverage", "risk") or not 0 < amount <= 1:
+            raise ConfigError(f"--reject must be coverage=F or risk=F with F in (0, 1], got '{reject}'")
+        val = self.validation()
+        if val is None:
+            raise DataError(f"{self.folder}: --reject needs a run with a validation split "
+                            "(probe: --val FILE; fit: val_per_class=N or val_split=F)")
+        val_logits, val_labels = val
+        z = self.adjust(val_logits, target)
+        pred = z.argmax(1)
+        score = softmax(z, axis=1).max(1)
+        thresholds = fit_thresholds(score, pred == val_labels, pred, self.groups, **{key: amount})
+        return thresholds, {"rule": reject, "per": "shot group of the predicted class", "val_images": int(val_labels.size)}
+
+
+def _groups(counts: np.ndarray, class_names: list[str], group_counts=None) -> np.ndarray:
+    from longtail.data.stats import class_stats
+
+    stats = class_stats(np.asarray(counts), class_names,
+                        group_counts=None if group_counts is None else np.asarray(group_counts))
+    return np.asarray(stats.groups)
+
+
+def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
+    from longtail.data.open_features import open_features
+    from longtail.methods.probe.model import Probe
+    from longtail.methods.probe.run import own_test_features, saved_feature_path
+
+    folder, config = Path(record["folder"]), record["config"]
+    probe = Probe.load(folder / "head")
+    stats = record.get("data_stats") or {}
+    counts = np.asarray(stats.get("counts", probe.class_counts))
+    names = list(probe.class_names or stats.get("class_names") or [f"class_{i}" for i in range(len(counts))])
+    settings = config.get("probe", {})
+    trained_for = "train" if (settings.get("loss") == "ce" and settings.get("method") in _TRAIN_PRIOR_METHODS
+                              and not settings.get("posthoc_tau")) else "balanced"
+    train_meta: dict[str, Any] = {}
+
+    def backbone_meta() -> dict[str, Any]:
+        if not train_meta:
+            train_meta.update(open_features(saved_feature_path(config, "train", folder)).meta or {})
+        return train_meta
+
+    def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
+        from longtail.models.features import extract_features
+
+        backbone = _recorded_backbone(backbone_meta(), folder)
+        fs = extract_features(backbone, images, batch_size=batch_size, device=device, progress=progress,
+                              num_workers=workers, cache=False)
+        return probe.logits(fs.features)
+
+    def validation() -> tuple[np.ndarray, np.ndarray] | None:
+        from longtail.data.features import match_classes
+
+        if config.get("val") is None:
+            return None
+        val = match_classes(names, open_features(saved_feature_path(config, "val", folder)))
+        return probe.logits(val.features), val.labels
+
+    def test() -> tuple[np.ndarray, np.ndarray]:
+        from longtail.data.features import match_classes
+
+        test_set = match_classes(names, own_test_features(config, folder))
+        return probe.logits(test_set.features), test_set.labels
+
+    return Predictor(folder, "probe", names, counts, _groups(counts, names, stats.get("group_counts")), trained_for,
+                     image_logits, lambda fs: probe.logits(fs.features), validation, test,
+                     info={"temperature": 1.0})  # a calibrated probe's logits are already divided by T
+
+
+def _recorded_backbone(meta: dict[str, Any], folder: Path):
+    """The backbone that made the run's training features, reloaded and checked: same weights
+    (fingerprint) and preprocessing as recorded in the feature file, else a one-line DataError."""
+    from longtail.models.backbone import load_backbone
+
+    name = meta.get("backbone")
+    if not name or meta.get("weights") is None:
+        raise DataError(f"{folder}: the run's training features record no backbone to extract new images "
+                        "with (made outside `longtail features`?); predict on features with --features FILE")
+    backbone = load_backbone(name, revision=meta.get("revision"), **(meta.get("backbone_options") or {}))
+    if meta.get("weights_hash") is not None:
+        same = backbone.weights_fingerprint() == meta["weights"]
+    else:  # features written before the byte fingerprints
+        same = any(found[None] == meta["weights"] for found in backbone.legacy_fingerprints())
+    if not same:
+        raise DataError(f"{folder}: backbone '{name}' loaded now has other weights than the one that made the "
+                        f"run's training features (fingerprint {str(meta['weights'])[:12]}); predict with "
+                        "those weights, or on features with --features FILE")
+    if backbone.transform.to_dict() != meta.get("preprocess"):
+        raise DataError(f"{folder}: backbone '{name}' preprocesses images differently from the run's training "
+                        f"features ({backbone.transform.to_dict()} vs {meta.get('preprocess')})")
+    return backbone
+
+
+def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
+    from longtail.methods.finetune import load_finetuned, predict_logits
+    from longtail.methods.finetune.loading import RunModel, train_counts
+
+    folder = Path(record["folder"])
+    model, info = load_finetuned(folder, device)
+    cfg = info["config"]
+    counts, group_counts = train_counts(info)
+    names = list(info["class_names"])
+    runs: dict[str, Any] = {}
+
+    def run_model() -> RunModel:
+        if "model" not in runs:
+            runs["model"] = RunModel(folder, device)
+        return runs["model"]
+
+    def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
+        return predict_logits(model, images, batch_size=batch_size, tte=cfg.tte, device=device,
+                              num_workers=workers, precision=cfg.precision, progress=progress)
+
+    def validation() -> tuple[np.ndarray, np.ndarray] | None:
+        val = run_model().val
+        return None if val is None else (image_logits(val, False), np.asarray(val.labels))
+
+    def test() -> tuple[np.ndarray, np.ndarray]:
+        test_set = run_model().test
+        return image_logits(test_set, False), np.asarray(test_set.labels)
+
+    trained_for = "train" if cfg.loss == "ce" else "balanced"
+    return Predictor(folder, record["config"]["kind"], names, counts, _groups(counts, names, group_counts),
+                     trained_for, image_logits, None, validation, test, info={"temperature": 1.0})

@@ -1,0 +1,161 @@
+"""`longtail predict` (issue 18): any run kind labels new images with the logits `eval` scores,
+unreadable files get a status row, outputs are never overwritten, interrupted runs resume to the
+same bytes, a probe whose backbone changed is refused, the prior and reject options work."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from longtail.cli import main
+from longtail.data.open_images import open_matched
+from longtail.methods.predictor import Predictor
+from tests.conftest import write_random_images
+
+TRAIN = {"ant": 8, "bee": 6, "cat": 4, "dog": 3}
+TEST = {"ant": 3, "bee": 3, "cat": 3, "dog": 3}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A labelled folder and one run of each kind on it (tiny CLIP, one epoch)."""
+    root = tmp_path_factory.mktemp("predict")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LONGTAIL_CACHE", str(root / "cache"))
+    for split, counts, seed in (("train", TRAIN, 0), ("test", TEST, 1)):
+        (root / "data" / split).mkdir(parents=True)
+        write_random_images(root / "data" / split, counts, (20, 30), seed=seed)
+    data = str(root / "data")
+    for split in ("train", "test"):
+        assert main(["features", "--data", data, "--split", split, "--backbone", "tiny_clip",
+                     "--out", str(root / f"{split}.npz"), "--no-progress"]) == 0
+    assert main(["probe", "--train", str(root / "train.npz"), "--test", str(root / "test.npz"),
+                 "--val", str(root / "test.npz"), "--out", str(root / "probe"), "--no-report"]) == 0
+    assert main(["fit", "-d", data, "-b", "tiny_clip", "-m", "lift", "--out", str(root / "fit"),
+                 "epochs=1", "batch_size=8", "val_per_class=1"]) == 0
+    assert main(["monosoup", "--w1", str(root / "fit"), "--w0", "zero-shot", "--out", str(root / "mono")]) == 0
+    assert main(["soup", str(root / "fit"), str(root / "mono"), "--out", str(root / "soup")]) == 0
+    yield root
+    mp.undo()
+
+
+def _table(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("kind", ["probe", "fit", "mono", "soup"])
+def test_predict_logits_on_the_test_images_equal_evals(runs, kind, monkeypatch):
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    out, logits = runs / f"{kind}.csv", runs / f"{kind}.npz"
+    assert main(["predict", str(runs / kind), "--data", str(runs / "data" / "test"), "--out", str(out),
+                 "--logits", str(logits), "--no-progress"]) == 0
+    saved = np.load(logits)
+    if kind == "probe":  # eval scores the saved test features
+        want, _ = Predictor.from_run(runs / kind, device="cpu").test()
+        evaluated = open_matched(str(runs / "data"), "test")
+    else:  # eval scores the test split minus the held-out validation images, as evaluation_logits does
+        from longtail.methods.finetune.loading import RunModel
+        from longtail.methods.finetune.predict import evaluation_logits
+
+        model = RunModel(runs / kind, device="cpu")
+        want, evaluated = evaluation_logits(model.model, model.cfg, model.test, "cpu"), model.test
+    index = {p: i for i, p in enumerate(saved["paths"])}
+    order = [index[f"{runs / 'data' / 'test'}/{item}"] for item in evaluated.items]
+    np.testing.assert_allclose(saved["logits"][order], want, atol=1e-5, rtol=0)
+    rows = _table(out)
+    assert [r["status"] for r in rows] == ["ok"] * len(rows)
+    assert {r["label"] for r in rows} <= set(TRAIN)
+
+
+def test_unreadable_files_get_a_status_row_and_the_rest_are_labelled(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    new = tmp_path / "new"
+    (new / "deep" / "er").mkdir(parents=True)
+    good = sorted((runs / "data" / "test" / "cat").iterdir())[:2]
+    (new / "a.png").write_bytes(good[0].read_bytes())
+    (new / "deep" / "er" / "b.png").write_bytes(good[1].read_bytes())
+    (new / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00garbage" * 20)
+    (new / "zero.png").write_bytes(b"")
+    (new / "notes.txt").write_text("not an image")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(runs / "probe"), "--data", str(new), "--out", str(out), "--top-k", "3",
+                 "--no-progress"]) == 0
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"a.png", "b.png", "corrupt.jpg", "zero.png", "notes.txt"}
+    for name in ("a.png", "b.png"):
+        assert rows[name]["status"] == "ok" and rows[name]["label"] == rows[name]["label_1"]
+        assert rows[name]["prob_1"] >= rows[name]["prob_2"] >= rows[name]["prob_3"] > 0
+    for name in ("corrupt.jpg", "zero.png", "notes.txt"):
+        assert rows[name]["status"].startswith("unreadable: ") and rows[name]["label"] == ""
+    assert main(["predict", str(runs / "probe"), "--data", str(new), "--out", str(out)]) == 2  # never overwritten
+
+
+def test_an_interrupted_predict_resumes_to_the_same_bytes(runs, tmp_path, monkeypatch):
+    from longtail.data.unlabelled import open_unlabelled
+    from longtail.methods import predictions
+
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    predictor = Predictor.from_run(runs / "fit", device="cpu")
+    images = open_unlabelled(runs / "data" / "test")
+    whole = tmp_path / "whole.csv"
+    predictions.predict_to_file(predictor, images, whole, shard_size=4, progress=False)
+    calls = []
+    real = predictor.image_logits
+
+    def dies_on_third(part, progress):
+        calls.append(len(part))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(part, progress)
+
+    predictor.image_logits = dies_on_third
+    out = tmp_path / "again.csv"
+    with pytest.raises(KeyboardInterrupt):
+        predictions.predict_to_file(predictor, images, out, shard_size=4, progress=False)
+    assert not out.exists() and len(list((tmp_path / ".again.csv.shards").glob("*.npz"))) == 2
+    predictor.image_logits = real
+    calls.clear()
+    seen = []
+    predictor.image_logits = lambda part, progress: seen.append(len(part)) or real(part, progress)
+    predictions.predict_to_file(predictor, images, out, shard_size=4, progress=False)
+    assert sum(seen) == len(images) - 8  # only the shards that were not finished
+    assert out.read_bytes() == whole.read_bytes()
+    assert not (tmp_path / ".again.csv.shards").exists()
+
+
+def test_a_probe_whose_backbone_weights_differ_is_refused(runs, tmp_path, monkeypatch, capsys):
+    from longtail.models import backbone as backbone_module
+
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    monkeypatch.setattr(backbone_module.Backbone, "weights_fingerprint", lambda self: "0" * 40)
+    rc = main(["predict", str(runs / "probe"), "--data", str(runs / "data" / "test"), "--out",
+               str(tmp_path / "p.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "other weights" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_prior_and_reject_options(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    predictor = Predictor.from_run(runs / "probe")
+    assert predictor.trained_for == "balanced"  # logit-adjusted: calibrated for the balanced prior
+    counts = np.asarray(list(TRAIN.values()), dtype=float)
+    z = np.zeros((1, 4))
+    target, record = predictor.target_prior("train")
+    np.testing.assert_allclose(predictor.adjust(z, target)[0], np.log(counts / counts.sum()) - np.log(0.25))
+    (tmp_path / "prior.csv").write_text("class,weight\nant,1\nbee,1\ncat,1\ndog,5\n")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(runs / "probe"), "--data", str(runs / "data" / "test"), "--out", str(out),
+                 "--prior", str(tmp_path / "prior.csv"), "--reject", "coverage=0.5", "--no-progress"]) == 0
+    rows = _table(out)
+    written = _table(tmp_path / "p.csv.prior.csv")
+    assert [r["class"] for r in written] == sorted(TRAIN) and float(written[3]["weight"]) == pytest.approx(5 / 8)
+    rejected = [r for r in rows if r["label"] == "unknown"]
+    assert rejected and all(r["status"].startswith("rejected: confidence") for r in rejected)
+    assert all(float(r["score"]) < float(r["status"].split("threshold ")[1].split()[0]) for r in rejected)
+    assert main(["predict", str(runs / "probe"), "--data", str(runs / "data" / "test"), "--out",
+                 str(tmp_path / "q.csv"), "--reject", "coverage=2"]) == 2
