@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,10 @@ class Backbone(nn.Module):
     def prefix_fingerprint(self, depth: int) -> str:
         """`weights_fingerprint` of the stem and the first `depth` blocks only: a cached prefix
         stays valid whatever the later blocks and the head hold."""
-        parts = nn.ModuleList([*self.stem(), *list(self.blocks())[:depth]])
-        return _fingerprint(parts.state_dict())
+        return _fingerprint(self._prefix_state(depth))
+
+    def _prefix_state(self, depth: int) -> dict[str, torch.Tensor]:
+        return nn.ModuleList([*self.stem(), *list(self.blocks())[:depth]]).state_dict()
 
     # --- classifier initialisation -------------------------------------------------------
 
@@ -197,20 +200,112 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def weights_fingerprint(self) -> str:
-        """A cheap hash of every parameter/buffer (names, shapes, sums), so adapted or
-        fine-tuned weights never hit a cache written by the original ones."""
+        """A hash of every parameter/buffer's name, dtype, shape and bytes (`_fingerprint`), so
+        adapted or fine-tuned weights never hit a cache written by the original ones, and the
+        same weights give the same key in any process, at any thread count, on CPU or GPU."""
         return _fingerprint(self.state_dict())
+
+    @torch.no_grad()
+    def legacy_fingerprints(self, depths: Sequence[int | None] = (None,)) -> Iterator[dict[int | None, str]]:
+        """The fingerprints of the old scheme (`_legacy_fingerprint`: float64 sums, which depend
+        on torch's thread count), at this process's thread count first, then at the other
+        counts a run may have used (`_legacy_thread_counts`): one {depth: fingerprint} per
+        distinct result, for each of `depths` (None: `weights_fingerprint`, d:
+        `prefix_fingerprint(d)`). For finding cache entries written before the byte
+        fingerprints: an entry whose key matches one of these was written from weights whose
+        sums, computed the same way, are these weights' sums (the old scheme's own guarantee)."""
+        states = {d: self.state_dict() if d is None else self._prefix_state(d) for d in depths}
+        yield from _legacy_fingerprints(states)
+
+
+FINGERPRINT = "sha256-bytes"
+"""What `weights_fingerprint` / `prefix_fingerprint` hash (recorded in cache metas, so a later
+change of scheme can tell which entries it can read)."""
+
+LEGACY_GRAIN = 32768  # torch's GRAIN_SIZE: a CPU sum of fewer elements runs on one thread, in one order
 
 
 def _fingerprint(state: dict[str, torch.Tensor]) -> str:
-    """Names, shapes, dtypes, sums and sums of squares of a state dict, hashed."""
+    """SHA-256 over each tensor's name, dtype, shape and raw bytes, in name order, cut to 16 hex.
+
+    The bytes are the tensor's elements in row-major order, read from a contiguous CPU copy
+    (a CUDA tensor is copied to the host, a strided view made contiguous, a conjugate or
+    negative view resolved; bf16, fp8 and bool as their bytes): no float arithmetic, so the
+    digest is the same at any thread count, in any process, on CPU or GPU. The element bytes are
+    the machine's own order; every platform torch supports is little-endian (assumed).
+    About 0.13 s per 100 MB of weights on one core.
+    """
+    digest = hashlib.sha256(FINGERPRINT.encode())
+    for key in sorted(state):
+        t = state[key].detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        digest.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        t = t.to("cpu").resolve_conj().resolve_neg().contiguous()
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _legacy_stats(t: torch.Tensor) -> list[float]:
+    d = t.double()
+    return [d.sum().item(), d.square().sum().item()] if t.numel() else []
+
+
+def _legacy_fingerprint(state: dict[str, torch.Tensor], stats: Callable[[torch.Tensor], list[float]] = _legacy_stats) -> str:
+    """The fingerprint before byte hashing: names, shapes, dtypes, float64 sums and sums of
+    squares, hashed. The sums' last bits depend on how torch splits the reduction across
+    threads (and on the device), so the same weights gave other keys at other thread counts;
+    kept only to find cache entries written that way (`Backbone.legacy_fingerprints`)."""
     digest = hashlib.sha256()
     for key, tensor in state.items():
         t = tensor.detach()
-        d = t.double()
-        stats = [d.sum().item(), d.square().sum().item()] if t.numel() else []
-        digest.update(json.dumps([key, list(t.shape), str(t.dtype), stats]).encode())
+        digest.update(json.dumps([key, list(t.shape), str(t.dtype), stats(t)]).encode())
     return digest.hexdigest()[:16]
+
+
+def _legacy_thread_counts() -> list[int]:
+    """This process's thread count, then the counts other runs plausibly used: 1 (torchrun's
+    default per process), 2..8, the cores (all, half: torch's default is the physical ones),
+    and powers of two up to the core count."""
+    cpus = os.cpu_count() or 1
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    counts = [torch.get_num_threads(), *([int(env)] if env.isdigit() else []), *range(1, 9), cpus, cpus // 2,
+              allowed, allowed // 2, *(2 ** k for k in range(4, 9) if 2 ** k <= cpus)]
+    return [c for c in dict.fromkeys(counts) if 1 <= c <= 256]
+
+
+def _legacy_fingerprints(states: dict[Any, dict[str, torch.Tensor]]) -> Iterator[dict[Any, str]]:
+    """{label: `_legacy_fingerprint(state)`} at each of `_legacy_thread_counts`, each distinct
+    result once; the thread count is set only while computing and restored before each yield.
+    Sums of tensors below LEGACY_GRAIN elements or off the CPU do not depend on it and are
+    computed once."""
+    fixed: dict[tuple, list[float]] = {}
+
+    def ident(t: torch.Tensor) -> tuple:
+        return (str(t.device), t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+    def stats(t: torch.Tensor) -> list[float]:
+        if t.device.type != "cpu" or t.numel() < LEGACY_GRAIN:
+            key = ident(t)
+            if key not in fixed:
+                fixed[key] = _legacy_stats(t)
+            return fixed[key]
+        return _legacy_stats(t)
+
+    threads_matter = any(t.device.type == "cpu" and t.numel() >= LEGACY_GRAIN
+                         for state in states.values() for t in state.values())
+    before, seen = torch.get_num_threads(), set()
+    for count in _legacy_thread_counts() if threads_matter else [before]:
+        try:
+            torch.set_num_threads(count)
+            found = {label: _legacy_fingerprint(state, stats) for label, state in states.items()}
+        finally:
+            torch.set_num_threads(before)
+        signature = tuple(sorted(found.items(), key=str))
+        if signature not in seen:
+            seen.add(signature)
+            yield found
 
 
 def _import_builtins() -> None:
