@@ -46,6 +46,11 @@ def digest(payload: dict[str, Any], length: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:length]
 
 
+def entry_prefix(name: str) -> str:
+    """The `<name>` part of an entry's file name: a backbone's name, file-name safe."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60]
+
+
 def save_npy(path: Path, array: np.ndarray) -> None:
     with open(path, "wb") as handle:  # np.save would append '.npy' to a str path
         np.save(handle, array)

@@ -6,7 +6,11 @@ autocast on CUDA. The cache key covers the weights (origin and state), the prepr
 the precision and the dataset's fingerprint, which includes the images' content (file bytes,
 or size + mtime for large folders; zip CRCs; the HF table fingerprint: `ImageDataset.fingerprint`),
 so a repeated call loads the file instead and changed images are extracted again (the stale
-entry is deleted). Work in progress is saved in small shards (SHARD_IMAGES / SHARD_SECONDS).
+entry is deleted). The weights enter as `Backbone.weights_fingerprint`, a hash of their bytes:
+the same key at any thread count, in any process, on CPU or GPU. An entry saved under the
+old fingerprint (float sums, which changed with torch's thread count) is renamed to its new
+key and read when it is these weights' at one of the thread counts tried (`adopt_legacy_entry`).
+Work in progress is saved in small shards (SHARD_IMAGES / SHARD_SECONDS).
 Under `torchrun` / `accelerate launch` (an initialised torch.distributed process group) the
 processes share the work: each extracts a contiguous part of the missing images into shards,
 the main process assembles and saves the same entry one process would, and every process then
@@ -17,11 +21,13 @@ frozen-prefix cache.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
-import re
 import shutil
 import sys
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +40,15 @@ from longtail.data.features import FeatureSet, load_features, save_features
 from longtail.device import resolve_device
 from longtail.errors import DataError
 from longtail.io import to_jsonable
-from longtail.models.backbone import Backbone
-from longtail.models.cache_store import Group, build_rows, digest, drop_stale, process_group
+from longtail.models.backbone import FINGERPRINT, Backbone
+from longtail.models.cache_store import (
+    Group,
+    build_rows,
+    digest,
+    drop_stale,
+    entry_prefix,
+    process_group,
+)
 
 CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meaning
 # An extraction in progress saves its features in shards under `<cache entry>.shards/`; a shard
@@ -69,30 +82,91 @@ class DecodedImages(Dataset):
         return torch.from_numpy(self.transform.to_uint8(self.images.load(i))), i
 
 
-def cache_key(backbone: Backbone, dataset: Any, precision: str) -> str:
-    """Hex digest over the backbone's cache_key(), the precision and the dataset fingerprint
-    (which covers the images' content: see `ImageDataset.fingerprint`)."""
-    payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
+def cache_key(backbone: Backbone, dataset: Any, precision: str, backbone_key: dict[str, Any] | None = None) -> str:
+    """Hex digest over the backbone's cache_key() (or `backbone_key`, computed once by the caller:
+    it hashes the weights), the precision and the dataset fingerprint (which covers the images'
+    content: see `ImageDataset.fingerprint`)."""
+    payload = {"format": CACHE_FORMAT, "backbone": backbone_key or backbone.cache_key(), "precision": precision,
                "dataset": dataset.fingerprint()}
     return digest(payload, 24)
 
 
-def cache_slot(backbone: Backbone, dataset: Any, precision: str) -> str:
+def cache_slot(backbone: Backbone, dataset: Any, precision: str, backbone_key: dict[str, Any] | None = None) -> str:
     """Like `cache_key` but over the dataset's layout only (where and which images, not what
     they hold): entries sharing a slot are one dataset at different times, and only the entry
     of the current content is kept."""
     layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
-    payload = {"format": CACHE_FORMAT, "backbone": backbone.cache_key(), "precision": precision,
+    payload = {"format": CACHE_FORMAT, "backbone": backbone_key or backbone.cache_key(), "precision": precision,
                "layout": layout}
     return digest(payload, 12)
 
 
-def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str | Path | None) -> Path:
+def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str | Path | None,
+               backbone_key: dict[str, Any] | None = None) -> Path:
     """`<cache_dir>/<backbone>-<slot>-<key>.npz` (cache_dir default: `default_cache_dir()`)."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    slot, key = cache_slot(backbone, dataset, precision), cache_key(backbone, dataset, precision)
-    return root / f"{safe}-{slot}-{key}.npz"
+    backbone_key = backbone_key or backbone.cache_key()
+    slot = cache_slot(backbone, dataset, precision, backbone_key)
+    key = cache_key(backbone, dataset, precision, backbone_key)
+    return root / f"{entry_prefix(backbone.name)}-{slot}-{key}.npz"
+
+
+# What an entry written before the byte fingerprints (its meta has no `weights_hash`) must
+# record to be a candidate for `adopt_legacy_entry`.
+LEGACY_FIELDS = ("backbone", "model_id", "revision", "feature_kind", "preprocess", "precision", "dataset_fingerprint")
+
+
+def _entry_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of the feature file at `path` (its other arrays are not read), or None."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(str(data["meta"])) if "meta" in data.files else None
+    except (OSError, ValueError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile):
+        return None
+
+
+def adopt_legacy_entry(backbone: Backbone, dataset: Any, precision: str, path: Path,
+                       backbone_key: dict[str, Any], info: dict[str, Any]) -> bool:
+    """Rename an entry these weights wrote before the byte fingerprints to `path` (its new
+    name), so it is read rather than extracted again; True when one was.
+
+    The old keys hashed `Backbone.legacy_fingerprints` (float64 sums of the weights, whose last
+    bits depend on torch's thread count). Candidates are entries of this backbone whose meta
+    matches `info` on LEGACY_FIELDS and has no `weights_hash`; one is adopted when its name is
+    exactly the one the old scheme gives these weights at this process's thread count or at
+    one of the other counts `legacy_fingerprints` tries (the same old key: format, weights
+    sums, preprocessing, precision, images). An entry of other weights, or of a thread count not
+    tried, stays where it is and is not used (the features are extracted again under the new
+    key). The shards of an interrupted old build are adopted when they are under this
+    process's own old key."""
+    root = path.parent
+    if not root.is_dir():
+        return False
+    ours = {path.name, path.with_suffix(".shards").name}
+    entries = [p for p in root.glob(f"{glob.escape(entry_prefix(backbone.name))}-*") if p.name not in ours]
+    wanted = set()
+    for p in entries:
+        meta = _entry_meta(p) if p.suffix == ".npz" else None
+        if meta is not None and "weights_hash" not in meta and all(meta.get(f) == info.get(f) for f in LEGACY_FIELDS):
+            wanted.add(p.name)
+    shards = any(p.suffix == ".shards" for p in entries)
+    if not wanted and not shards:
+        return False
+    name = getattr(dataset, "name", "the dataset")
+    for i, found in enumerate(backbone.legacy_fingerprints()):
+        legacy = cache_path(backbone, dataset, precision, root, {**backbone_key, "weights": found[None]})
+        if legacy.name in wanted:
+            os.replace(legacy, path)
+            print(f"reusing the cached features of {name} saved under the old weights fingerprint "
+                  f"({legacy.name} -> {path.name})", file=sys.stderr)
+            return True
+        old_shards, new_shards = legacy.with_suffix(".shards"), path.with_suffix(".shards")
+        if i == 0 and old_shards.is_dir() and not new_shards.exists():
+            os.replace(old_shards, new_shards)
+            print(f"continuing from the shards of {name} saved under the old weights fingerprint", file=sys.stderr)
+        if not wanted:
+            break
+    return False
 
 
 def extract_features(
@@ -126,8 +200,9 @@ def extract_features(
     group = process_group()
     dev = group.device(resolve_device(device))
     precision = "fp16-autocast" if dev.type == "cuda" else "fp32"
-    key = cache_key(backbone, dataset, precision)
-    path = cache_path(backbone, dataset, precision, cache_dir) if cache else None
+    backbone_key = backbone.cache_key()  # hashes the weights: once per call
+    key = cache_key(backbone, dataset, precision, backbone_key)
+    path = cache_path(backbone, dataset, precision, cache_dir, backbone_key) if cache else None
     if path is not None:
         group.agree(path.name, "feature cache entry")
     class_names = list(dataset.class_names)
@@ -140,7 +215,8 @@ def extract_features(
         "feature_kind": backbone.feature_kind,
         "feature_dim": backbone.feature_dim,
         "preprocess": backbone.transform.to_dict(),
-        "weights": backbone.weights_fingerprint(),
+        "weights": backbone_key["weights"],
+        "weights_hash": FINGERPRINT,
         "precision": precision,
         "dataset_fingerprint": dataset.fingerprint(),
         "dataset": getattr(dataset, "name", None),
@@ -150,6 +226,8 @@ def extract_features(
         **(meta or {}),
     }
     labels = np.asarray(dataset.labels, dtype=np.int64)
+    if path is not None and group.main and not path.exists():
+        adopt_legacy_entry(backbone, dataset, precision, path, backbone_key, to_jsonable(info))
     features = _cached_or_extracted(backbone, dataset, dev, batch_size, num_workers, progress, path,
                                     labels, to_jsonable(info), group)
     return FeatureSet(

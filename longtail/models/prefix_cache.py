@@ -4,8 +4,11 @@ fine-tuning, head-only training) never runs the frozen bottom again, across epoc
 
 An entry is one fp16 (or fp32, `dtype="fp32"`) `.npy` array of shape (N, V, *hidden) plus a `.json` meta, named by the
 cache_store rule `<backbone>-<slot>-<key>`. The key covers the prefix weights
-(`Backbone.prefix_fingerprint(depth)`: the stem and the first `depth` blocks only, so runs that
-differ in the trained top share it), the depth, the preprocessing and the view spec the caller
+(`Backbone.prefix_fingerprint(depth)`: a hash of the bytes of the stem and the first `depth`
+blocks only, so runs that differ in the trained top share it, and the same weights give the same
+key at any thread count, in any process, on CPU or GPU; entries keyed by the old, thread-count
+dependent fingerprint are renamed to their new key when they are these weights':
+`adopt_legacy_entries`), the depth, the preprocessing and the view spec the caller
 passes, the compute precision, and the dataset fingerprint (the images' content). Building
 saves shards as it goes (an interrupted build continues) and moves the finished array in place
 atomically; the meta, written last, holds the key, the shape and a sha256 of the array file.
@@ -22,11 +25,12 @@ then open it (models/cache_store.build_rows).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
-import re
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -39,8 +43,15 @@ from torch.utils.data import DataLoader, Subset
 
 from longtail.errors import ConfigError, DataError
 from longtail.io import atomic_path, write_text
-from longtail.models.backbone import Backbone
-from longtail.models.cache_store import Group, build_rows, digest, drop_stale, process_group
+from longtail.models.backbone import FINGERPRINT, Backbone
+from longtail.models.cache_store import (
+    Group,
+    build_rows,
+    digest,
+    drop_stale,
+    entry_prefix,
+    process_group,
+)
 from longtail.models.features import DecodedImages
 
 CACHE_FORMAT = 1  # bump when the stored content or the key changes meaning
@@ -60,22 +71,99 @@ def default_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "longtail") / "prefix"
 
 
-def _payload(backbone: Backbone, depth: int, spec: dict[str, Any], precision: str, dtype: str) -> dict[str, Any]:
+def _payload(backbone: Backbone, depth: int, spec: dict[str, Any], precision: str, dtype: str,
+             prefix_weights: str | None = None) -> dict[str, Any]:
     return {"format": CACHE_FORMAT, "backbone": backbone.name, "model_id": backbone.model_id,
-            "revision": backbone.revision, "prefix_weights": backbone.prefix_fingerprint(depth),
+            "revision": backbone.revision,
+            "prefix_weights": prefix_weights if prefix_weights is not None else backbone.prefix_fingerprint(depth),
             "depth": int(depth), "spec": spec, "precision": precision, "dtype": dtype}
 
 
 def entry_path(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any], precision: str,
-               cache_dir: str | Path | None = None, dtype: str = "fp16") -> tuple[Path, str]:
-    """(`<dir>/<backbone>-<slot>-<key>` without suffix, key) of a prefix-cache entry."""
-    base = _payload(backbone, depth, spec, precision, dtype)
+               cache_dir: str | Path | None = None, dtype: str = "fp16",
+               prefix_weights: str | None = None) -> tuple[Path, str]:
+    """(`<dir>/<backbone>-<slot>-<key>` without suffix, key) of a prefix-cache entry
+    (`prefix_weights`: `backbone.prefix_fingerprint(depth)` when the caller has it)."""
+    base = _payload(backbone, depth, spec, precision, dtype, prefix_weights)
     layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
     slot = digest({**base, "layout": layout}, 12)
     key = digest({**base, "dataset": dataset.fingerprint()}, 24)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", backbone.name)[:60]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return root / f"{safe}-{slot}-{key}", key
+    return root / f"{entry_prefix(backbone.name)}-{slot}-{key}", key
+
+
+def adopt_legacy_entries(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any], precision: str,
+                         cache_dir: str | Path | None, dtype: str, views: int) -> int:
+    """Rename the entries these prefix weights wrote before the byte fingerprints, at `depth`
+    and below, to their new keys (a shallower one can then be derived from); the number renamed.
+
+    The old keys hashed `Backbone.legacy_fingerprints` (float64 sums of the weights, whose last
+    bits depend on torch's thread count). Candidates are entries of this backbone whose meta
+    (no `prefix_hash`) has these images, views, spec, precision and dtype; one is renamed when
+    its key is exactly the one the old scheme gives these prefix weights at this process's
+    thread count or one of the other counts `legacy_fingerprints` tries. Its meta is rewritten
+    with the new key (the array and its checksum are unchanged, and checked on opening as
+    always). Entries of other weights, or of a thread count not tried, stay and are not used.
+    The shards of an interrupted old build at `depth` are taken over when they are under this
+    process's own old key."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if not root.is_dir():
+        return 0
+    prefix, fingerprint = glob.escape(entry_prefix(backbone.name)), dataset.fingerprint()
+    wanted: dict[str, tuple[int, Path, dict[str, Any]]] = {}  # old key -> (depth, entry path, meta)
+    for meta_file in root.glob(f"{prefix}-*.json"):
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (isinstance(meta, dict) and "prefix_hash" not in meta and isinstance(meta.get("key"), str)
+                and meta.get("dataset_fingerprint") == fingerprint and meta.get("spec") == spec
+                and meta.get("dtype") == dtype and meta.get("precision") == precision
+                and isinstance(meta.get("depth"), int) and 0 <= meta["depth"] <= depth
+                and (meta.get("shape") or [0, 0])[1:2] == [views] and meta_file.with_suffix(".npy").is_file()):
+            wanted[meta["key"]] = (meta["depth"], meta_file.with_suffix(""), meta)
+    shards = any(p.is_dir() for p in root.glob(f"{prefix}-*.shards"))
+    if not wanted and not shards:
+        return 0
+    depths = sorted({d for d, _, _ in wanted.values()} | ({depth} if shards else set()))
+    name, adopted = getattr(dataset, "name", "the dataset"), 0
+    for i, found in enumerate(backbone.legacy_fingerprints(depths)):
+        for d in depths:
+            old, old_key = entry_path(backbone, dataset, d, spec, precision, root, dtype, found[d])
+            if i == 0 and d == depth:
+                _adopt_shards(old, entry_path(backbone, dataset, d, spec, precision, root, dtype)[0], name)
+            if old_key not in wanted or wanted[old_key][1] != old:
+                continue
+            meta = wanted.pop(old_key)[2]
+            weights = backbone.prefix_fingerprint(d)
+            new, key = entry_path(backbone, dataset, d, spec, precision, root, dtype, weights)
+            if new.with_suffix(".npy").exists():
+                continue
+            write_text(new.with_suffix(".json"), json.dumps(
+                {**meta, "key": key, **_identity(backbone, weights), "renamed_from": old.name}, indent=1))
+            os.replace(old.with_suffix(".npy"), new.with_suffix(".npy"))
+            old.with_suffix(".json").unlink(missing_ok=True)
+            adopted += 1
+            print(f"reusing the prefix states of {name} (depth {d}) saved under the old weights fingerprint "
+                  f"({old.name} -> {new.name})", file=sys.stderr)
+        if not wanted:
+            break
+    return adopted
+
+
+def _adopt_shards(old: Path, new: Path, name: str) -> None:
+    old_shards, new_shards = old.with_suffix(".shards"), new.with_suffix(".shards")
+    if old_shards.is_dir() and not new_shards.exists() and not new.with_suffix(".npy").exists():
+        os.replace(old_shards, new_shards)
+        print(f"continuing from the prefix-state shards of {name} saved under the old weights fingerprint",
+              file=sys.stderr)
+
+
+def _identity(backbone: Backbone, prefix_weights: str) -> dict[str, Any]:
+    """What a meta records of the weights (from FINGERPRINT on: a later change of scheme can
+    find its entries by meta)."""
+    return {"backbone": backbone.name, "model_id": backbone.model_id, "revision": backbone.revision,
+            "prefix_weights": prefix_weights, "prefix_hash": FINGERPRINT}
 
 
 def file_sha256(path: Path) -> str:
@@ -138,8 +226,11 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     group = process_group()
     device = group.device(device)
     precision = "fp16-autocast" if device.type == "cuda" else "fp32"
-    path, key = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
+    prefix_weights = backbone.prefix_fingerprint(depth)
+    path, key = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype, prefix_weights)
     group.agree(path.name, "prefix cache entry")
+    if group.main and not path.with_suffix(".npy").exists():  # the old keys were computed where the weights are now
+        adopt_legacy_entries(backbone, dataset, depth, spec, precision, cache_dir, dtype, views)
     backbone.to(device).eval()
     with torch.inference_mode():
         probe = backbone.forward_prefix(_probe_pixels(render, decode, dataset, device)[:1, 0], depth)
@@ -173,7 +264,8 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     meta = {"key": key, "shape": list(shape), "dtype": dtype, "depth": int(depth),
             "sha256": file_sha256(npy), "dataset": getattr(dataset, "name", None),
             "dataset_fingerprint": dataset.fingerprint(), "spec": spec, "precision": precision,
-            "derived_from": source.path.name if source is not None else None}
+            "derived_from": source.path.name if source is not None else None,
+            **_identity(backbone, prefix_weights)}
     write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     shutil.rmtree(shard_dir, ignore_errors=True)
     group.barrier()  # the entry is saved
@@ -212,10 +304,10 @@ def shallower_entry(backbone: Backbone, dataset: Any, depth: int, spec: dict[str
     depth below `depth`, or None: running blocks d'..depth-1 on it gives the wanted states
     without decoding an image (LT-Soups stage 2 starts from the ingredients' entry). Its states
     are stored rounded (fp16), so the derived ones match the direct ones to that rounding."""
-    path, _ = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fingerprint = dataset.fingerprint()
     candidates = []  # (depth, entry path, shape) of entries whose meta matches all but the prefix weights
-    for meta_file in path.parent.glob(f"{path.name.rsplit('-', 2)[0]}-*.json"):
+    for meta_file in root.glob(f"{glob.escape(entry_prefix(backbone.name))}-*.json"):
         try:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
