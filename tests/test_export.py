@@ -170,7 +170,7 @@ def test_refusals_are_one_line_and_nothing_is_overwritten(runs, tmp_path, capsys
     assert "run folder not found" in refused(str(tmp_path / "nope"), "--out", str(tmp_path / "c"))
     (tmp_path / "empty").mkdir()
     assert "not a finished fit run" in refused(str(tmp_path / "empty"), "--out", str(tmp_path / "d"))
-    assert "unknown export format" in refused(str(runs["ssf"]), "--out", str(tmp_path / "e"), "format=onnx")
+    assert "unknown export format" in refused(str(runs["ssf"]), "--out", str(tmp_path / "e"), "format=tflite")
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")

@@ -159,3 +159,18 @@ def test_prior_and_reject_options(runs, tmp_path, monkeypatch):
     assert all(float(r["score"]) < float(r["status"].split("threshold ")[1].split()[0]) for r in rejected)
     assert main(["predict", str(runs / "probe"), "--data", str(runs / "data" / "test"), "--out",
                  str(tmp_path / "q.csv"), "--reject", "coverage=2"]) == 2
+
+
+def test_onnx_export_bakes_the_prior_into_the_graph(runs, tmp_path, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    outputs = {}
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for name, extra in (("plain", []), ("train", ["--prior", "train"])):
+        assert main(["export", str(runs / "probe"), "--out", str(tmp_path / name), "--format", "onnx", *extra]) == 0
+        session = ort.InferenceSession(str(tmp_path / name / "model.onnx"))
+        outputs[name] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    counts = np.asarray(list(TRAIN.values()), dtype=float)
+    np.testing.assert_allclose(outputs["train"] - outputs["plain"],
+                               np.broadcast_to(np.log(counts / counts.sum()) - np.log(0.25), (2, 4)), atol=1e-5)
+    assert main(["export", str(runs / "fit"), "--out", str(tmp_path / "m"), "--prior", "train"]) == 2

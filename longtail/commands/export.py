@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", help="auto (default), merged, peft, longtail or onnx (= format=...)")
     p.add_argument("--with-base", action="store_true", default=None,
                    help="peft: also write the base CLIP model to DIR/base (= with_base=true)")
+    p.add_argument("--prior", help="onnx: bake the deployment prior into the graph: balanced | train | "
+                   "FILE.csv of class,weight (docs/methods.md §13; default: as trained)")
     p.add_argument("--quantize", action="store_true", default=None,
                    help="onnx: also write model.int8.onnx, int8 dynamic quantisation (= quantize=true)")
 
@@ -60,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
     sugar = {"format": args.format, "with_base": args.with_base, "quantize": args.quantize}
     cfg = apply_overrides(ExportConfig(), command_overrides(args.overrides, sugar))
+    if args.prior and cfg.format != "onnx":
+        from longtail.errors import ConfigError
+
+        raise ConfigError("--prior goes into an ONNX graph only: add --format onnx (or use longtail predict --prior)")
     if cfg.format == "onnx":
         from longtail.methods.finetune.onnx_export import export_onnx
 
-        out = export_onnx(args.run, args.out, quantize=cfg.quantize)
+        out = export_onnx(args.run, args.out, quantize=cfg.quantize, adjustment=_prior_adjustment(args.run, args.prior))
         print(f"exported {args.run} (onnx, loads with onnxruntime) to {out}; see {out / 'README.md'}")
         return 0
     out = export_run(args.run, args.out, cfg)
@@ -71,3 +77,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {args.run} ({manifest['format']}, loads with {manifest['library']}) to {out}; "
           f"see {out / 'README.md'}")
     return 0
+
+
+def _prior_adjustment(run: str, prior: str | None):
+    """log q - log p_source per class for `--prior` (None: the run's logits as trained)."""
+    if prior is None:
+        return None
+    import numpy as np
+
+    from longtail.errors import ConfigError
+    from longtail.methods.predictor import Predictor
+
+    if prior.startswith("estimate"):
+        raise ConfigError("--prior estimate needs the images to predict; use longtail predict, or export with "
+                          "the prior it wrote (--prior FILE.prior.csv)")
+    predictor = Predictor.from_run(run, device="cpu")
+    target, _ = predictor.target_prior(prior)
+    return predictor.adjust(np.zeros((1, len(predictor.class_names))), target)[0]

@@ -161,17 +161,16 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
     settings = config.get("probe", {})
     trained_for = "train" if (settings.get("loss") == "ce" and settings.get("method") in _TRAIN_PRIOR_METHODS
                               and not settings.get("posthoc_tau")) else "balanced"
-    train_meta: dict[str, Any] = {}
-
-    def backbone_meta() -> dict[str, Any]:
-        if not train_meta:
-            train_meta.update(open_features(saved_feature_path(config, "train", folder)).meta or {})
-        return train_meta
+    train_meta: dict[str, Any] = {}  # the recorded backbone, loaded once
 
     def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
         from longtail.models.features import extract_features
+        from longtail.models.recorded import feature_file_meta, recorded_backbone
 
-        backbone = _recorded_backbone(backbone_meta(), folder)
+        if "backbone" not in train_meta:
+            path = saved_feature_path(config, "train", folder)
+            train_meta["backbone"] = recorded_backbone(feature_file_meta(path), f"{folder}: its training features ({path})")
+        backbone = train_meta["backbone"]
         fs = extract_features(backbone, images, batch_size=batch_size, device=device, progress=progress,
                               num_workers=workers, cache=False)
         return probe.logits(fs.features)
@@ -193,30 +192,6 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
     return Predictor(folder, "probe", names, counts, _groups(counts, names, stats.get("group_counts")), trained_for,
                      image_logits, lambda fs: probe.logits(fs.features), validation, test,
                      info={"temperature": 1.0})  # a calibrated probe's logits are already divided by T
-
-
-def _recorded_backbone(meta: dict[str, Any], folder: Path):
-    """The backbone that made the run's training features, reloaded and checked: same weights
-    (fingerprint) and preprocessing as recorded in the feature file, else a one-line DataError."""
-    from longtail.models.backbone import load_backbone
-
-    name = meta.get("backbone")
-    if not name or meta.get("weights") is None:
-        raise DataError(f"{folder}: the run's training features record no backbone to extract new images "
-                        "with (made outside `longtail features`?); predict on features with --features FILE")
-    backbone = load_backbone(name, revision=meta.get("revision"), **(meta.get("backbone_options") or {}))
-    if meta.get("weights_hash") is not None:
-        same = backbone.weights_fingerprint() == meta["weights"]
-    else:  # features written before the byte fingerprints
-        same = any(found[None] == meta["weights"] for found in backbone.legacy_fingerprints())
-    if not same:
-        raise DataError(f"{folder}: backbone '{name}' loaded now has other weights than the one that made the "
-                        f"run's training features (fingerprint {str(meta['weights'])[:12]}); predict with "
-                        "those weights, or on features with --features FILE")
-    if backbone.transform.to_dict() != meta.get("preprocess"):
-        raise DataError(f"{folder}: backbone '{name}' preprocesses images differently from the run's training "
-                        f"features ({backbone.transform.to_dict()} vs {meta.get('preprocess')})")
-    return backbone
 
 
 def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:

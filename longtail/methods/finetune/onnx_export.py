@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
 from contextlib import contextmanager
@@ -157,67 +156,17 @@ def _fit_graph(run_dir: Path) -> tuple[nn.Module, list[str], dict[str, Any], dic
     return FitLogits(model.eval()), list(info["class_names"]), preprocessing(test_transform(spec), spec), details
 
 
-def feature_file_meta(path: str) -> dict[str, Any]:
-    """The `meta` of a feature file, read alone (no feature array is loaded); {} when none."""
-    p = Path(path)
-    if p.suffix == ".safetensors" and p.is_file():
-        from longtail.io import open_weights_file
-
-        with open_weights_file(p) as handle:
-            return json.loads((handle.metadata() or {}).get("meta", "{}"))
-    if p.suffix == ".npz" and p.is_file():
-        with np.load(p, allow_pickle=False) as arrays:
-            return json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
-    return {}
-
-
-def backbone_options(meta: dict[str, Any]) -> dict[str, Any]:
-    """The load_backbone options that rebuild the backbone a feature file's meta describes."""
-    from longtail.models.clip import FEATURES
-
-    name, model_id = meta["backbone"], str(meta.get("model_id") or "")
-    pre, options = meta.get("preprocess") or {}, {}
-    kinds = {kind: option for option, kind in FEATURES.items()}
-    if meta.get("feature_kind") in kinds:  # CLIP: cls or projected
-        options["feature"] = kinds[meta["feature_kind"]]
-    recipe = re.fullmatch(r"tiny_clip\((.*)\)", model_id)
-    if recipe:  # tiny_clip(seed=0,image=32,patch=8,hidden=32,proj=16,layers=2)
-        names = {"seed": "seed", "image": "image_size", "patch": "patch_size", "hidden": "hidden_size",
-                 "proj": "projection_dim", "layers": "num_layers"}
-        options.update({names[k]: int(v) for k, v in (item.split("=") for item in recipe.group(1).split(","))})
-    if name.startswith("efficientnet_"):
-        crop = (pre.get("crop_size") or [None])[0]
-        options["pretrained"] = not model_id.startswith("random-init:")
-        seed = re.search(r":seed=(\d+)$", model_id)
-        if seed:
-            options["seed"] = int(seed.group(1))
-        if crop and isinstance(pre.get("size"), int):
-            options.update(image_size=int(crop), crop_padding=int(pre["size"]) - int(crop))
-    return options
-
-
 def _probe_graph(run_dir: Path, config: dict[str, Any]) -> tuple[nn.Module, list[str], dict[str, Any], dict[str, Any]]:
     """(graph, class names, preprocessing, manifest details) of a probe run."""
     from longtail.methods.probe.model import Probe
     from longtail.methods.probe.run import saved_feature_path
-    from longtail.models.backbone import load_backbone
     from longtail.models.preprocess import EvalTransform
+    from longtail.models.recorded import feature_file_meta, recorded_backbone
 
     train = saved_feature_path(config, "train", run_dir)
     meta = feature_file_meta(train)
-    if not meta.get("backbone") or not meta.get("weights") or not meta.get("preprocess"):
-        raise ConfigError(f"{run_dir}: the probe's training features ({train}) record no image backbone "
-                          "(only features written by `longtail features` do); nothing to export to ONNX")
     probe = Probe.load(run_dir / "head")
-    try:  # the recorded name is a preset, a hub id or a folder (what load_backbone takes)
-        backbone = load_backbone(meta["backbone"], meta.get("revision"), **backbone_options(meta))
-    except (ConfigError, OSError) as err:
-        raise DataError(f"{run_dir}: cannot rebuild backbone '{meta['backbone']}' of {train}: "
-                        f"{str(err).splitlines()[0]}") from err
-    if backbone.weights_fingerprint() != meta["weights"]:
-        raise DataError(f"{run_dir}: backbone '{meta['backbone']}' rebuilt from {train}'s meta has other "
-                        f"weights than those that made the features (fingerprint {meta['weights']} -> "
-                        f"{backbone.weights_fingerprint()})")
+    backbone = recorded_backbone(meta, f"{run_dir}: the probe's training features ({train})")
     if int(backbone.feature_dim) != probe.dim:
         raise DataError(f"{run_dir}: backbone features are {backbone.feature_dim}-d, the probe's {probe.dim}-d")
     pre = meta["preprocess"]
