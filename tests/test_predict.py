@@ -174,3 +174,34 @@ def test_onnx_export_bakes_the_prior_into_the_graph(runs, tmp_path, monkeypatch)
     np.testing.assert_allclose(outputs["train"] - outputs["plain"],
                                np.broadcast_to(np.log(counts / counts.sum()) - np.log(0.25), (2, 4)), atol=1e-5)
     assert main(["export", str(runs / "fit"), "--out", str(tmp_path / "m"), "--prior", "train"]) == 2
+
+
+def test_eval_scores_the_prior_the_reject_rule_and_unknown_images(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    predictor = Predictor.from_run(runs / "probe")
+    logits, labels = predictor.test()
+    counts = np.asarray(list(TRAIN.values()), dtype=float)
+    by_hand = float(np.mean((logits + np.log(counts / counts.sum()) - np.log(0.25)).argmax(1) == labels))
+    out = tmp_path / "m.json"
+    assert main(["eval", str(runs / "probe"), "--prior", "train", "--reject", "coverage=0.5",
+                 "--unknown", str(runs / "data" / "train" / "dog"), "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    metrics = json.loads(out.read_text())
+    assert printed["all"] == pytest.approx(by_hand)
+    assert metrics["prior"]["prior"] == "train"
+    sel = metrics["selective"]
+    # the probe's validation set is its test set here, so each group's coverage is the target's
+    for group, rate in sel["rejection_rate_per_predicted_group"].items():
+        assert rate is None or abs(rate - 0.5) <= 0.34, group
+    assert 0 < sel["coverage"] < 1 and sel["rule"] == "coverage=0.5"
+    assert set(metrics["open_set"]) >= {"msp", "energy"}
+    assert 0 <= metrics["open_set"]["msp"]["auroc"] <= 1 and printed["auroc_msp"] == metrics["open_set"]["msp"]["auroc"]
+
+
+def test_every_run_records_its_risk_coverage_curve_and_reports_it(runs):
+    metrics = json.loads((runs / "fit" / "metrics.json").read_text())
+    sel = metrics["selective"]
+    assert 0 <= sel["eaurc"] <= sel["aurc"] <= 1 and len(sel["curve"]["coverage"]) <= 101
+    assert sel["curve"]["coverage"][-1] == pytest.approx(1.0)
+    assert sel["curve"]["risk"][-1] == pytest.approx(1 - metrics["all"])  # nothing rejected: the plain error
+    assert "Abstaining" in (runs / "fit" / "report.html").read_text()

@@ -14,6 +14,7 @@ from sklearn.metrics import f1_score
 
 from longtail.data.stats import GROUPS, class_stats
 from longtail.errors import DataError
+from longtail.eval.selective import selective_metrics
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,6 +129,8 @@ def evaluate(
     confidence = probs[np.arange(labels.size), pred]
     reliability = reliability_bins(confidence, pred == labels, n_bins)
     ece = reliability.pop("ece")
+    # abstaining on the least confident (max softmax): risk-coverage curve, AURC (docs/methods.md §13)
+    selective = selective_metrics(logits, labels, np.asarray(stats.groups), score=confidence)
 
     return {
         "all": float(np.mean(pred == labels)),
@@ -157,14 +160,16 @@ def evaluate(
             for c in range(num_classes)
         ],
         "reliability": reliability,
+        "selective": selective,
     }
 
 
 SUMMARY_KEYS = ("all", "class_mean", "many", "medium", "few", "worst_class", "hmean", "gmean", "macro_f1",
-                "ece", "fit_seconds")
+                "ece", "aurc", "fit_seconds")
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """The `--json` contract of every command: all, many, medium, few, ece (+ a few more),
     fractions or None (fit_seconds in seconds, None when the metrics come from re-evaluation)."""
-    return {k: metrics.get(k) for k in SUMMARY_KEYS}
+    flat = {**metrics, "aurc": (metrics.get("selective") or {}).get("aurc")}
+    return {k: flat.get(k) for k in SUMMARY_KEYS}

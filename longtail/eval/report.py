@@ -121,6 +121,31 @@ def _selection_html(m: dict[str, Any], folder: Path, top: int = 10) -> str:
             f"<table>{'<tr>' + head + '</tr>'}{body}</table>")
 
 
+def _abstaining_html(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """The risk-coverage curves (abstaining on the least confident images first) with their AURC,
+    and each run's operating point where it was evaluated with a reject rule (docs/methods.md §13)."""
+    curves = {label: {**m["selective"]["curve"], "aurc": m["selective"].get("aurc")}
+              for label, m in rows if (m.get("selective") or {}).get("curve")}
+    if not curves:
+        return ""
+    points = []
+    for label, m in rows:
+        sel = m.get("selective") or {}
+        if sel.get("coverage") is None:
+            continue
+        per_group = ", ".join(f"{g} {'n/a' if r is None else f'{100 * r:.1f} %'}"
+                              for g, r in (sel.get("rejection_rate_per_group") or {}).items())
+        risk = "n/a" if sel.get("risk") is None else f"{100 * sel['risk']:.2f} %"
+        points.append(f"<li>{esc(label)}: {esc(sel.get('rule') or 'reject rule')}: coverage {100 * sel['coverage']:.1f} %, "
+                      f"error of accepted {risk} (all: {100 * sel['error_all']:.2f} %); rejected per shot group: "
+                      f"{esc(per_group)}</li>")
+    note = ("<p class='note'>Error among the accepted images when the least confident (max softmax) are "
+            "abstained on; lower is better, AURC is the area under the curve.</p>")
+    listed = f"<ul>{''.join(points)}</ul>" if points else ""
+    return (f"<h2>Abstaining</h2>{note}{listed}<div class='figs'>"
+            + _img(_png(plots.risk_coverage_curves(curves)), "risk-coverage") + "</div>")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write RUN/report.html (or `out`): test data, metrics, plots, per-class table, training
     curves, training data, config, environment. Works for every run kind; parts a run did not
@@ -145,6 +170,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if m.get("reliability"):
             figs.append(_img(_png(plots.reliability(m)), "reliability diagram"))
         sections += _figures("Head vs tail", figs)
+        sections.append(_abstaining_html([(name, m)]))
         if m.get("per_class"):
             sections.append("<h2>Per-class results</h2>" + per_class_html(m["per_class"]))
     else:
@@ -221,6 +247,7 @@ def write_comparison_report(
         names = {tuple(r.get("name") for r in m["per_class"]) for _, m in detailed}
         if len(names) == 1:
             sections.append("<h2>Per-class results</h2>" + per_class_comparison_html(detailed))
+    sections.append(_abstaining_html(rows))
     curves = [(label, m) for label, m in rows if plots.has_curves(m)]
     if curves and all(run in detailed for run in curves):
         curves = detailed  # the same colour per run as in the plots above (runs without curves draw nothing)

@@ -43,6 +43,7 @@ class Predictor:
     validation: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
     test: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    scoring: dict[str, Any] = field(default_factory=dict)  # evaluate()'s group settings for this run
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> Predictor:
@@ -114,6 +115,63 @@ class Predictor:
 
         return logits if target is None else correct_logits(logits, target, self.source_prior)
 
+    def labelled(self, test: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, labels) of the run's own test data, or of `test` (a feature file for a probe
+        run, else an image dataset), its classes matched to the run's by name."""
+        if test is None:
+            return self.test()
+        if self.feature_logits is not None and Path(test).suffix in (".npz", ".safetensors"):
+            from longtail.data.features import match_classes
+            from longtail.data.open_features import open_features
+
+            fs = match_classes(self.class_names, open_features(test))
+            return self.feature_logits(fs), fs.labels
+        from longtail.data.open_images import open_matched, test_split_of
+
+        images = open_matched(test, test_split_of(test), self.class_names)
+        return self.image_logits(images, False), np.asarray(images.labels)
+
+    def evaluate(self, test: str | None = None, prior: str | None = None, reject: str | None = None,
+                 unknown: str | None = None) -> dict[str, Any]:
+        """`longtail eval --prior / --reject / --unknown`: the metrics of the run's logits after the
+        deployment prior, with the reject rule's operating point (per shot group) and, given images
+        of classes outside training, the open-set AUROC and FPR at 95 % TPR of two scores."""
+        from longtail.eval.metrics import evaluate
+        from longtail.eval.selective import confidence, open_set_metrics, selective_metrics
+
+        if reject is not None:
+            self.thresholds(reject, None)  # a bad rule or no validation split fails before the test pass
+        logits, labels = self.labelled(test)
+        target, record = self.target_prior(prior, logits)
+        z = self.adjust(logits, target)
+        metrics = evaluate(z, labels, self.train_counts, class_names=self.class_names, **self.scoring)
+        metrics["prior"] = {**record, **({} if target is None else {"weights": target.tolist()})}
+        if reject is not None:
+            thresholds, rule = self.thresholds(reject, target)
+            metrics["selective"] = {**selective_metrics(z, labels, self.groups, thresholds=thresholds),
+                                    "rule": reject, "how": rule}
+        if unknown is not None:
+            other = self._unknown_logits(unknown)
+            other = self.adjust(other, target)
+            metrics["open_set"] = {"source": unknown, "images": int(len(other)), **{
+                kind: open_set_metrics(confidence(z, kind), confidence(other, kind)) for kind in ("msp", "energy")}}
+        if test is not None:
+            metrics["test_set"] = {"source": test, "own": False}
+        return metrics
+
+    def _unknown_logits(self, source: str) -> np.ndarray:
+        from longtail.data.unlabelled import open_unlabelled, readable
+
+        if self.feature_logits is not None and Path(source).suffix in (".npz", ".safetensors"):
+            from longtail.data.open_features import open_features
+
+            return self.feature_logits(open_features(source))
+        images = open_unlabelled(source)
+        bad = [reason for reason in readable(images) if reason is not None]
+        if bad:
+            raise DataError(f"{source}: {len(bad)} unreadable image(s) ({bad[0]})")
+        return self.image_logits(images, False)
+
     def thresholds(self, reject: str, target: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
         """Per-class confidence thresholds for `--reject coverage=F|risk=F`, chosen on the run's
         validation split (after the same prior correction) per shot group of the predicted class."""
@@ -140,11 +198,12 @@ class Predictor:
         return thresholds, {"rule": reject, "per": "shot group of the predicted class", "val_images": int(val_labels.size)}
 
 
-def _groups(counts: np.ndarray, class_names: list[str], group_counts=None) -> np.ndarray:
+def _groups(counts: np.ndarray, class_names: list[str], group_counts=None, **thresholds: int) -> np.ndarray:
+    """many / medium / few of each class, as `eval.metrics.evaluate` assigns them."""
     from longtail.data.stats import class_stats
 
     stats = class_stats(np.asarray(counts), class_names,
-                        group_counts=None if group_counts is None else np.asarray(group_counts))
+                        group_counts=None if group_counts is None else np.asarray(group_counts), **thresholds)
     return np.asarray(stats.groups)
 
 
@@ -189,9 +248,12 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
         test_set = match_classes(names, own_test_features(config, folder))
         return probe.logits(test_set.features), test_set.labels
 
-    return Predictor(folder, "probe", names, counts, _groups(counts, names, stats.get("group_counts")), trained_for,
-                     image_logits, lambda fs: probe.logits(fs.features), validation, test,
-                     info={"temperature": 1.0})  # a calibrated probe's logits are already divided by T
+    scoring = {"group_counts": stats.get("group_counts"), "many_threshold": config.get("many_threshold", 100),
+               "few_threshold": config.get("few_threshold", 20)}
+    groups = _groups(counts, names, **scoring)
+    return Predictor(folder, "probe", names, counts, groups, trained_for, image_logits,
+                     lambda fs: probe.logits(fs.features), validation, test,
+                     info={"temperature": 1.0}, scoring=scoring)  # a calibrated probe's logits are already /T
 
 
 def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
@@ -223,5 +285,6 @@ def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers
         return image_logits(test_set, False), np.asarray(test_set.labels)
 
     trained_for = "train" if cfg.loss == "ce" else "balanced"
-    return Predictor(folder, record["config"]["kind"], names, counts, _groups(counts, names, group_counts),
-                     trained_for, image_logits, None, validation, test, info={"temperature": 1.0})
+    scoring = {"group_counts": None if group_counts is None else np.asarray(group_counts)}
+    return Predictor(folder, record["config"]["kind"], names, counts, _groups(counts, names, **scoring),
+                     trained_for, image_logits, None, validation, test, info={"temperature": 1.0}, scoring=scoring)
