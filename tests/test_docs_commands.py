@@ -5,7 +5,8 @@ A fenced ```bash block right after the line `<!-- offline: runs in order -->` is
 (through `longtail.cli.main`, in a fresh folder with its own cache) and checks each exits 0.
 A block marked `<!-- offline: runs in order; my_images -->` first gets a generated
 long-tailed image folder `my_images/{train,test}/<class>/*.png` (the "your own images"
-walk-through).
+walk-through). A ```python block right after such a block runs next, in the same folder (the
+ONNX export used with onnxruntime alone).
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ import pytest
 from longtail import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"<!-- offline: runs in order(; my_images)? -->\s*```bash\n(.*?)```", re.S)
+BLOCK = re.compile(r"<!-- offline: runs in order(; my_images)? -->\s*```bash\n(.*?)```(?:\s*```python\n(.*?)```)?", re.S)
 TRAIN_COUNTS = (24, 12, 6, 3)  # a small long tail: 4 classes, imbalance ratio 8
 TEST_PER_CLASS = 4
 
 
-def offline_blocks() -> list[tuple[str, bool, list[str]]]:
-    """(document:index, needs my_images/, commands) of every marked block."""
+def offline_blocks() -> list[tuple[str, bool, list[str], str | None]]:
+    """(document:index, needs my_images/, commands, python run after them) of every marked block."""
     out = []
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for k, match in enumerate(BLOCK.finditer(doc.read_text(encoding="utf-8"))):
             text = match.group(2).replace("\\\n", " ")
             lines = [line.split(" #")[0].strip() for line in text.splitlines()]
             commands = [line for line in lines if line and not line.startswith("#")]
-            out.append((f"{doc.relative_to(ROOT)}:{k}", bool(match.group(1)), commands))
+            out.append((f"{doc.relative_to(ROOT)}:{k}", bool(match.group(1)), commands, match.group(3)))
     return out
 
 
@@ -56,12 +57,13 @@ BLOCKS = offline_blocks()
 
 
 def test_the_docs_have_offline_examples():
-    assert any(name.startswith("README.md") for name, _, _ in BLOCKS)
-    assert any(images for _, images, _ in BLOCKS)  # the "your own images" walk-through
+    assert any(name.startswith("README.md") for name, *_ in BLOCKS)
+    assert any(images for _, images, *_ in BLOCKS)  # the "your own images" walk-through
+    assert any(python for *_, python in BLOCKS)  # the ONNX export without longtail
 
 
-@pytest.mark.parametrize("name, images, commands", BLOCKS, ids=[name for name, _, _ in BLOCKS])
-def test_documented_offline_commands_run(name, images, commands, tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, images, commands, python", BLOCKS, ids=[name for name, *_ in BLOCKS])
+def test_documented_offline_commands_run(name, images, commands, python, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "cache"))
     if images:
@@ -71,3 +73,8 @@ def test_documented_offline_commands_run(name, images, commands, tmp_path, monke
         argv = shlex.split(command)
         assert argv[0] == "longtail", f"{name}: only longtail commands belong in an offline block: {command}"
         assert cli.main(argv[1:]) == 0, f"{name}: failed: {command}"
+    if python is not None:
+        pytest.importorskip("onnxruntime")
+        capsys.readouterr()
+        exec(compile(python, f"{name} (python)", "exec"), {"__name__": "__readme__"})
+        assert capsys.readouterr().out.strip() in {f"class_{c}" for c in range(len(TRAIN_COUNTS))}
