@@ -45,10 +45,11 @@ from longtail.io import check_writable, open_weights_file, read_json, write_json
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
 from longtail.methods.finetune.loading import CLASSES
+from longtail.methods.heads import HEAD_FILE, save_head
 
 FORMATS = ("auto", "merged", "peft", "longtail", "onnx")  # onnx: onnx_export.export_onnx
 FOLDABLE = ("none", "ssf", "lora")  # plus every adapter that edits backbone weights in place
-HEAD_FILE, CLASS_NAMES, MANIFEST = "head.safetensors", "class_names.json", "export.json"
+CLASS_NAMES, MANIFEST = "class_names.json", "export.json"
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # The EfficientNet-Lite network as standalone source: these names of models/efficientnet.py.
 EFFICIENTNET_SOURCE = ("STAGES", "STEM_CHANNELS", "HEAD_CHANNELS", "BN_EPS", "BN_MOMENTUM",
@@ -341,28 +342,17 @@ def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
             "mean": list(spec["mean"]), "std": list(spec["std"])}
 
 
-def head_tensors(head: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors for head.safetensors, its description): cosine z = scale cos(W, f) (+ b), linear W f (+ b)."""
-    from longtail.methods.heads import CosineHead
-
-    tensors = {"weight": head.weight.detach().float().cpu().contiguous()}
-    if getattr(head, "bias", None) is not None:
-        tensors["bias"] = head.bias.detach().float().cpu().contiguous()
-    if isinstance(head, CosineHead):
-        tensors["scale"] = torch.tensor(float(head.scale))
-        return tensors, {"type": "cosine", "scale": float(head.scale), "bias": "bias" in tensors}
-    if isinstance(head, nn.Linear) or getattr(head, "spec", lambda: {})().get("type") == "linear":
-        return tensors, {"type": "linear", "bias": "bias" in tensors}
-    raise ConfigError(f"head {type(head).__name__} cannot be exported; export this run with --format longtail")
-
-
 def write_common(folder: Path, head: nn.Module, class_names, plan: ExportPlan, details: dict[str, Any]) -> None:
     """head.safetensors, class_names.json, export.json and README.md."""
     from longtail.methods.finetune.export_readme import readme
     from longtail.runs import package_versions
 
-    tensors, head_spec = head_tensors(head)
-    save_file(tensors, str(folder / HEAD_FILE), metadata={"format": "pt"})
+    try:
+        spec = save_head(folder / HEAD_FILE, head, class_names)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; export this run with --format longtail") from err
+    head_spec = {"type": spec["type"], **({"scale": spec["scale"]} if "scale" in spec else {}),
+                 "bias": bool(spec.get("use_bias", getattr(head, "bias", None) is not None))}
     write_json(folder / CLASS_NAMES, list(class_names))
     manifest = {"format": plan.format, **details, "head": {"file": HEAD_FILE, **head_spec},
                 "class_names": CLASS_NAMES, "preprocessing": preprocessing(plan.input_spec),

@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from longtail.data.features import FeatureSet
 from longtail.data.stats import require_nonempty
 from longtail.errors import DataError
-from longtail.io import atomic_write, load_weights_file, read_json, write_json
-from longtail.methods.heads import build_head, head_tensors
+from longtail.io import load_weights_file, read_json, write_json
+from longtail.methods.heads import HEAD_FILE, load_head, save_head
 
 _CHUNK = 65536  # rows per inference chunk
+ZERO_SHOT_FILE = "zero_shot.safetensors"
 
 
 def log_prior(class_counts: np.ndarray) -> np.ndarray:
@@ -109,18 +110,18 @@ class Probe:
         return self.logits(features).argmax(axis=1)
 
     def save(self, folder: str | Path) -> None:
-        """Write head.safetensors (weights) and head.json (everything else); never overwrites."""
-        from safetensors.torch import save_file
-
+        """Write head.safetensors (the trained head), zero_shot.safetensors (the prototype head, if
+        any), both in the one head-file layout (`heads.save_head`), and head.json (how they combine);
+        never overwrites."""
         folder = Path(folder)
-        if (folder / "head.safetensors").exists() or (folder / "head.json").exists():
+        if (folder / HEAD_FILE).exists() or (folder / "head.json").exists():
             raise DataError(f"{folder}: a saved head already exists (not overwriting)")
-        tensors = head_tensors(self.head, "head.")
+        folder.mkdir(parents=True, exist_ok=True)
+        save_head(folder / HEAD_FILE, self.head, self.class_names)
         if self.zero_shot is not None:
-            tensors.update(head_tensors(self.zero_shot, "zero_shot."))
-        atomic_write(folder / "head.safetensors", lambda p: save_file(tensors, str(p)))
+            save_head(folder / ZERO_SHOT_FILE, self.zero_shot, self.class_names)
         write_json(folder / "head.json", {
-            "format": 1,
+            "format": 2,
             "head": self.head.spec(),
             "zero_shot": None if self.zero_shot is None else self.zero_shot.spec(),
             "num_classes": self.num_classes,
@@ -147,11 +148,14 @@ class Probe:
                                "zero_shot", "alpha", "class_names", "config", "info") if k not in meta]
         if missing:
             raise DataError(f"{folder / 'head.json'}: incomplete, missing {', '.join(missing)}")
-        tensors = load_weights_file(folder / "head.safetensors")
+        if meta.get("format", 1) < 2:  # before the one head file: both heads in head.safetensors, prefixed
+            tensors = load_weights_file(folder / HEAD_FILE)
 
-        def rebuild(spec: dict, prefix: str) -> nn.Module:
-            return build_head(spec, meta["num_classes"], meta["dim"],
-                              weight=tensors[f"{prefix}weight"], bias=tensors.get(f"{prefix}bias"))
+            def rebuild(spec: dict, prefix: str) -> nn.Module:
+                return load_head(folder / HEAD_FILE, legacy=(tensors, prefix, spec))[0]
+        else:
+            def rebuild(spec: dict, prefix: str) -> nn.Module:
+                return load_head(folder / (HEAD_FILE if prefix == "head." else ZERO_SHOT_FILE))[0]
 
         return cls(
             rebuild(meta["head"], "head."),
