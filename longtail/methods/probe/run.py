@@ -3,7 +3,7 @@
 A probe run folder holds config.yaml (kind "probe": the ProbeConfig under `probe`, the feature
 files as given, as absolute paths and as `fingerprints` (samples, dim, file size, content hash:
 `data.features.feature_record`), the shot-group thresholds), env.json, data_stats.json,
-metrics.json, per_class.csv, head/ (head.safetensors + head.json) and report.html; a
+metrics.json, per_class.csv, head/ (head.safetensors [+ zero_shot.safetensors] + head.json) and report.html; a
 `method=auto` run also selection.csv (the candidate table, best first) and, in metrics.json,
 `auto` (the choice, how it was validated, the cost).
 """
