@@ -205,3 +205,18 @@ def test_every_run_records_its_risk_coverage_curve_and_reports_it(runs):
     assert sel["curve"]["coverage"][-1] == pytest.approx(1.0)
     assert sel["curve"]["risk"][-1] == pytest.approx(1 - metrics["all"])  # nothing rejected: the plain error
     assert "Abstaining" in (runs / "fit" / "report.html").read_text()
+
+
+def test_the_python_api_gives_the_rows_the_command_writes(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
+    predictor = Predictor.from_run(runs / "fit", device="cpu")
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(runs / "fit"), "--data", str(runs / "data" / "test"), "--out", str(out),
+                 "--top-k", "2", "--no-progress"]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = predictor.predict_folder(runs / "data" / "test", top_k=2)
+    assert [r["label"] for r in rows] == [r["label"] for r in written]
+    np.testing.assert_allclose([r["prob_2"] for r in rows], [r["prob_2"] for r in written], atol=1e-6)
+    files = sorted((runs / "data" / "test" / "ant").iterdir())[:2]
+    one = predictor.predict([str(f) for f in files], top_k=1)
+    assert [r["path"] for r in one] == [str(f) for f in files] and all(r["status"] == "ok" for r in one)

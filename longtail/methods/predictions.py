@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import softmax
 
 from longtail.data.features import FeatureSet
 from longtail.data.images import ImageDataset
@@ -29,7 +28,6 @@ from longtail.io import PathClaim, atomic_path, check_writable, write_json, writ
 from longtail.methods.predictor import Predictor
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
-UNKNOWN = "unknown"
 
 
 def check_outputs(out: str | Path, logits_out: str | Path | None = None) -> Path:
@@ -72,13 +70,9 @@ def predict_to_file(predictor: Predictor, images: ImageDataset | FeatureSet, out
             images = _FeatureRows(images.source, images.num_samples)
         else:
             logits, reasons = _scored(predictor, images, out, shard_size, progress)
+        rows, target, prior_record, reject_record = predictor.table(
+            logits, reasons, [images.describe(i) for i in range(len(images))], top_k, prior, reject)
         ok = np.array([r is None for r in reasons])
-        target, prior_record = predictor.target_prior(prior, logits[ok] if ok.any() else None)
-        adjusted = np.full_like(logits, np.nan)
-        adjusted[ok] = predictor.adjust(logits[ok], target)
-        thresholds, reject_record = (None, None) if reject is None else predictor.thresholds(reject, target)
-        rows = _rows(images, adjusted, reasons, predictor.class_names, min(top_k, len(predictor.class_names)),
-                     thresholds, predictor.groups)
         _write_table(out, rows)
         if target is not None and prior is not None:
             write_text(prior_path(out), "class,weight\n" + "".join(
@@ -90,7 +84,7 @@ def predict_to_file(predictor: Predictor, images: ImageDataset | FeatureSet, out
         shutil.rmtree(_shard_dir(out), ignore_errors=True)
     finally:
         claim.release()
-    rejected = sum(1 for r in rows if r["label"] == UNKNOWN and r["status"].startswith("rejected"))
+    rejected = sum(1 for r in rows if r["status"].startswith("rejected"))
     return {"images": len(images), "ok": int(ok.sum()), "unreadable": int((~ok).sum()), "rejected": rejected,
             "prior": prior_record, "reject": reject_record, "out": str(out)}
 
@@ -159,36 +153,6 @@ def _images_digest(images: ImageDataset) -> str:
     h = hashlib.sha256(images.reader.identity().encode())
     h.update("\n".join(map(str, images.items.tolist())).encode())
     return h.hexdigest()[:20]
-
-
-def _rows(images: ImageDataset, logits: np.ndarray, reasons: list[str | None], names: list[str], k: int,
-          thresholds: np.ndarray | None, groups: np.ndarray) -> list[dict[str, Any]]:
-    """One dict per image (vectorised top-k; the Python loop only formats the rows)."""
-    ok = np.array([r is None for r in reasons])
-    probs = np.zeros_like(logits)
-    probs[ok] = softmax(logits[ok], axis=1)
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    top_p = np.take_along_axis(probs, top, axis=1)
-    accepted = np.ones(len(images), dtype=bool)
-    if thresholds is not None:
-        accepted = top_p[:, 0] >= thresholds[top[:, 0]]
-    rows = []
-    for i in range(len(images)):
-        row: dict[str, Any] = {"path": images.describe(i)}
-        if not ok[i]:
-            row.update(label="", score=None, status=reasons[i])
-        elif not accepted[i]:
-            c = top[i, 0]
-            row.update(label=UNKNOWN, score=float(top_p[i, 0]),
-                       status=f"rejected: confidence {top_p[i, 0]:.4f} below the {groups[c]} threshold "
-                              f"{thresholds[c]:.4f} for '{names[c]}'")
-        else:
-            row.update(label=names[top[i, 0]], score=float(top_p[i, 0]), status="ok")
-        for j in range(k):
-            row[f"label_{j + 1}"] = names[top[i, j]] if ok[i] else ""
-            row[f"prob_{j + 1}"] = float(top_p[i, j]) if ok[i] else None
-        rows.append(row)
-    return rows
 
 
 def _csv_cell(text: str) -> str:

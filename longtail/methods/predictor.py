@@ -10,7 +10,7 @@ on the run's own validation split where they need one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from longtail.data.images import ImageDataset
 from longtail.errors import ConfigError, DataError
 from longtail.runs import load_run
 
+UNKNOWN = "unknown"  # the label of a rejected image
 PRIOR_CHOICES = ("balanced", "train", "estimate", "estimate=em", "estimate=bbse")
 # Probe / fit settings whose scores are calibrated for the training prior (plain cross-entropy,
 # no post-hoc adjustment, no rebalancing method); every other run targets the balanced prior.
@@ -68,8 +69,64 @@ class Predictor:
             return prior_from_counts(self.train_counts)
         return np.full(len(self.class_names), 1.0 / len(self.class_names))
 
-    def predict_images(self, images: ImageDataset, progress: bool = False) -> np.ndarray:
-        return self.image_logits(images, progress)
+    def predict(self, images: ImageDataset | Sequence[str], top_k: int = 5, prior: str | None = None,
+                reject: str | None = None, progress: bool = False) -> list[dict[str, Any]]:
+        """The rows `longtail predict` writes (path, label, score, status, top-k) for an
+        ImageDataset or a list of image files; unreadable images get their reason as status."""
+        from longtail.data.unlabelled import readable
+
+        if not isinstance(images, ImageDataset):
+            from longtail.data.images import FileReader
+
+            paths = [str(Path(p).resolve()) for p in images]
+            images = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), ["?"], FileReader("/"), name="images")
+        reasons = readable(images)
+        good = np.flatnonzero([r is None for r in reasons])
+        logits = np.full((len(images), len(self.class_names)), np.nan, dtype=np.float32)
+        if good.size:
+            logits[good] = self.image_logits(images.subset(good), progress)
+        return self.table(logits, reasons, [images.describe(i) for i in range(len(images))], top_k, prior, reject)[0]
+
+    def predict_folder(self, path: str | Path, **options: Any) -> list[dict[str, Any]]:
+        """`predict` of every file under a folder (or in a zip, a list file, one image)."""
+        from longtail.data.unlabelled import open_unlabelled
+
+        return self.predict(open_unlabelled(path, all_files=True), **options)
+
+    def table(self, logits: np.ndarray, reasons: list[str | None], paths: list[str], top_k: int = 5,
+              prior: str | None = None, reject: str | None = None) -> tuple[list[dict[str, Any]], Any, dict, Any]:
+        """(rows, target prior, how it was chosen, reject record) from raw logits (NaN rows where
+        `reasons` says an image was unreadable): the prior correction, softmax, top-k and the
+        reject rule (vectorised; the loop only formats rows)."""
+        from scipy.special import softmax
+
+        ok = np.array([r is None for r in reasons])
+        target, prior_record = self.target_prior(prior, logits[ok] if ok.any() else None)
+        z = np.zeros_like(logits)
+        z[ok] = self.adjust(logits[ok], target)
+        thresholds, reject_record = (None, None) if reject is None else self.thresholds(reject, target)
+        k = min(top_k, len(self.class_names))
+        probs = np.where(ok[:, None], softmax(z, axis=1), 0.0)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        top_p = np.take_along_axis(probs, top, axis=1)
+        accepted = np.ones(len(paths), dtype=bool) if thresholds is None else top_p[:, 0] >= thresholds[top[:, 0]]
+        names, rows = self.class_names, []
+        for i, path in enumerate(paths):
+            row: dict[str, Any] = {"path": path}
+            c = top[i, 0]
+            if not ok[i]:
+                row.update(label="", score=None, status=reasons[i])
+            elif not accepted[i]:
+                row.update(label=UNKNOWN, score=float(top_p[i, 0]),
+                           status=f"rejected: confidence {top_p[i, 0]:.4f} below the {self.groups[c]} threshold "
+                                  f"{thresholds[c]:.4f} for '{names[c]}'")
+            else:
+                row.update(label=names[c], score=float(top_p[i, 0]), status="ok")
+            for j in range(k):
+                row[f"label_{j + 1}"] = names[top[i, j]] if ok[i] else ""
+                row[f"prob_{j + 1}"] = float(top_p[i, j]) if ok[i] else None
+            rows.append(row)
+        return rows, target, prior_record, reject_record
 
     def target_prior(self, spec: str | None, logits: np.ndarray | None = None) -> tuple[np.ndarray | None, dict]:
         """(target prior or None for 'as trained', a record of how it was chosen) for `--prior`:
