@@ -145,6 +145,10 @@ def test_prior_and_reject_options(runs, tmp_path, monkeypatch):
     assert predictor.trained_for == "balanced"  # logit-adjusted: calibrated for the balanced prior
     counts = np.asarray(list(TRAIN.values()), dtype=float)
     z = np.zeros((1, 4))
+    logits, _ = predictor.test()
+    estimated, record = predictor.target_prior("estimate", logits)
+    assert record["method"] == "em" and record["temperature_from"] == "the run's validation split"
+    assert estimated.shape == (4,) and abs(estimated.sum() - 1) < 1e-9 and record["temperature"] > 0
     target, record = predictor.target_prior("train")
     np.testing.assert_allclose(predictor.adjust(z, target)[0], np.log(counts / counts.sum()) - np.log(0.25))
     (tmp_path / "prior.csv").write_text("class,weight\nant,1\nbee,1\ncat,1\ndog,5\n")

@@ -10,6 +10,7 @@ on the run's own validation split where they need one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +44,10 @@ class Predictor:
     feature_logits: Callable[[FeatureSet], np.ndarray] | None = None
     validation: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
     test: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
     scoring: dict[str, Any] = field(default_factory=dict)  # evaluate()'s group settings for this run
+
+    def __post_init__(self) -> None:
+        self.validation = functools.cache(self.validation)  # one pass over the validation images
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0) -> Predictor:
@@ -154,9 +157,10 @@ class Predictor:
         from longtail.eval import prior as P
 
         if how == "em":
-            temperature = self.info.get("temperature", 1.0)
+            temperature, calibrated = self.temperature()
             q, info = P.em_prior(softmax(logits / temperature, axis=1), self.source_prior)
-            return q, {"prior": "estimate", "method": "em", "temperature": temperature, **info}
+            return q, {"prior": "estimate", "method": "em", "temperature": temperature,
+                       "temperature_from": calibrated, **info}
         if how == "bbse":
             val = self.validation()
             if val is None:
@@ -165,6 +169,21 @@ class Predictor:
             q, info = P.bbse_prior(logits.argmax(1), val_logits.argmax(1), val_labels, len(self.class_names))
             return q, {"prior": "estimate", "method": "bbse", **info}
         raise ConfigError(f"unknown prior estimate '{how}'; choose em or bbse")
+
+    def temperature(self) -> tuple[float, str]:
+        """(T, where it comes from) for calibrated probabilities: fitted on the run's validation
+        split (its logits corrected to that split's own class frequencies, so a long-tailed split
+        does not read as miscalibration), else the run's own (a calibrated probe's logits are
+        already divided by it: 1)."""
+        from longtail.eval.prior import prior_from_counts
+        from longtail.methods.probe.select import fit_temperature
+
+        val = self.validation()
+        if val is None:
+            return 1.0, "none (no validation split)"
+        val_logits, val_labels = val
+        present = prior_from_counts(np.bincount(val_labels, minlength=len(self.class_names)) + 1e-9)
+        return fit_temperature(self.adjust(val_logits, present), val_labels)[0], "the run's validation split"
 
     def adjust(self, logits: np.ndarray, target: np.ndarray | None) -> np.ndarray:
         """Logits for the target prior: z + log q - log p_source (unchanged for None)."""
@@ -309,8 +328,7 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
                "few_threshold": config.get("few_threshold", 20)}
     groups = _groups(counts, names, **scoring)
     return Predictor(folder, "probe", names, counts, groups, trained_for, image_logits,
-                     lambda fs: probe.logits(fs.features), validation, test,
-                     info={"temperature": 1.0}, scoring=scoring)  # a calibrated probe's logits are already /T
+                     lambda fs: probe.logits(fs.features), validation, test, scoring=scoring)
 
 
 def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
@@ -344,4 +362,4 @@ def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers
     trained_for = "train" if cfg.loss == "ce" else "balanced"
     scoring = {"group_counts": None if group_counts is None else np.asarray(group_counts)}
     return Predictor(folder, record["config"]["kind"], names, counts, _groups(counts, names, **scoring),
-                     trained_for, image_logits, None, validation, test, info={"temperature": 1.0}, scoring=scoring)
+                     trained_for, image_logits, None, validation, test, scoring=scoring)

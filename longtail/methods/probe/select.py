@@ -58,8 +58,15 @@ def calibrate_temperature(probe: Probe, val: FeatureSet | None) -> Probe:
     if val is None:
         raise ConfigError("calibrate='temperature' needs a validation set (val)")
     probe.temperature = 1.0
-    z = torch.as_tensor(probe.logits(val.features), dtype=torch.float64)
-    y = torch.as_tensor(val.labels, dtype=torch.long)
+    probe.temperature, nll = fit_temperature(probe.logits(val.features), val.labels)
+    probe.info["calibration"] = {"method": "temperature", "temperature": probe.temperature, "val_nll": nll}
+    return probe
+
+
+def fit_temperature(logits, labels) -> tuple[float, float]:
+    """(T > 0 minimising the NLL of softmax(logits / T) on labelled validation rows, that NLL)."""
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=1.0, max_iter=100, line_search_fn="strong_wolfe")
 
@@ -70,8 +77,6 @@ def calibrate_temperature(probe: Probe, val: FeatureSet | None) -> Probe:
         return loss
 
     opt.step(closure)
-    probe.temperature = float(log_t.detach().exp())
-    probe.info["calibration"] = {"method": "temperature", "temperature": probe.temperature,
-                                 "val_nll": float(F.cross_entropy(z / probe.temperature, y))}
-    return probe
+    temperature = float(log_t.detach().exp())
+    return temperature, float(F.cross_entropy(z / temperature, y))
 
