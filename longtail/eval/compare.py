@@ -47,28 +47,41 @@ def explicit_label(config: dict[str, Any]) -> str | None:
     return None if label in defaults else str(label)
 
 
-def default_name(run: dict[str, Any]) -> str:
-    """A short name for a run from its kind: 'probe linear', 'fit lift', 'soup (greedy)',
-    'MonoSoup', or the name a pipeline gave it ('ingredient b=2^1 #0')."""
+def _named(run: dict[str, Any]) -> tuple[str, frozenset[str]]:
+    """(a short name for a run from its kind: 'probe linear', 'fit lift', 'soup (greedy)',
+    'MonoSoup', or the name a pipeline gave it ('ingredient b=2^1 #0'); the flattened config
+    keys that name shows, so a label does not repeat them)."""
     config = run["config"]
     kind = str(config.get("kind", "run"))
     if kind == "probe":
-        return f"probe {(config.get('probe') or {}).get('method', '')}".strip()
-    given = config.get("label") or (config.get("origin") or {}).get("label")
-    if given:
-        return str(given)
+        method = (config.get("probe") or {}).get("method", "")
+        return f"probe {method}".strip(), frozenset({"method"} if method else ())
     method = config.get("method")
-    return f"{kind} {method}" if method else kind
+    given = config.get("label") or (config.get("origin") or {}).get("label")
+    name = str(given) if given else f"{kind} {method}" if method else kind
+    return name, frozenset({"method"} if method and str(method) in name else ())
+
+
+def default_name(run: dict[str, Any]) -> str:
+    """A short name for a run from its kind: 'probe linear', 'fit lift', 'soup (greedy)',
+    'MonoSoup', or the name a pipeline gave it ('ingredient b=2^1 #0')."""
+    return _named(run)[0]
+
+
+def _unset(value: Any) -> bool:
+    """None, an empty dict, or a key the config does not have: the default of an optional setting."""
+    return value is None or value == {}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The config flattened, with file paths replaced by the absolute paths the run recorded
-    (so 'train.npz' and '/data/train.npz' naming the same file do not differ)."""
+    (so 'train.npz' and '/data/train.npz' naming the same file do not differ); unset values
+    (None, {}) are dropped, so a key one run leaves unset and another lacks never differs."""
     flat = _flatten(config)
     for split, path in (config.get("absolute_paths") or {}).items():
         if path and split in flat:
             flat[split] = path
-    return flat
+    return {k: v for k, v in flat.items() if not _unset(v)}
 
 
 def _ignored(key: str) -> bool:
@@ -78,7 +91,8 @@ def _ignored(key: str) -> bool:
 
 
 def _differences(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """Keys (dotted, in the first config's order) whose values are not the same in all configs."""
+    """Keys (dotted, in the first config's order) whose values are not the same in all configs
+    (a key unset in every config never differs)."""
     flat = [_comparable(c) for c in configs]
     keys: list[str] = []
     for f in flat:
@@ -86,42 +100,62 @@ def _differences(configs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in keys if not _ignored(k) and len({repr(f.get(k)) for f in flat}) > 1]
 
 
-def _diff_labels(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """'key=value, ...' per config: the differing keys where the run's value is not the one most
-    runs share (all of them on a tie), and always the first differing key. Distinct configs get
-    distinct labels: two runs showing the same pairs agree on every differing key."""
+def _diff_labels(configs: Sequence[dict[str, Any]], shown: Sequence[frozenset[str]] = ()) -> list[str]:
+    """'key=value, ...' per config from every key whose values differ between the configs, but
+    the keys its `shown` set says its name already tells: a config shows the keys where its value
+    is not the one most configs share (all of them on a tie) and always the first of them; keys
+    it leaves unset (None) are left out ('' when nothing else is left: the name says it) unless
+    another config's label would then be the same. Distinct configs get distinct labels: two
+    configs showing the same pairs agree on every differing key."""
     keys = _differences(configs)
     flat = [_comparable(c) for c in configs]
-    labels = []
-    for f in flat:
+    shown = list(shown) or [frozenset()] * len(configs)
+    full, short = [], []
+    for f, hidden in zip(flat, shown):
         items = []
-        for i, key in enumerate(keys):
+        for key in keys:
+            if key in hidden:
+                continue
             counts = Counter(repr(g.get(key)) for g in flat)
             top = counts.most_common()
             usual = top[0][0] if len(top) == 1 or top[0][1] > top[1][1] else None
-            if i == 0 or repr(f.get(key)) != usual:
-                items.append(f"{key}={_show(f.get(key))}")
-        extra = len(items) - MAX_ITEMS
-        labels.append(", ".join(items[:MAX_ITEMS]) + (f", +{extra} more" if extra > 0 else ""))
+            if not items or repr(f.get(key)) != usual:
+                items.append((key, f.get(key)))
+        full.append(items)
+        short.append([(k, v) for k, v in items if v is not None])
+    seen = Counter(repr(s) for s in short)
+    labels = []
+    for items, compact in zip(full, short):
+        chosen = compact if seen[repr(compact)] == 1 else items
+        text = [f"{key}={_show(value)}" for key, value in chosen]
+        extra = len(text) - MAX_ITEMS
+        labels.append(", ".join(text[:MAX_ITEMS]) + (f", +{extra} more" if extra > 0 else ""))
     return labels
 
 
 def run_labels(runs: Sequence[dict[str, Any]]) -> list[str]:
-    """One distinct label per loaded run (`runs.load_run`): the user's `--label` where given, else
-    the run's default name where no other run shares it, else what differs from the runs that
-    share it ('loss=la, init=prototypes' vs 'loss=ce'; prefixed by the name when other runs are
-    in the comparison too); runs that still tie get their folder name appended."""
+    """One distinct label per loaded run (`runs.load_run`): the user's `--label` where given;
+    else what differs between the configs of the runs of its kind, from every differing key
+    ('loss=la, init=prototypes' vs 'loss=ce'), prefixed by the run's default name ('probe
+    linear: loss=ce' vs 'probe cosine: loss=la') unless every run shares that name (then the
+    name says nothing); a run alone of its kind is its name. Runs that still tie get their
+    folder name appended."""
     labels: list[str | None] = [explicit_label(r["config"]) for r in runs]
-    names = [default_name(r) for r in runs]
+    named = [_named(r) for r in runs]
+    names = [n for n, _ in named]
     open_ = [i for i, label in enumerate(labels) if label is None]
-    groups: dict[str, list[int]] = {}
+    kinds: dict[str, list[int]] = {}
     for i in open_:
-        groups.setdefault(names[i], []).append(i)
-    for name, members in groups.items():
-        diffs = _diff_labels([runs[i]["config"] for i in members]) if len(members) > 1 else [""]
-        alone = len(members) == len(runs)
+        kinds.setdefault(str(runs[i]["config"].get("kind", "run")), []).append(i)
+    for members in kinds.values():
+        if len(members) == 1:
+            labels[members[0]] = names[members[0]]
+            continue
+        configs = [runs[i]["config"] for i in members]
+        alone = all(names[i] == names[members[0]] for i in range(len(runs)))  # no other name in the comparison
+        diffs = _diff_labels(configs, [frozenset() if alone else named[i][1] for i in members])
         for i, diff in zip(members, diffs):
-            labels[i] = (diff if alone else f"{name}: {diff}") if diff else name
+            labels[i] = (diff if alone else f"{names[i]}: {diff}") if diff else names[i]
     final = [str(label) for label in labels]
     counts = Counter(final)
     return [f"{label} ({Path(r['folder']).name})" if counts[label] > 1 else label for label, r in zip(final, runs)]
