@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "write report.html for a run, or a comparison report of several runs"
 DESCRIPTION = """\
@@ -14,9 +15,17 @@ the runs' configs (e.g. "loss=la, init=prototypes" vs "loss=ce"). Runs on differ
 (number of classes, class names, training counts, test size) are compared with a warning, at
 the top of the page and on stderr.
 
+--paired (several runs on the same test images) re-scores every run on its own test set and adds
+each run minus the first, image by image (docs/methods.md §7.7): the difference in overall,
+balanced and many / medium / few accuracy with its paired standard error, the between-class SE,
+a bootstrap interval (--bootstrap draws, --seed) and the verdict (better / worse beyond 2 SE, else
+equal within noise). Runs whose test data differ (recorded fingerprints, size, classes) are listed
+as not paired. Without --paired the report reads only the saved metrics.
+
 examples:
   longtail report runs/probe-20260101-120000
   longtail report runs/* --out comparison.html --title "CIFAR-10-LT, EfficientNet-Lite0"
+  longtail report runs/checkpoint runs/wise-ft runs/monosoup --paired --out comparison.html
 """
 
 
@@ -24,12 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folder(s)")
     p.add_argument("--out", help="output HTML (comparison default: comparison-TIMESTAMP.html)")
     p.add_argument("--title", default="longtail comparison", help="comparison page title")
+    p.add_argument("--paired", action="store_true",
+                   help="re-score the runs and add each run minus the first on the same test images")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="B", help="--paired: bootstrap draws (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="--paired: bootstrap seed (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
     import datetime as dt
     import sys
-    from pathlib import Path
 
     from longtail.errors import ConfigError
     from longtail.eval.report import comparison_warnings, write_comparison_report, write_report
@@ -37,14 +49,31 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out:
         check_writable(args.out, folder=False)
+    if args.paired and len(args.runs) < 2:
+        raise ConfigError("--paired compares runs: give two or more")
+    if args.bootstrap < 1:
+        raise ConfigError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if len(args.runs) == 1:
         path = write_report(args.runs[0], args.out)
     else:
         out = Path(args.out or f"comparison-{dt.datetime.now():%Y%m%d-%H%M%S}.html")
         if out.exists():
             raise ConfigError(f"{out} exists, not overwritten (choose another --out)")
-        path = write_comparison_report(args.runs, out, title=args.title)
+        path = write_comparison_report(args.runs, out, title=args.title, n_boot=args.bootstrap, seed=args.seed,
+                                       test_logits=_own_test_logits if args.paired else None)
         for line in comparison_warnings(args.runs):
             print(f"warning: the runs used different data: {line}", file=sys.stderr)
     print(f"report: {path}")
     return 0
+
+
+def _own_test_logits(folder: Path):
+    """(logits, labels) of a run's own test set, whatever its kind (`Predictor.from_run`)."""
+    from longtail.methods.predictor import Predictor
+
+    predictor = Predictor.from_run(folder)
+    if predictor.test is None:
+        from longtail.errors import DataError
+
+        raise DataError(f"{folder}: no test set to re-score")
+    return predictor.test()

@@ -4,7 +4,9 @@ Each page says what was measured on which data: the test data (file or dataset, 
 classes), metrics, head-vs-tail plots, a per-class table with class names, training curves of
 fine-tuned runs, the training data, config and environment. A comparison labels each run by what
 differs from the others (`eval.compare.run_labels`) and warns, at the top of the page, when the
-runs' data differ (`eval.compare.dataset_warnings`). Links are relative to the page.
+runs' data differ (`eval.compare.dataset_warnings`); asked to (`test_logits`), it adds each run's
+paired difference from the first on the same test images (`eval.paired`). Links are relative to
+the page.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 import base64
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
 
+from longtail.errors import LongtailError
 from longtail.eval import plots
 from longtail.eval.compare import dataset_warnings, run_labels
+from longtail.eval.paired import N_BOOT, compare_runs, paired_rows
 from longtail.eval.tables import (
     METRIC_COLUMNS,
     describe_test_data,
@@ -221,16 +225,74 @@ def _data_table(runs: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
             f"<th>test images</th></tr>{''.join(body)}</table>")
 
 
+TestLogits = Callable[[Path], tuple[Any, Any]]  # a run folder -> (logits, labels) of its own test set
+
+
+def _paired_table(result: dict[str, Any]) -> str:
+    """One `eval.paired.paired_difference` as a table (points)."""
+    def pct(x: float | None, sign: bool = False) -> str:
+        return "<span class='na'>n/a</span>" if x is None else f"{100 * x:+.2f}" if sign else f"{100 * x:.2f}"
+
+    level = round(100 * result["level"])
+    head = ("<tr><th>metric</th><th>first</th><th>this run</th><th>difference</th><th>paired SE</th>"
+            f"<th>between-class SE</th><th>{level} % CI (bootstrap)</th><th>verdict</th></tr>")
+    body = []
+    for name, e in paired_rows(result):
+        if e is None:
+            body.append(f"<tr><td>{esc(name)}</td>" + "<td><span class='na'>n/a</span></td>" * 7 + "</tr>")
+            continue
+        body.append(f"<tr><td>{esc(name)}</td><td>{pct(e['a'])}</td><td>{pct(e['b'])}</td><td>{pct(e['diff'], True)}</td>"
+                    f"<td>{pct(e['se'])}</td><td>{pct(e['se_between_classes'])}</td>"
+                    f"<td>[{pct(e['ci'][0], True)}, {pct(e['ci'][1], True)}]</td><td>{esc(e['verdict'])}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def _paired_html(runs: Sequence[dict[str, Any]], labels: Sequence[str], test_logits: TestLogits,
+                 n_boot: int, seed: int) -> str:
+    """Each run minus the first on the same test images (docs/methods.md §7.7), or why it cannot be
+    paired; the first run's logits are computed once."""
+    cache: dict[Path, tuple[Any, Any]] = {}
+
+    def logits(folder: Path) -> tuple[Any, Any]:
+        if folder not in cache:
+            cache[folder] = test_logits(folder)
+        return cache[folder]
+
+    parts = []
+    for run, label in zip(runs[1:], labels[1:]):
+        try:
+            result = compare_runs(runs[0], run, logits, n_boot=n_boot, seed=seed)
+        except LongtailError as error:
+            parts.append(f"<h3>{esc(label)}</h3><p class='note'>Not paired: {esc(str(error))}</p>")
+            continue
+        parts.append(f"<h3>{esc(label)}</h3><p class='note'>On the same {result['num_test']:,} test images "
+                     f"({result['num_classes_evaluated']} classes); the predictions agree on "
+                     f"{100 * result['agreement']:.1f} % of them.</p>" + _paired_table(result))
+    note = (f"<p class='note'>Each run minus <b>{esc(labels[0])}</b>, in points, scored image by image on the "
+            "same test images. Paired SE: over images within classes (the classes fixed); between-class SE: "
+            "the classes as a sample of classes (what another long tail of the same kind would vary by); "
+            f"interval: bootstrap of the images within each class ({n_boot} draws, seed {seed}). Verdict: better "
+            "or worse when the difference exceeds 2 paired SE, else equal within noise.</p>")
+    return "<h2>Paired differences</h2>" + note + "".join(parts)
+
+
 def write_comparison_report(
     run_dirs: Sequence[str | Path],
     out: str | Path,
     title: str = "longtail comparison",
     references: Sequence[tuple[str, dict[str, Any]]] = (),
     note: str = "",
+    test_logits: TestLogits | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
 ) -> Path:
     """Compare several runs side by side; `references` are extra rows (e.g. a Bayes limit).
     Runs are labelled by their `--label` or by what differs between their configs; differing
-    data (classes, class names, training counts, test size) is warned about at the top."""
+    data (classes, class names, training counts, test size) is warned about at the top. Given
+    `test_logits` (a run folder -> the (logits, labels) of its own test set, e.g.
+    `Predictor.from_run(folder).test()`), each run is also compared with the first image by image
+    (`eval.paired`: difference, paired and between-class SE, bootstrap interval, verdict); without
+    it nothing is re-evaluated."""
     runs, labels = _load_all(run_dirs)
     warnings = dataset_warnings(runs, labels)
     sections = [_warnings_html(warnings)] if warnings else []
@@ -240,6 +302,8 @@ def write_comparison_report(
     timing = [k for k in ("fit_seconds", "wall_seconds") if any(m.get(k) is not None for _, m in rows)]
     sections.append("<h2>Metrics (accuracy and ECE in %)</h2>"
                     + metrics_table(list(references) + rows, extra=timing, ref_rows=[r[0] for r in references]))
+    if test_logits is not None and len(runs) > 1:
+        sections.append(_paired_html(runs, labels, test_logits, n_boot, seed))
     detailed = [(label, m) for label, m in rows if m.get("per_class")]
     if detailed:
         sections += _figures("Head vs tail", [_img(_png(plots.group_bars(detailed)), "group accuracy by run"),
