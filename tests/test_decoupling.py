@@ -10,11 +10,12 @@ import torch.nn.functional as F
 
 from longtail.cli import main
 from longtail.data.features import FeatureSet
+from longtail.data.splits import ValRule, split_features
 from longtail.errors import ConfigError
 from longtail.eval.metrics import balanced_accuracy, per_class_accuracy
 from longtail.methods.losses import make_loss
 from longtail.methods.probe import TAU_GRID, Probe, ProbeConfig, fit_probe, train_head
-from longtail.methods.probe.decoupling import tau_normalised
+from longtail.methods.probe.decoupling import BASE_C, TAU_NORM_DEFAULT, tau_normalised
 
 COUNTS = (200, 100, 10, 5)
 
@@ -35,26 +36,42 @@ def _few_accuracy(probe, test, few=(2, 3)):
     return float(acc[list(few)].mean())
 
 
-def test_tau_zero_is_the_plain_bias_free_head_exactly():
+def _base_head(fs, loss="ce", bias=True):
+    """The base head of tau-norm / lws: linear, plain CE, l2 = 1 / (BASE_C N) (scikit-learn's C = 3)."""
+    cfg = ProbeConfig(method="linear", loss=loss, l2=1.0 / (BASE_C * fs.num_samples))
+    return train_head(fs.features, fs.labels, fs.class_counts(), **{**cfg.head_training(),
+                      "head": {"type": "linear", "use_bias": bias}})
+
+
+def _without_bias(probe, x):
+    """f . W_c on the normalised features: the head's logits with its bias dropped."""
+    return F.linear(F.normalize(torch.as_tensor(x), dim=1), probe.head.weight.detach()).numpy()
+
+
+def test_tau_zero_is_the_trained_ce_head_without_its_bias():
     fs = _blobs(seed=1, spread=1.5)
     tau0 = fit_probe(fs, ProbeConfig(method="tau-norm", loss="ce", method_options={"tau": 0}))
-    cfg = ProbeConfig(method="linear", loss="ce")
-    plain = train_head(fs.features, fs.labels, fs.class_counts(), **{**cfg.head_training(),
-                       "head": {"type": "linear", "use_bias": False}})
-    assert np.array_equal(tau0.logits(fs.features), plain.logits(fs.features))
-    assert tau0.head.bias is None and tau0.info["tau_norm"]["tau"] == 0.0
-    # tau = 1: every row has unit norm; the logits are the plain ones divided by the row norms
+    plain = _base_head(fs)
+    assert np.allclose(tau0.logits(fs.features), _without_bias(plain, fs.features), atol=1e-6)
+    info = tau0.info["tau_norm"]
+    assert tau0.head.bias is None and info["tau"] == 0.0 and info["bias"] == "dropped"
+    assert np.array_equal(info["dropped_bias"], plain.head.bias.detach().numpy())
+    # bias "none": trained without a bias, so tau = 0 is the trained head bit for bit
+    none = fit_probe(fs, ProbeConfig(method="tau-norm", method_options={"tau": 0, "bias": "none"}))
+    assert np.array_equal(none.logits(fs.features), _base_head(fs, bias=False).logits(fs.features))
+    assert none.info["tau_norm"]["dropped_bias"] is None
+    # tau = 1: every row has unit norm; the logits are the bias-free ones divided by the row norms
     tau1 = fit_probe(fs, ProbeConfig(method="tau-norm", loss="ce", method_options={"tau": 1.0}))
     assert np.allclose(tau1.head.weight.detach().norm(dim=1).numpy(), 1.0, atol=1e-6)
     norms = plain.head.weight.detach().norm(dim=1).numpy()
-    assert np.allclose(tau1.logits(fs.features), plain.logits(fs.features) / norms, atol=1e-5)
+    assert np.allclose(tau1.logits(fs.features), _without_bias(plain, fs.features) / norms, atol=1e-5)
     w = torch.tensor([[3.0, 4.0], [0.6, 0.8]])
     assert torch.allclose(tau_normalised(w, 0.5), w / torch.tensor([[5.0 ** 0.5], [1.0]]))
 
 
 def test_lws_with_unit_scales_is_the_frozen_head_and_learning_favours_the_tail():
     fs = _blobs(seed=2, spread=2.0)
-    frozen = fit_probe(fs, ProbeConfig(method="linear", loss="ce"))
+    frozen = fit_probe(fs, ProbeConfig(method="linear", loss="ce", l2=1.0 / (BASE_C * fs.num_samples)))
     unit = fit_probe(fs, ProbeConfig(method="lws", loss="ce", method_options={"max_iter": 0}))
     assert np.array_equal(unit.logits(fs.features), frozen.logits(fs.features))
     assert np.array_equal(unit.info["lws"]["scales"], np.ones(4, dtype=np.float32))
@@ -66,17 +83,72 @@ def test_lws_with_unit_scales_is_the_frozen_head_and_learning_favours_the_tail()
     assert (lws.predict(fs.features) >= 2).sum() > (frozen.predict(fs.features) >= 2).sum()
 
 
-def test_ncm_is_the_nearest_normalised_class_mean():
+def test_ncm_cosine_rule_is_the_nearest_normalised_class_mean():
     fs = _blobs(seed=3, spread=2.0)
     test = _blobs(seed=33, counts=(40, 40, 40, 40), spread=2.0, means_seed=3)
-    probe = fit_probe(fs, ProbeConfig(method="ncm", scale=10.0))
+    probe = fit_probe(fs, ProbeConfig(method="ncm", scale=10.0, method_options={"rule": "cosine"}))
     x = fs.features / np.linalg.norm(fs.features, axis=1, keepdims=True)
     means = np.stack([x[fs.labels == c].mean(0) for c in range(4)])
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     t = test.features / np.linalg.norm(test.features, axis=1, keepdims=True)
     assert np.array_equal(probe.predict(test.features), (t @ means.T).argmax(1))
     assert np.allclose(probe.logits(test.features), 10.0 * t @ means.T, atol=1e-5)
-    assert "train" not in probe.info and "ncm" in probe.info  # nothing was trained
+    assert "train" not in probe.info and probe.info["ncm"]["rule"] == "cosine"  # nothing was trained
+
+
+def test_ncm_default_is_the_authors_centred_euclidean_rule_on_a_hand_computed_case():
+    # Raw training features; their mean is mu = (1, 1), so the centred ones are (3, 4), (3, -4)
+    # (class 0) and (-6, 0) (class 1). L2-normalised: (0.6, 0.8), (0.6, -0.8) and (-1, 0); the
+    # class means of those (not re-normalised): m_0 = (0.6, 0), m_1 = (-1, 0).
+    train = FeatureSet(np.array([[4.0, 5.0], [4.0, -3.0], [-5.0, 1.0]], dtype=np.float32), np.array([0, 0, 1]),
+                       class_names=["a", "b"])
+    probe = fit_probe(train, ProbeConfig(method="ncm", scale=4.0))
+    assert probe.info["ncm"]["rule"] == "centred" and probe.normalize is False
+    assert np.allclose(probe.head.center.numpy(), [1.0, 1.0]) and np.allclose(probe.head.weight.detach().numpy(),
+                                                                            [[0.6, 0.0], [-1.0, 0.0]], atol=1e-6)
+    # f = (1, 2): centred (0, 1), already unit; squared distances 0.6^2 + 1 = 1.36 and 1 + 1 = 2.
+    # f = (0, 8): centred (-1, 7), unit (-1, 7) / sqrt(50) = x; ||x - m_0||^2 = 1.36 + 1.2 / sqrt(50),
+    # ||x - m_1||^2 = 2 - 2 / sqrt(50): class 0 is nearer, though cos(x, m_1) > 0 > cos(x, m_0).
+    r = 1.0 / np.sqrt(50.0)
+    squared = np.array([[1.36, 2.0], [1.36 + 1.2 * r, 2.0 - 2.0 * r]])
+    test = np.array([[1.0, 2.0], [0.0, 8.0]], dtype=np.float32)
+    assert np.allclose(probe.logits(test), -(4.0 / 2) * squared, atol=1e-5)  # -(s/2) ||x - m_c||^2
+    assert probe.predict(test).tolist() == [0, 0]
+    # the cosine rule (no centring; means of the normalised raw features) puts (0, 8) in class 1
+    cosine = fit_probe(train, ProbeConfig(method="ncm", scale=4.0, method_options={"rule": "cosine"}))
+    assert cosine.predict(test).tolist() == [0, 1]
+
+
+def _authors_ncm(train_x, train_y, test_x):
+    """The authors' NCM written as their code does it (run_networks.get_knncentroids 'cl2ncs' +
+    KNNClassifier(feat_type='cl2n', dist_type='l2')): logits -||x - c||^2 = -(AA + BB - 2AB)."""
+    mean = train_x.mean(axis=0)
+    cl2n = train_x - mean
+    cl2n = cl2n / np.linalg.norm(cl2n, axis=1, keepdims=True)
+    centroids = np.stack([cl2n[train_y == c].mean(axis=0) for c in np.unique(train_y)])
+    x = test_x - mean
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    dist = (x ** 2).sum(1, keepdims=True) + (centroids ** 2).sum(1)[None] - 2 * x @ centroids.T
+    return -dist
+
+
+def test_ncm_matches_the_authors_code_and_round_trips(tmp_path):
+    fs = _blobs(seed=9, spread=3.0, d=16)
+    fs = FeatureSet(np.abs(fs.features) + 1.0, fs.labels, class_names=fs.class_names)  # ReLU-like, offset
+    test = _blobs(seed=99, counts=(60, 60, 60, 60), spread=3.0, means_seed=9, d=16)
+    test_x = np.abs(test.features) + 1.0
+    probe = fit_probe(fs, ProbeConfig(method="ncm"))
+    theirs = _authors_ncm(fs.features.astype(np.float64), fs.labels, test_x.astype(np.float64))
+    assert np.array_equal(probe.predict(test_x), theirs.argmax(1))
+    assert np.allclose(probe.logits(test_x), 25.0 / 2 * theirs, atol=1e-4)
+    cosine = fit_probe(fs, ProbeConfig(method="ncm", method_options={"rule": "cosine"}))
+    assert (cosine.predict(test_x) != probe.predict(test_x)).any()  # two different rules
+    probe.save(tmp_path / "head")
+    loaded = Probe.load(tmp_path / "head")
+    assert np.array_equal(loaded.logits(test_x), probe.logits(test_x))
+    assert json.loads((tmp_path / "head" / "head.json").read_text())["head"]["type"] == "nearest-mean"
+    with pytest.raises(ConfigError, match="what method=ncm builds"):  # not a head to train
+        fit_probe(fs, ProbeConfig(method="linear", head="nearest-mean"))
 
 
 def test_crt_is_linear_with_class_balanced_ce_and_beats_plain_ce_on_the_tail():
@@ -113,8 +185,62 @@ def test_tau_norm_auto_picks_a_grid_tau_on_validation():
         assert balanced_accuracy(fixed.logits(val.features), val.labels) <= best + 1e-12
 
 
+def test_tau_norm_and_lws_train_their_base_head_with_plain_ce_by_default():
+    fs = _blobs(seed=10, spread=1.5)
+    # the configured loss is the project's default, la; the base head is CE all the same
+    default = fit_probe(fs, ProbeConfig(method="tau-norm", method_options={"tau": 0}))
+    assert np.allclose(default.logits(fs.features), _without_bias(_base_head(fs), fs.features), atol=1e-6)
+    info = default.info["tau_norm"]
+    assert (info["base_loss"], info["configured_loss"]) == ("ce", "la")
+    assert info["l2"] == pytest.approx(1.0 / (BASE_C * fs.num_samples))  # C = 3 unless l2 is set
+    assert fit_probe(fs, ProbeConfig(method="tau-norm", l2=0.01)).info["tau_norm"]["l2"] == 0.01
+    la = fit_probe(fs, ProbeConfig(method="tau-norm", method_options={"tau": 0, "base_loss": "la"}))
+    assert np.allclose(la.logits(fs.features), _without_bias(_base_head(fs, "la"), fs.features), atol=1e-6)
+    assert not np.allclose(la.logits(fs.features), default.logits(fs.features), atol=1e-3)
+    lws = fit_probe(fs, ProbeConfig(method="lws", max_iter=100))
+    lws_ce = fit_probe(fs, ProbeConfig(method="lws", loss="ce", max_iter=100))
+    assert np.array_equal(lws.logits(fs.features), lws_ce.logits(fs.features)) and lws.info["lws"]["base_loss"] == "ce"
+
+
+def test_tau_defaults_to_the_authors_best_region_without_val_and_to_the_val_choice_with_one():
+    fs = _blobs(seed=11, spread=2.5)
+    val = _blobs(seed=111, counts=(30, 30, 30, 30), spread=2.5, means_seed=11)
+    plain = _base_head(fs)
+    norms = plain.head.weight.detach().norm(dim=1).numpy()
+    alone = fit_probe(fs, ProbeConfig(method="tau-norm"))
+    assert alone.info["tau_norm"]["tau"] == TAU_NORM_DEFAULT == 0.9 and "default" in alone.info["tau_norm"]["tau_from"]
+    assert np.allclose(alone.logits(fs.features), _without_bias(plain, fs.features) / norms ** 0.9, atol=1e-5)
+    assert ProbeConfig(method="tau-norm").needs_validation() == []  # val is optional
+    chosen = fit_probe(fs, ProbeConfig(method="tau-norm"), val)
+    auto = fit_probe(fs, ProbeConfig(method="tau-norm", method_options={"tau": "auto"}), val)
+    info = chosen.info["tau_norm"]
+    assert info["tau_from"] == "validation set" and info["tau"] == auto.info["tau_norm"]["tau"]
+    assert np.array_equal(chosen.logits(val.features), auto.logits(val.features))
+    assert info["selection"]["se"].shape == TAU_GRID.shape and info["selection"]["val_per_class"] == [30, 30]
+    assert "refit" not in info  # a validation set of its own: nothing to give back to training
+
+
+def test_tau_chosen_on_a_split_of_train_is_refitted_on_all_of_train():
+    full = _blobs(seed=12, counts=(200, 100, 20, 12), spread=2.5)
+    part, val, _ = split_features(full, ValRule(per_class=4, seed=0))
+    probe = fit_probe(part, ProbeConfig(method="tau-norm"), val)
+    info = probe.info["tau_norm"]
+    assert info["refit"] == {"done": True, "why_not": None, "rows": full.num_samples}
+    tau = info["tau"]
+    assert tau == info["selection"]["grid"][np.argmax(info["selection"]["scores"])]
+    everything = part.with_arrays(np.concatenate([part.features, val.features]), np.concatenate([part.labels, val.labels]))
+    again = fit_probe(everything, ProbeConfig(method="tau-norm", method_options={"tau": tau}))
+    assert np.array_equal(probe.logits(full.features), again.logits(full.features))
+    assert np.array_equal(probe.class_counts, full.class_counts())
+    # another choice on the same split: the head stays the one fitted on the training part
+    kept = fit_probe(part, ProbeConfig(method="tau-norm", posthoc_tau="auto"), val)
+    assert kept.info["tau_norm"]["refit"]["done"] is False
+    assert "posthoc_tau='auto'" in kept.info["tau_norm"]["refit"]["why_not"]
+    assert np.array_equal(kept.class_counts, part.class_counts())
+
+
 @pytest.mark.parametrize("method, options", [
-    ("ncm", {}), ("crt", {}), ("tau-norm", {"tau": 0.7}), ("lws", {}),
+    ("ncm", {}), ("ncm", {"rule": "cosine"}), ("crt", {}), ("tau-norm", {"tau": 0.7}), ("lws", {}),
 ])
 def test_save_load_round_trip(tmp_path, method, options):
     fs = _blobs(seed=6, spread=1.5)
@@ -142,19 +268,31 @@ def test_init_prototypes_composes_with_the_underlying_head():
 
 
 @pytest.mark.parametrize("method, options, message", [
-    ("tau-norm", {"taux": 1}, "unknown method_options key 'taux' \\(valid: tau\\)"),
+    ("tau-norm", {"taux": 1}, "unknown method_options key 'taux' \\(valid: tau, base_loss, bias\\)"),
+    ("tau-norm", {"bias": "kept"}, "bias must be one of dropped, none"),
+    ("tau-norm", {"base_loss": "hinge"}, "base_loss must be a loss name"),
+    ("lws", {"base_loss": 1}, "base_loss must be a loss name"),
     ("tau-norm", {"tau": -1}, "'auto' or a number >= 0"),
     ("tau-norm", {"tau": "best"}, "'auto' or a number >= 0"),
     ("tau-norm", {"tau": True}, "'auto' or a number >= 0"),
     ("lws", {"max_iter": -1}, "integer >= 0"),
     ("lws", {"max_iter": 1.5}, "integer >= 0"),
-    ("lws", {"iters": 3}, "valid: max_iter"),
-    ("ncm", {"k": 1}, "takes no method_options"),
+    ("lws", {"iters": 3}, "valid: max_iter, base_loss"),
+    ("ncm", {"k": 1}, "unknown method_options key 'k' \\(valid: rule\\)"),
+    ("ncm", {"rule": "euclidean"}, "rule must be one of centred, cosine"),
     ("crt", {"weighting": "sqrt"}, "takes no method_options"),
 ])
 def test_bad_method_options_fail_when_the_config_is_built(method, options, message):
     with pytest.raises(ConfigError, match=message):
         ProbeConfig(method=method, method_options=options)
+
+
+def test_loss_options_must_belong_to_the_base_loss():
+    for method in ("tau-norm", "lws"):
+        with pytest.raises(ConfigError, match="base_loss=ce, so loss_options \\(for loss=la\\) do not apply"):
+            ProbeConfig(method=method, loss_options={"tau": 0.5})
+        cfg = ProbeConfig(method=method, loss_options={"tau": 0.5}, method_options={"base_loss": "la"})
+        assert cfg.loss == "la"
 
 
 def test_options_that_do_not_apply_are_errors_before_training():
@@ -182,3 +320,4 @@ def test_cli_decoupling_methods_end_to_end(tmp_path, capsys):
                  "max_iter=100", "--out", str(tmp_path / "tau")]) == 0
     head = json.loads((tmp_path / "tau" / "head" / "head.json").read_text())
     assert head["info"]["tau_norm"]["tau"] in TAU_GRID
+    assert head["info"]["tau_norm"]["refit"]["done"] is True  # tau chosen on the split, head refitted on all
