@@ -36,6 +36,7 @@ from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.presets import CIFAR10_CLASSES
 from longtail.data.profiles import exponential_profile, subsample_per_class
+from longtail.data.splits import ValRule, split_features
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -56,6 +57,13 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("LR, CCAR + LA", {"loss": "ccar-la"}),
     ("cosine, LA", {"method": "cosine", "loss": "la"}),
     ("cosine, LA + temperature scaling (on val)", {"method": "cosine", "loss": "la", "calibrate": "temperature"}),
+    ("NCM (the authors' rule: centred, L2-normalised, Euclidean)", {"method": "ncm"}),
+    ("NCM, cosine to class means", {"method": "ncm", "method_options": {"rule": "cosine"}}),
+    ("cRT (class-balanced re-training)", {"method": "crt"}),
+    ("tau-norm, CE head (tau on val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau 0.9, the default without val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau on a 10 % split of train, head refitted on all)", {"method": "tau-norm"}),
+    ("LWS, CE head (learnable weight scaling)", {"method": "lws"}),
     ("SMOTE + LR", {"method": "smote"}),
     ("Gaussian-KDE + LR", {"method": "gaussian-kde"}),
     ("vMF-KDE + LR", {"method": "vmf-kde"}),
@@ -68,7 +76,11 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("auto (chosen on val)", {"method": "auto", "loss": "la"}),  # la: the default loss, the base auto starts from
     ("auto (chosen by 3-fold CV on train, no val)", {"method": "auto", "loss": "la"}),
 )
-NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)"}  # fitted without the validation split
+NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)",  # fitted without the validation split
+               "tau-norm, CE head (tau 0.9, the default without val)"}
+# Fitted on a split drawn from the LT training set (data.splits.split_features) instead of the
+# validation images: tau is chosen on the split, then the head is refitted on all of train.
+SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
                  ("medium", "medium", "pct"), ("few", "few", "pct"), ("smallest 3", "smallest3", "pct"),
                  ("ECE", "ece", "pct"), ("fit s", "fit_seconds", ".1f"))
@@ -98,6 +110,19 @@ def row_configs(device: str) -> list[ProbeConfig]:
     """The validated ProbeConfig of every row (a bad row fails here, before any image is read)."""
     base = ProbeConfig(method="linear", loss="ce", device=device)  # each row changes what it names
     return [apply_overrides(base, overrides) for _, overrides in ROWS]
+
+
+def fit_in_order(configs: list[tuple[str, ProbeConfig]], lt: FeatureSet, val: FeatureSet, test_features: np.ndarray,
+                 score) -> list[dict]:
+    """`fit_rows` row by row, in order; a SPLIT_ROWS row validates on its split of `lt` instead of `val`."""
+    results = []
+    for label, cfg in configs:
+        if label in SPLIT_ROWS:
+            part, held, _ = split_features(lt, SPLIT_ROWS[label])
+            results += fit_rows([(label, cfg)], part, held, test_features, score)
+        else:
+            results += fit_rows([(label, cfg)], lt, val, test_features, score, NO_VAL_ROWS)
+    return results
 
 
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
@@ -149,38 +174,42 @@ def main() -> None:
     per_class = int(lt_counts.sum()) // 10
     # Same seeded subsampler: the balanced subset shares the LT selection where they overlap.
     bal_idx = subsample_per_class(base_train.labels, np.full(10, per_class), 0)
-    wanted = np.arange(len(base_train)) if args.full_balanced else np.union1d(lt_idx, bal_idx)
 
     backbone = load_backbone(args.backbone, image_size=args.image_size, crop_padding=args.crop_padding)
     common = dict(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir, num_workers=args.workers)
-    train_all = extract_features(backbone, base_train.subset(wanted, name="cifar10_train_sel"),
-                                 prototypes="imagenet", prototype_options={"imagenet_map": str(MAPPING)}, **common)
-    test_all = extract_features(backbone, base_test, **common)
-    extract_seconds = time.perf_counter() - t0
-    def select(idx: np.ndarray, name: str) -> FeatureSet:
-        rows = np.searchsorted(wanted, idx)  # `wanted` is sorted and contains every idx
+
+    # One extraction of the training images the rows need: all of them (--full-balanced), the LT set
+    # alone (--only: no reference rows), or the LT set and the balanced subset together.
+    pool = (np.arange(len(base_train)) if args.full_balanced else lt_idx if args.only
+            else np.union1d(lt_idx, bal_idx))
+    train_all = extract_features(backbone, base_train.subset(pool, name="cifar10_train_sel"), prototypes="imagenet",
+                                 prototype_options={"imagenet_map": str(MAPPING)}, **common)
+    order = np.argsort(pool, kind="stable")
+
+    def features(idx: np.ndarray, name: str) -> FeatureSet:
+        """The training images at idx, as rows of the one extraction."""
+        rows = order[np.searchsorted(pool[order], idx)]
         return replace(train_all, features=train_all.features[rows], labels=train_all.labels[rows], source=name)
 
-    lt = select(lt_idx, f"cifar10_lt_ir{args.ir:g}")
-    balanced = select(bal_idx, f"cifar10_balanced_{per_class}")
+    lt = features(lt_idx, f"cifar10_lt_ir{args.ir:g}")
+    test_all = extract_features(backbone, base_test, **common)
+    extract_seconds = time.perf_counter() - t0
     test_all = replace(test_all, class_names=list(CIFAR10_CLASSES))
     val, test = split_val_test(test_all)
     counts = lt.class_counts()
-    print(f"features: {args.backbone} @ {args.image_size}px, {train_all.num_samples} train + "
+    print(f"features: {args.backbone} @ {args.image_size}px, {lt.num_samples} train + "
           f"{test_all.num_samples} test images in {extract_seconds:.0f}s; LT counts {counts.tolist()}")
 
     wanted_rows = [(label, cfg) for (label, _), cfg in zip(ROWS, configs)
                    if not args.only or any(s in label for s in args.only)]
-    results = fit_rows(wanted_rows, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s),
-                       NO_VAL_ROWS)
-    if args.only:
-        print("\n" + markdown_table(results, TABLE_COLUMNS))
-        return
-    results.append(sklearn_reference(lt, test, counts))
-    refs = [(f"balanced subset ({per_class}/class, same size), LR CE", balanced)]
+    results = fit_in_order(wanted_rows, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s))
+    if not args.only:
+        results.append(sklearn_reference(lt, test, counts))
+    refs = [(f"balanced subset ({per_class}/class, same size), LR CE", bal_idx, f"cifar10_balanced_{per_class}")]
     if args.full_balanced:
-        refs.append(("full balanced train (5,000/class), LR CE", replace(train_all, source="cifar10_full")))
-    for label, data in refs:
+        refs.append(("full balanced train (5,000/class), LR CE", np.arange(len(base_train)), "cifar10_full"))
+    for label, idx, name in refs if not args.only else ():
+        data = features(idx, name)
         start = time.perf_counter()
         probe = fit_probe(data, ProbeConfig(method="linear", loss="ce", device=args.device), val)
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))

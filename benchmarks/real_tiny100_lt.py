@@ -23,6 +23,10 @@ cross-validation on the LT training set (`LogisticRegressionCV`, balanced-accura
 and with class_weight="balanced", the CE model with post-hoc logit adjustment (tau = 1), and
 imbalanced-learn SMOTE + the same LR. Features are L2-normalised for every LR peer, as for ours.
 
+Only the images the requested rows need are extracted: the full training set when its ceiling row
+runs (every subset is then rows of it), else the LT set, the validation images and the balanced
+subset on their own (each cached by content), and the test set.
+
 Caveat: Tiny-ImageNet photos come from ImageNet, which trained the encoder, so absolute numbers
 are optimistic; comparisons between rows on the same features are fair.
 
@@ -50,6 +54,7 @@ from longtail.config import apply_overrides
 from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.profiles import exponential_profile, subsample_per_class
+from longtail.data.splits import ValRule, split_features
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -72,10 +77,13 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("LR, Sage CF loss", {"loss": "cf"}),
     ("cosine, LA (the default probe)", {"method": "cosine", "loss": "la"}),
     ("cosine, LA + temperature scaling (on val)", {"method": "cosine", "loss": "la", "calibrate": "temperature"}),
-    ("NCM (cosine to class means)", {"method": "ncm"}),
+    ("NCM (the authors' rule: centred, L2-normalised, Euclidean)", {"method": "ncm"}),
+    ("NCM, cosine to class means", {"method": "ncm", "method_options": {"rule": "cosine"}}),
     ("cRT (class-balanced re-training)", {"method": "crt"}),
-    ("tau-norm (tau on val)", {"method": "tau-norm", "method_options": {"tau": "auto"}}),
-    ("LWS (learnable weight scaling)", {"method": "lws"}),
+    ("tau-norm, CE head (tau on val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau 0.9, the default without val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau on a 10 % split of train, head refitted on all)", {"method": "tau-norm"}),
+    ("LWS, CE head (learnable weight scaling)", {"method": "lws"}),
     ("SMOTE + LR", {"method": "smote"}),
     ("Gaussian-KDE + LR", {"method": "gaussian-kde"}),
     ("vMF-KDE + LR", {"method": "vmf-kde"}),
@@ -89,7 +97,11 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("auto (chosen on val)", {"method": "auto", "loss": "la"}),  # la: the default loss, the base auto starts from
     ("auto (chosen by CV on train, no val)", {"method": "auto", "loss": "la"}),
 )
-NO_VAL_ROWS = {"auto (chosen by CV on train, no val)"}  # fitted without the validation split
+NO_VAL_ROWS = {"auto (chosen by CV on train, no val)",  # fitted without the validation split
+               "tau-norm, CE head (tau 0.9, the default without val)"}
+# Fitted on a split drawn from the LT training set (data.splits.split_features) instead of the
+# validation images: tau is chosen on the split, then the head is refitted on all of train.
+SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
                  ("medium", "medium", "pct"), ("few", "few", "pct"), ("ECE", "ece", "pct"),
                  ("fit s", "fit_seconds", ".1f"))
@@ -123,6 +135,19 @@ def row_configs(device: str, only: list[str] | None = None) -> list[tuple[str, P
             if not only or any(s in label for s in only)]
 
 
+def fit_in_order(configs: list[tuple[str, ProbeConfig]], lt: FeatureSet, val: FeatureSet, test_features: np.ndarray,
+                 score) -> list[dict]:
+    """`fit_rows` row by row, in order; a SPLIT_ROWS row validates on its split of `lt` instead of `val`."""
+    results = []
+    for label, cfg in configs:
+        if label in SPLIT_ROWS:
+            part, held, _ = split_features(lt, SPLIT_ROWS[label])
+            results += fit_rows([(label, cfg)], part, held, test_features, score)
+        else:
+            results += fit_rows([(label, cfg)], lt, val, test_features, score, NO_VAL_ROWS)
+    return results
+
+
 def class_order(root: str) -> list[str]:
     """The WordNet ids in classes.tsv order (the zip's documented class order)."""
     path = Path(root)
@@ -144,10 +169,6 @@ def lt_split(labels: np.ndarray, ir: float, seed: int, val_per_class: int) -> tu
     rank = np.arange(drawn.size) - np.repeat(start, wanted)
     in_lt = rank < np.repeat(counts, wanted)
     return drawn[in_lt], drawn[~in_lt], counts
-
-
-def take(fs: FeatureSet, idx: np.ndarray, name: str) -> FeatureSet:
-    return replace(fs, features=fs.features[idx], labels=fs.labels[idx], source=name)
 
 
 def row(label: str, logits: np.ndarray, test: FeatureSet, counts: np.ndarray, seconds: float, **extra) -> dict:
@@ -209,29 +230,39 @@ def main() -> None:
     backbone = load_backbone(args.backbone, image_size=args.image_size, crop_padding=0)
     common = dict(batch_size=args.batch_size, device=args.device, cache_dir=args.cache_dir, num_workers=args.workers,
                   prototypes="imagenet")  # Tiny-ImageNet classes are ImageNet WordNet ids: no class map
-    train_all = extract_features(backbone, base_train, **common)
-    test = extract_features(backbone, base_test, **common)
-    extract_seconds = time.perf_counter() - t0
-    lt = take(train_all, lt_idx, f"tiny100_lt_ir{args.ir:g}")
-    val = take(train_all, val_idx, "tiny100_lt_val")
-    per_class = int(counts.sum()) // len(wnids)
-    stats = {"many": int((counts > 100).sum()), "medium": int(((counts >= 20) & (counts <= 100)).sum()),
-             "few": int((counts < 20).sum())}
-    print(f"features: {args.backbone} @ {args.image_size}px, {train_all.num_samples} train + {test.num_samples} test "
-          f"images in {extract_seconds:.0f}s; LT {lt.num_samples} images ({counts.max()}..{counts.min()}/class, "
-          f"{stats}), val {val.num_samples}")
 
-    results = fit_rows(configs, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s),
-                       NO_VAL_ROWS)
     def wanted(label: str) -> bool:
         return not args.only or any(s in label for s in args.only)
 
+    full_label = "full balanced train (500/class), cosine LA"
+    train_all = extract_features(backbone, base_train, **common) if not args.quick and wanted(full_label) else None
+
+    def features(idx: np.ndarray, name: str) -> FeatureSet:
+        """The training images at idx: rows of the full extraction when there is one, else those
+        images only (cached by content: the same subset is extracted once)."""
+        if train_all is not None:
+            return replace(train_all, features=train_all.features[idx], labels=train_all.labels[idx], source=name)
+        return replace(extract_features(backbone, base_train.subset(idx, name=name), **common), source=name)
+
+    lt = features(lt_idx, f"tiny100_lt_ir{args.ir:g}")
+    val = features(val_idx, "tiny100_lt_val")
+    test = extract_features(backbone, base_test, **common)
+    extract_seconds = time.perf_counter() - t0
+    per_class = int(counts.sum()) // len(wnids)
+    stats = {"many": int((counts > 100).sum()), "medium": int(((counts >= 20) & (counts <= 100)).sum()),
+             "few": int((counts < 20).sum())}
+    print(f"features: {args.backbone} @ {args.image_size}px, {lt.num_samples + val.num_samples} train + {test.num_samples} test "
+          f"images in {extract_seconds:.0f}s; LT {lt.num_samples} images ({counts.max()}..{counts.min()}/class, "
+          f"{stats}), val {val.num_samples}")
+
+    results = fit_in_order(configs, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s))
     if not args.quick and wanted("scikit-learn"):
         results += sklearn_peers(lt, test, counts, args.seed)
-    refs = [(f"balanced subset ({per_class}/class, same size), cosine LA", take(train_all, bal_idx, "tiny100_bal"))]
-    if not args.quick:
-        refs.append(("full balanced train (500/class), cosine LA", train_all))
-    for label, data in (r for r in refs if wanted(r[0])):
+    refs = [(f"balanced subset ({per_class}/class, same size), cosine LA", bal_idx, "tiny100_bal")]
+    if train_all is not None:
+        refs.append((full_label, np.arange(base_train.labels.size), "tiny100_train"))
+    for label, idx, name in (r for r in refs if wanted(r[0])):
+        data = features(idx, name)
         start = time.perf_counter()
         probe = fit_probe(data, ProbeConfig(method="cosine", loss="la", device=args.device))
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
