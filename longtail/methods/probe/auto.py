@@ -8,7 +8,8 @@ Candidates (`method_options.candidates`, default DEFAULT_CANDIDATES; any probe m
              row rescaling W_c / ||W_c||^t, t in TAU_NORM_GRID (t = 0: the plain CE head)
   crt        linear head, class-balanced CE (Kang et al. 2020), warm-started from the path's
              first head when tau-norm comes before it
-  ncm        scale * cos(f, class mean), nothing trained
+  ncm        the nearest class mean (the authors' rule: centred, L2-normalised, Euclidean;
+             docs/methods.md §10.1), nothing trained
   zero-shot  the file's prototypes (left out of the default list when the file has none)
   l2-sp      a linear LA head started at the file's prototypes and pulled back to them
              (init=prototypes, l2_target=init, Li et al. 2018) along L2SP_PATH_C (each cold:
@@ -148,7 +149,7 @@ def _fits(name: str, train: FeatureSet, base: ProbeConfig, shared: dict[str, Any
     if name == "tau-norm":
         init = None
         for c in L2_PATH_C if base.solver == "lbfgs" else (None,):
-            settings = _settings(name, C=c, method_options={"tau": 0.0})
+            settings = _settings(name, C=c, method_options={"tau": 0.0, "bias": "none"})  # a bias-free head
             probe = _train(train, config_of(base, settings, train.num_samples), {"type": "linear", "use_bias": False},
                            init)
             init = {"weight": probe.head.weight.detach().clone()}  # warm start of the next, weaker L2
@@ -175,7 +176,8 @@ def _variants(name: str, settings: dict[str, Any], probe: Probe, features: np.nd
     heads = [(settings, trained)]
     if name == "tau-norm":  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^t
         norms = row_norms(probe.head.weight)
-        heads = [({**settings, "method_options": {"tau": t}}, trained / norms.pow(t)) for t in TAU_NORM_GRID]
+        heads = [({**settings, "method_options": {"tau": t, "bias": "none"}}, trained / norms.pow(t))
+                 for t in TAU_NORM_GRID]
     alphas = ALPHA_GRID if zs is not None else (1.0,)
     prior = torch.as_tensor(log_prior(probe.class_counts), dtype=trained.dtype)
     shifts = torch.tensor(POSTHOC_GRID, dtype=trained.dtype)[:, None, None] * prior  # (T, 1, C)

@@ -25,9 +25,11 @@ from longtail.methods.losses import LOSSES, loss_parameters, make_loss
 from longtail.methods.probe.registry import get_method
 from longtail.methods.probe.solvers import SOLVERS, solver_options
 
+TRAINABLE_HEADS = ("linear", "cosine")  # what head= trains; other HEADS (nearest-mean) are built by a method
 INITS = ("random", "prototypes")
 L2_TARGETS = ("zero", "init")
 CALIBRATIONS = (None, "temperature")
+MAX_HISTORY = 1000  # L-BFGS pairs: more never helps a convex probe and would not fit in memory
 _DRY_RUN_COUNTS = np.array([2, 1])  # class counts to build the loss on, only to check its options
 
 
@@ -39,6 +41,9 @@ class ProbeConfig:
     the best fixed probe on the real CIFAR-10-LT benchmark (README, "Measured results").
     `method="linear", loss="ce"` is scikit-learn's LogisticRegression(C=1) (same objective).
     """
+
+    # a changed loss / method drops the options of the one it replaces (config.apply_overrides)
+    OPTIONS_OF = {"loss": "loss_options", "method": "method_options"}
 
     method: str = "cosine"  # probe method (`longtail list probe-methods`)
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. oversampler options, loss_prior
@@ -88,6 +93,9 @@ class ProbeConfig:
                               ("tol", 0.0), ("weight_decay", 0.0)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.history_size > MAX_HISTORY:  # issue 22 item 12: it sizes an (m + 1) x parameters buffer
+            raise ConfigError(f"history_size must be at most {MAX_HISTORY} (L-BFGS keeps that many "
+                              f"parameter-sized pairs; scipy's default is 10), got {self.history_size}")
         if not self.scale > 0:
             raise ConfigError(f"scale must be > 0, got {self.scale}")
         if self.lr is not None and not self.lr > 0:
@@ -111,6 +119,8 @@ class ProbeConfig:
     def _check_choices(self) -> None:
         LOSSES.get(self.loss)
         HEADS.get(self.head)
+        if self.head not in TRAINABLE_HEADS:
+            raise ConfigError(f"head must be one of {', '.join(TRAINABLE_HEADS)} (a trained head); got '{self.head}'")
         SOLVERS.get(self.solver)
         for name, valid in (("init", INITS), ("l2_target", L2_TARGETS), ("calibrate", CALIBRATIONS)):
             if getattr(self, name) not in valid:
