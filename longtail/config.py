@@ -46,7 +46,11 @@ def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
     """A copy of dataclass `cfg` with `overrides` applied (the config's `__post_init__` validates).
 
     'name.sub' keys update one entry of a dict field; plain keys replace a field's value; every
-    value is coerced to the field's annotated type (`coerce_field`).
+    value is coerced to the field's annotated type (`coerce_field`). A config's `OPTIONS_OF`
+    (name field -> its options field, e.g. loss -> loss_options) ties options to a choice:
+    overrides that change the choice without giving its options start them empty, so the
+    options of a preset's loss never reach another loss (`loss=ce` after a preset's
+    `loss_options.tau`); options given in the same overrides apply on top.
     """
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     hints = typing.get_type_hints(type(cfg))
@@ -64,6 +68,9 @@ def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
             nested.setdefault(head, {})[sub] = value
         else:
             plain[key] = coerce_field(key, value, hints[key])
+    for choice, options in getattr(type(cfg), "OPTIONS_OF", {}).items():
+        if choice in plain and plain[choice] != getattr(cfg, choice) and options not in plain:
+            plain[options] = {}  # issue 22 item 4: a new loss / adapter / method starts without the old one's options
     for name, entries in nested.items():  # sub-keys update the (possibly just replaced) dict
         plain[name] = {**(plain.get(name, getattr(cfg, name)) or {}), **entries}
     return dataclasses.replace(cfg, **plain)
@@ -106,6 +113,8 @@ def coerce_field(key: str, value: Any, hint: Any) -> Any:
     elif base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):  # 1e9 (YAML 1.1: a string)
+            value = float(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif base is float:

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
                           f"add --val FILE, or val_split=0.1 to hold out part of --train")
     train = open_features(args.train)
     test = open_features(args.test)
+    _warn_same(args.train, args.test)  # both read: a bad file is its own one-line error
     val = open_features(args.val) if args.val else None
     extra = None
     if rule.active:
@@ -134,6 +135,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(metrics, folder)
     return 0
+
+
+def _warn_same(train: str, test: str) -> None:
+    """Warn when --train and --test name the same data (issue 22 item 16): the accuracy then
+    measures how well the probe fits its own training samples, not how it generalises."""
+    import os
+    import warnings
+
+    def same() -> bool:
+        if train == test:
+            return True
+        try:
+            return os.path.samefile(train, test)
+        except OSError:  # a preset name, or a file that is not there (its own error follows)
+            return False
+
+    if same():
+        warnings.warn(f"--train and --test are the same data ({test}): the test accuracy is measured on the "
+                      "training samples, not on unseen ones", stacklevel=2)
 
 
 def _print_table(metrics: dict, folder) -> None:

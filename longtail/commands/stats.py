@@ -127,7 +127,7 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def save_count_plot(stats, path: Path, title: str) -> Path:
+def save_count_plot(stats, path: Path, title: str, split: str = "train") -> Path:
     """Bar chart of counts sorted large -> small, log y, many/few thresholds as lines."""
     import matplotlib
 
@@ -152,7 +152,7 @@ def save_count_plot(stats, path: Path, title: str) -> Path:
                label=f"few: < {stats.few_threshold}")
     ax.set_yscale("log")
     ax.set_xlabel("class rank (largest first)")
-    ax.set_ylabel("training images")
+    ax.set_ylabel("training images" if split == "train" else f"{split} images")
     ax.set_title(f"{title}: IR {stats.imbalance_ratio:.1f}, head-tail ratio {stats.head_tail_ratio:.2f}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
@@ -177,7 +177,7 @@ def run(args) -> int:
     plot = None
     if not args.no_plot:
         plot = free_path(args.plot or Path(f"{name}_class_counts.png"))
-        save_count_plot(stats, plot, name)
+        save_count_plot(stats, plot, name, cfg.split)
     if args.json:
         print(json.dumps(to_jsonable({"data": name, **stats.to_dict()}), indent=2))
         if plot:
@@ -187,7 +187,7 @@ def run(args) -> int:
 
     shown = name if cfg.split in name or Path(cfg.data).suffix in SUFFIXES else f"{name} ({cfg.split})"
     print(f"data              {shown}")
-    for line in stats.summary_lines():
+    for line in stats.summary_lines(cfg.split):
         print(line)
     if group_counts is not None:
         print("groups follow the reference counts given with the data (e.g. LIFT's CIFAR-100 IR-100 rule)")

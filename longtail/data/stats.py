@@ -95,12 +95,13 @@ class ClassStats:
             "group_counts": None if self.group_counts is None else self.group_counts.tolist(),
         }
 
-    def summary_lines(self) -> list[str]:
-        """Human-readable lines for `longtail stats`."""
+    def summary_lines(self, split: str = "train") -> list[str]:
+        """Human-readable lines for `longtail stats` (`split`: which samples are counted)."""
         sizes = self.group_sizes()
+        samples = "training samples" if split == "train" else f"{split} samples"
         lines = [
             f"classes           {self.num_classes}",
-            f"training samples  {self.total}",
+            f"{samples:<17} {self.total}",
             f"largest / smallest class  {self.n_max} / {self.n_min}",
             f"imbalance ratio   {self.imbalance_ratio:.2f}",
             f"head-tail ratio   {self.head_tail_ratio:.3f}"
@@ -150,8 +151,20 @@ def class_stats(
 
 def require_nonempty(counts: np.ndarray, class_names: list[str] | None = None) -> None:
     """Raise DataError naming the first class with no training samples."""
-    empty = np.flatnonzero(np.asarray(counts) == 0)
+    counts = np.asarray(counts)
+    empty = np.flatnonzero(counts == 0)
     if empty.size:
+        unnamed = not class_names or list(class_names) == [f"class_{i}" for i in range(counts.size)]
+        if unnamed and counts[-1] > 0:
+            # issue 22 item 9: without class names the classes are 0..largest label, so a label
+            # out of range shows up as a gap of empty classes below it: say that, not 'empty class'
+            top, n = counts.size - 1, int(counts[-1])
+            gap = str(empty[0]) if empty.size == 1 else f"{empty.size} labels, {empty[0]} to {empty[-1]}"
+            raise DataError(
+                f"label {top} ({n} sample{'s' if n != 1 else ''}) lies above labels with no samples ({gap}): "
+                f"without class names the classes are 0..{top}, so label {top} looks out of range; "
+                "fix the labels, or add class_names to the file"
+            )
         name = class_names[empty[0]] if class_names else f"class_{empty[0]}"
         raise DataError(
             f"class '{name}' has no training samples ({empty.size} empty classes in total)"

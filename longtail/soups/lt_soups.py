@@ -46,6 +46,8 @@ STAGES = ("all", "prepare", "ingredients", "finish")
 class LTSoupsConfig:
     """LT-Soups hyperparameters (defaults: the authors' CIFAR-100-LT script, docs/methods.md §2.4)."""
 
+    OPTIONS_OF = {"adapter": "adapter_options"}  # see config.apply_overrides
+
     dataset: str = "synthetic_images"  # data-layer dataset name (e.g. cifar100_ir100)
     data_options: dict[str, Any] = field(default_factory=dict)
     root: str | None = None

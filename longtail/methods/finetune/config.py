@@ -26,6 +26,9 @@ VAL_FROM = ("test", "train")
 class FitConfig:
     """Everything a fine-tuning run depends on (written to the run's config.yaml)."""
 
+    # a changed loss / adapter drops the options of the one it replaces (config.apply_overrides)
+    OPTIONS_OF = {"loss": "loss_options", "adapter": "adapter_options"}
+
     # --- data -----------------------------------------------------------------------------
     dataset: str = "synthetic_images"  # data-layer dataset name (or any open_images spec)
     data_options: dict[str, Any] = field(default_factory=dict)  # extra open_images options
