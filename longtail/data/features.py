@@ -20,6 +20,8 @@ from longtail.errors import DataError
 from longtail.io import atomic_write
 
 SUFFIXES = (".npz", ".safetensors")
+# Largest |feature| accepted: squared norms of d <= 1e6 dimensions stay far below float32's 3.4e38.
+MAX_FEATURE = 1e15
 
 
 @dataclass
@@ -69,6 +71,14 @@ class FeatureSet:
         """A copy with other samples but the same classes, prototypes and meta."""
         return replace(self, features=features, labels=labels)
 
+    def check_trainable(self) -> None:
+        """DataError when nothing can be learnt from these features: every one is zero (issue 22
+        item 12: the cosine solver's Cholesky failed with a traceback). A zero row among others
+        is defined: it L2-normalises to zero, so a cosine head scores it the same for every
+        class, and a linear head by its bias alone."""
+        if not np.any(self.features):
+            raise DataError(f"{self.source}: every feature is zero ({self.num_samples} rows): nothing to learn from")
+
     def validate(self) -> None:
         """Raise DataError (one line) on any shape, dtype or value problem."""
         src = self.source
@@ -96,8 +106,19 @@ class FeatureSet:
             raise DataError(
                 f"{src}: features contain NaN or inf in {rows.size} rows (first: row {rows[0]})"
             )
+        # issue 22 item 12: values whose squares overflow float32 (every head computes norms or
+        # dot products) fail here, before any work (all-zero training sets: `check_trainable`)
+        largest = float(np.abs(f).max())
+        if largest > MAX_FEATURE:
+            row = int(np.argmax(np.abs(f).max(axis=1)))
+            raise DataError(f"{src}: feature values up to {largest:.3g} in magnitude (row {row}) overflow "
+                            f"float32 arithmetic (limit {MAX_FEATURE:.0e}); rescale them, e.g. L2-normalise each row")
         if y.min() < 0:
             raise DataError(f"{src}: negative label {int(y.min())}")
+        if self.class_names is not None:
+            from longtail.data.images import check_unique_names
+
+            check_unique_names(self.class_names, src)
         c = self.num_classes
         if self.class_names is not None and y.max() >= c:
             raise DataError(

@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ CONTENT_HASH_LIMIT = 256 * 2**20
 
 class CorruptImageError(DataError):
     """An image file that is missing or cannot be decoded."""
+
+
+# what every command whose config has data_options (stats, features, fit, lt-soups) accepts
+SKIP_HINT = "fix or remove it, or add data_options.on_corrupt=skip to leave unreadable images out"
 
 
 # ---------------------------------------------------------------- readers: item -> PIL image
@@ -93,8 +98,17 @@ class ZipReader:
         import zipfile
 
         if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = zipfile.ZipFile(self.path), os.getpid()
-        return Image.open(io.BytesIO(self._handle.read(item)))
+            try:
+                self._handle, self._pid = zipfile.ZipFile(self.path), os.getpid()
+            except zipfile.BadZipFile as err:
+                raise OSError(f"damaged zip archive ({err})") from err
+        try:
+            data = self._handle.read(item)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, KeyError) as err:
+            # a damaged member: bad CRC, a broken deflate stream, a truncated entry, an unknown
+            # compression, a name the archive lost; `ImageDataset.load` names it (issue 22 item 6)
+            raise OSError(f"damaged zip member ({type(err).__name__}: {err})") from err
+        return Image.open(io.BytesIO(data))
 
     def describe(self, item: str) -> str:
         return f"{self.path}:{item}"
@@ -180,12 +194,16 @@ class ImageDataset:
         self.name = name
         self.group_counts = None if group_counts is None else np.asarray(group_counts, np.int64)
         self._fingerprint: str | None = None
+        # layout keys of the datasets this one replaces (the same source before on_corrupt=skip
+        # left unreadable images out): their unfinished cache builds are abandoned for good
+        self.superseded: tuple[str, ...] = ()
         if self.items.shape[0] != self.labels.shape[0]:
             raise DataError(f"{name}: {len(self.items)} images but {len(self.labels)} labels")
         if self.labels.size == 0:
             raise DataError(f"{name}: the dataset has no images")
         if self.group_counts is not None and self.group_counts.shape != (len(self.class_names),):
             raise DataError(f"{name}: group_counts has shape {self.group_counts.shape}, expected ({len(self.class_names)},)")
+        check_unique_names(self.class_names, name)
         bad = (self.labels < 0) | (self.labels >= len(self.class_names))
         if bad.any():
             raise DataError(
@@ -215,7 +233,7 @@ class ImageDataset:
                 image = self.reader.open(self.items[i])
                 rgb = image.convert("RGB")  # convert() forces the full decode
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise CorruptImageError(f"cannot read image {self.describe(i)}: {err}") from err
+            raise CorruptImageError(f"cannot read image {self.describe(i)}: {err} ({SKIP_HINT})") from err
         return rgb
 
     def class_counts(self) -> np.ndarray:
@@ -275,14 +293,16 @@ class ImageDataset:
                 self.load(i)
             except CorruptImageError as err:
                 ok[i] = False
-                first = first or str(err)
+                first = first or str(err).replace(f" ({SKIP_HINT})", "")
         if ok.all():
             return self
         warnings.warn(
             f"{self.name}: skipped {int((~ok).sum())} corrupt image(s) of {len(self)} ({first})",
             stacklevel=2,
         )
-        return self.subset(np.flatnonzero(ok))
+        kept = self.subset(np.flatnonzero(ok))
+        kept.superseded = (*self.superseded, self.layout_key())
+        return kept
 
     def __repr__(self) -> str:
         return f"ImageDataset({self.name!r}, {len(self)} images, {self.num_classes} classes)"
@@ -294,6 +314,19 @@ def _file_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b"unreadable"
+
+
+def check_unique_names(names: Sequence[str], where: str) -> None:
+    """One-line DataError for a class name given twice or empty (issue 22 item 16: labels that
+    reports, per-class tables and the matching of splits by name could not tell apart)."""
+    seen: set[str] = set()
+    for position, name in enumerate(names):
+        if not str(name).strip():
+            raise DataError(f"{where}: class name at position {position} is empty")
+        if name in seen:
+            raise DataError(f"{where}: class name '{name}' appears twice (again at position {position}); "
+                            "class names must be unique")
+        seen.add(name)
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:

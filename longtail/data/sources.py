@@ -26,6 +26,7 @@ from longtail.data.images import (
     ImageDataset,
     ZipReader,
     check_options,
+    check_unique_names,
     natural_key,
     read_class_names,
 )
@@ -82,9 +83,12 @@ def check_split(kind: str, spec: str, split: str) -> None:
 
 
 def _names_option(class_names: str | os.PathLike | Sequence[str] | None) -> list[str] | None:
-    if class_names is None or isinstance(class_names, (list, tuple)):
-        return None if class_names is None else [str(c) for c in class_names]
-    return read_class_names(class_names)
+    if class_names is None:
+        return None
+    names = ([str(c) for c in class_names] if isinstance(class_names, (list, tuple))
+             else read_class_names(class_names))
+    check_unique_names(names, "class_names" if isinstance(class_names, (list, tuple)) else str(class_names))
+    return names
 
 
 def _assemble(
@@ -182,13 +186,42 @@ def open_folder(spec, split: str = "train", root=None, class_names=None,
     elif split != "train":
         raise no_splits_error(str(spec), split)
     groups: dict[str, list[str]] = {}
+    loops: list[str] = []
     for class_dir in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
         files = groups.setdefault(class_dir.name, [])
-        for dirpath, _, filenames in os.walk(class_dir, followlinks=True):
+        for dirpath, _, filenames in _walk_once(class_dir, loops):
             rel = Path(dirpath).relative_to(base).as_posix()
             files.extend(f"{rel}/{f}" for f in filenames if _is_image(f))
     items, labels, names = _assemble(groups, _names_option(class_names), str(base), empty_classes)
+    if loops:
+        import warnings
+
+        counts = np.bincount(labels, minlength=len(names))
+        per_class = ", ".join(f"{n} {int(c)}" for n, c in zip(names[:8], counts[:8])) + (", ..." if len(names) > 8 else "")
+        warnings.warn(f"{base}: did not follow {len(loops)} symlinked folder(s) leading back into a folder already "
+                      f"listed (first: {loops[0]}); images per class: {per_class}", stacklevel=2)
     return ImageDataset(items, labels, names, FileReader(base), name=Path(spec).name or "images")
+
+
+def _walk_once(top: Path, loops: list[str]):
+    """os.walk(top) following symlinked folders, each real folder once: a link back to a folder
+    already listed (a loop: `a/x -> ..`, or twice the same folder) is skipped and recorded in
+    `loops` as 'path -> target', and so is a link up to a folder holding `top` (issue 22 item 13:
+    a loop turned 12 images into 3,772)."""
+    root = os.path.realpath(top)
+    seen = {root}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            path = os.path.join(dirpath, name)
+            real = os.path.realpath(path)
+            if real in seen or root.startswith(real.rstrip(os.sep) + os.sep):
+                loops.append(f"{Path(path).relative_to(top.parent).as_posix()} -> {real}")
+                continue
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        yield dirpath, dirnames, filenames
 
 
 def _zip_layout(path: Path) -> tuple[list[str], str, set[str]]:
@@ -286,6 +319,11 @@ def _image_root(spec: Path, root) -> Path:
 def _from_rows(spec: Path, root, items, tokens, where, class_names) -> ImageDataset:
     if not items:
         raise DataError(f"{spec}: no samples listed")
+    for i, (item, token) in enumerate(zip(items, tokens)):  # issue 22 item 16: never a class ""
+        if not token:
+            raise DataError(f"{where[i]}: the row for '{item}' has an empty label")
+        if not item:
+            raise DataError(f"{where[i]}: a row with label '{token}' has an empty path")
     names_from = str(class_names) if class_names is not None else ""
     labels, names = _labels_from_tokens(tokens, _names_option(class_names), where, names_from)
     if labels.min() < 0:

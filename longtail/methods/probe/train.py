@@ -94,6 +94,7 @@ def fit_probe(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None
     """Fit the probe method cfg.method on `train`; `val` serves only the "auto" choices and
     temperature calibration (cfg.calibrate)."""
     method = get_method(cfg.method)
+    train.check_trainable()
     if val is not None:
         val = match_classes(train.class_names, val)
         check_compatible(train, val)
