@@ -27,6 +27,7 @@ COMMANDS = (  # command name; its module is longtail/commands/<name with '-' -> 
     "monosoup",
     "lt-soups",
     "export",
+    "cache",
 )
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from longtail.errors import DataError
+from longtail.errors import DataError, LongtailError
 from longtail.io import atomic_write
 
 _SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npy$")
@@ -70,6 +70,209 @@ def drop_stale(path: Path, name: str, what: str = "features") -> None:
     print(f"the cached {what} of {name} are stale (its images changed since): computing again", file=sys.stderr)
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- housekeeping
+# (issue 22 item 14): a build claims its entry (an OS lock beside it, `io.PathClaim`), so the
+# next run of the same entry knows whether the temporary files it finds belong to a live build
+# or to a killed one; `longtail cache` lists, sizes and prunes entries through the same claims.
+
+ENTRY_NAME = re.compile(r"^(?P<name>.+)-(?P<slot>[0-9a-f]{12})-(?P<key>[0-9a-f]{24})(?P<suffix>\..*)?$")
+KINDS = ("features", "prefix")  # the subfolders of $LONGTAIL_CACHE this module keeps
+
+
+def cache_root() -> Path:
+    """`$LONGTAIL_CACHE`, else `~/.cache/longtail`: the feature cache is `features/` under it,
+    the frozen-prefix cache `prefix/`."""
+    root = os.environ.get("LONGTAIL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "longtail"
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` cannot hold cache entries (it is created when missing), or None when it can."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    return None
+
+
+def usable_cache(folder: Path, what: str) -> bool:
+    """Whether `folder` can hold cache entries; when it cannot, one warning says the work goes on
+    without the cache and what to do to keep it (issue 22 item 7: a read-only cache)."""
+    why = unwritable(folder)
+    if why is None:
+        return True
+    import warnings
+
+    warnings.warn(f"the {what} cache folder {folder} is not writable ({why}): computing without the cache; "
+                  "set LONGTAIL_CACHE to a writable folder to keep the work for the next run", stacklevel=3)
+    return False
+
+
+def entry_stem(path: Path) -> str:
+    """`<name>-<slot>-<key>` of an entry's file or folder (`X.npz`, `X.shards`, `X`): what its
+    claim and its leftovers are named after (a backbone name may hold dots)."""
+    match = ENTRY_NAME.match(path.name)
+    return f"{match['name']}-{match['slot']}-{match['key']}" if match else path.name
+
+
+def claim_entry(path: Path) -> Any:
+    """This process's claim on the cache entry of `path` (an `io.PathClaim` on its stem, the
+    same for its array, meta and shards: release it when the entry is built), or None when a
+    live process holds it (or the folder takes no lock)."""
+    from longtail.errors import ConfigError
+    from longtail.io import PathClaim
+
+    try:
+        return PathClaim(path.parent / entry_stem(path), "cache entry")
+    except (ConfigError, OSError):
+        return None
+
+
+def remove_leftovers(path: Path) -> int:
+    """Delete the temporary files that killed builds of the entry `path` left beside it
+    (`.NAME*.tmp*`, from `io.atomic_path`); call it only while holding the entry's claim (no
+    live build of it then exists). The number deleted."""
+    stem = entry_stem(path)
+    removed = 0
+    for orphan in path.parent.glob(f".{glob.escape(stem)}.*.tmp*"):
+        try:
+            shutil.rmtree(orphan) if orphan.is_dir() else orphan.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def remove_abandoned_shards(root: Path, prefix: str, slots: list[str]) -> int:
+    """Delete the shard folders of the entries in `slots` (datasets this one replaces: the same
+    images before `on_corrupt=skip` left the unreadable ones out, which no run will finish)
+    unless a live build holds them. The number deleted."""
+    removed = 0
+    for slot in slots:
+        for shards in root.glob(f"{glob.escape(prefix)}-{slot}-*.shards"):
+            claim = claim_entry(shards)
+            if claim is None:
+                continue
+            try:
+                shutil.rmtree(shards, ignore_errors=True)
+                removed += 1
+            finally:
+                claim.release()
+    return removed
+
+
+def touch(path: Path) -> None:
+    """Mark an entry as used now: its access time (what `longtail cache prune --older-than`
+    reads, with the modification time); the modification time stays the build's."""
+    try:
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+    except OSError:  # a read-only cache is still read
+        pass
+
+
+@dataclass
+class CacheEntry:
+    """One entry of a cache folder, with every file that belongs to it."""
+
+    kind: str  # features | prefix
+    name: str  # `<backbone>-<slot>-<key>`
+    paths: list[Path]
+    state: str  # ready | partial (shards of an unfinished build) | leftover (temporary files only)
+    size: int  # bytes
+    used: float  # last use (newest access or modification time of its files), seconds since the epoch
+    busy: bool = False  # a live process holds its claim
+
+    @property
+    def backbone(self) -> str:
+        return ENTRY_NAME.match(self.name)["name"]
+
+
+def _size(path: Path) -> tuple[int, float]:
+    """(bytes, last use) of a file or a folder's files: the newest modification time, or for an
+    entry's array (`.npz`, `.npy`, which `touch` marks on each read) its access time if newer."""
+    try:
+        if path.is_dir():
+            files = [p.stat() for p in path.rglob("*") if p.is_file()]
+            return sum(st.st_size for st in files), max([path.stat().st_mtime, *(st.st_mtime for st in files)])
+        st = path.stat()
+        array = path.suffix in (".npz", ".npy") and not path.name.startswith(".")
+        return st.st_size, max(st.st_mtime, st.st_atime) if array else st.st_mtime
+    except FileNotFoundError:
+        return 0, 0.0
+
+
+def cache_entries(root: Path | None = None) -> list[CacheEntry]:
+    """Every entry of the feature and prefix caches under `root` (default `cache_root()`), oldest
+    use first. Lock files of finished claims are not entries; stale ones go with their entry."""
+    root = Path(root) if root is not None else cache_root()
+    entries: list[CacheEntry] = []
+    for kind in KINDS:
+        folder = root / kind
+        if not folder.is_dir():
+            continue
+        groups: dict[str, list[Path]] = {}
+        for path in folder.iterdir():
+            name = path.name
+            if name.startswith(".write-test."):
+                continue
+            if name.startswith("."):  # .ENTRY.ext.XXXX.tmp.ext or .ENTRY.ext.lock
+                name = name[1:]
+            match = ENTRY_NAME.match(name)
+            if match is None:
+                continue
+            groups.setdefault(f"{match['name']}-{match['slot']}-{match['key'].split('.')[0]}", []).append(path)
+        for name, paths in groups.items():
+            visible = [p for p in paths if not p.name.startswith(".")]
+            if any(p.suffix in (".npz", ".npy") for p in visible):
+                state = "ready"
+            elif any(p.suffix == ".shards" for p in visible):
+                state = "partial"
+            elif any(".tmp" in p.name for p in paths):
+                state = "leftover"
+            else:
+                state = "lock"  # a lock file alone: not worth listing, removed by prune
+            sizes = [_size(p) for p in paths if not p.name.endswith(".lock")]  # a lock holds a pid
+            sizes = sizes or [(0, max(_size(p)[1] for p in paths))]
+            entry = CacheEntry(kind, name, sorted(paths), state, sum(s for s, _ in sizes),
+                               max(t for _, t in sizes))
+            entry.busy = _busy(paths)
+            entries.append(entry)
+    return sorted(entries, key=lambda e: e.used)
+
+
+def _busy(paths: list[Path]) -> bool:
+    """Whether a live process holds a claim on the entry (a lock file that is locked)."""
+    from longtail.io import _try_lock
+
+    for lock in (p for p in paths if p.name.endswith(".lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            if not _try_lock(fd):
+                return True
+        finally:
+            os.close(fd)  # drops the lock just taken
+    return False
+
+
+def remove_entry(entry: CacheEntry) -> int:
+    """Delete an entry's files (not while a live process builds it); the bytes freed."""
+    if entry.busy:
+        return 0
+    for path in entry.paths:
+        try:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:
+            pass
+    return entry.size
 
 
 def load_shards(shard_dir: Path | None, out: np.ndarray, done: np.ndarray) -> tuple[int, int]:
@@ -269,10 +472,14 @@ def build_rows(out: np.ndarray | None, shape: tuple[int, ...], dtype: Any, shard
                 shards.put(rows, values)
                 bar.update(len(rows))
             shards.close()
-    except BaseException:
-        if shard_dir is not None:
+    except BaseException as err:
+        if shard_dir is not None and (shards.images or not isinstance(err, LongtailError)):
+            # an interrupt (or a crash) continues when run again; a data error (a corrupt image)
+            # would fail the same way: its own message says what to change (issue 22 item 7)
+            then = ("they are reused once the error below is fixed" if isinstance(err, LongtailError)
+                    else "run the same command again to continue")
             print(f"kept {shards.images} of {n if group.main else total} images in {shards.shards} shards "
-                  f"under {shard_dir}{rank}; run the same command again to continue", file=sys.stderr)
+                  f"under {shard_dir}{rank}; {then}", file=sys.stderr)
         raise
     finally:
         bar.close()

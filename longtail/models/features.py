@@ -44,10 +44,15 @@ from longtail.models.backbone import FINGERPRINT, Backbone
 from longtail.models.cache_store import (
     Group,
     build_rows,
+    claim_entry,
     digest,
     drop_stale,
     entry_prefix,
     process_group,
+    remove_abandoned_shards,
+    remove_leftovers,
+    touch,
+    usable_cache,
 )
 
 CACHE_FORMAT = 2  # bump when the stored content or the cache key changes meaning
@@ -96,9 +101,11 @@ def cache_slot(backbone: Backbone, dataset: Any, precision: str, backbone_key: d
     they hold): entries sharing a slot are one dataset at different times, and only the entry
     of the current content is kept."""
     layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
-    payload = {"format": CACHE_FORMAT, "backbone": backbone_key or backbone.cache_key(), "precision": precision,
-               "layout": layout}
-    return digest(payload, 12)
+    return _slot(backbone_key or backbone.cache_key(), precision, layout)
+
+
+def _slot(backbone_key: dict[str, Any], precision: str, layout: str) -> str:
+    return digest({"format": CACHE_FORMAT, "backbone": backbone_key, "precision": precision, "layout": layout}, 12)
 
 
 def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str | Path | None,
@@ -203,6 +210,8 @@ def extract_features(
     backbone_key = backbone.cache_key()  # hashes the weights: once per call
     key = cache_key(backbone, dataset, precision, backbone_key)
     path = cache_path(backbone, dataset, precision, cache_dir, backbone_key) if cache else None
+    if path is not None and not usable_cache(path.parent, "feature"):  # read-only: extract, keep nothing
+        path = None
     if path is not None:
         group.agree(path.name, "feature cache entry")
     class_names = list(dataset.class_names)
@@ -226,10 +235,20 @@ def extract_features(
         **(meta or {}),
     }
     labels = np.asarray(dataset.labels, dtype=np.int64)
-    if path is not None and group.main and not path.exists():
-        adopt_legacy_entry(backbone, dataset, precision, path, backbone_key, to_jsonable(info))
-    features = _cached_or_extracted(backbone, dataset, dev, batch_size, num_workers, progress, path,
-                                    labels, to_jsonable(info), group)
+    claim = claim_entry(path) if path is not None and group.main else None
+    try:
+        if claim is not None:  # no live build of this entry: what killed ones left goes (issue 22 item 14)
+            remove_leftovers(path)
+            remove_abandoned_shards(path.parent, entry_prefix(backbone.name),
+                                    [_slot(backbone_key, precision, layout)
+                                     for layout in getattr(dataset, "superseded", ())])
+        if path is not None and group.main and not path.exists():
+            adopt_legacy_entry(backbone, dataset, precision, path, backbone_key, to_jsonable(info))
+        features = _cached_or_extracted(backbone, dataset, dev, batch_size, num_workers, progress, path,
+                                        labels, to_jsonable(info), group)
+    finally:
+        if claim is not None:
+            claim.release()
     return FeatureSet(
         features=features,
         labels=labels,
@@ -286,6 +305,7 @@ def _read_cache(path: Path | None, n: int) -> np.ndarray | None:
     if cached.num_samples != n:
         path.unlink(missing_ok=True)
         return None
+    touch(path)  # last used now (`longtail cache prune --older-than`)
     return cached.features.astype(np.float32, copy=False)
 
 

@@ -24,14 +24,12 @@ then open it (models/cache_store.build_rows).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
 import os
 import shutil
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -47,17 +45,20 @@ from longtail.models.backbone import FINGERPRINT, Backbone
 from longtail.models.cache_store import (
     Group,
     build_rows,
+    claim_entry,
     digest,
     drop_stale,
     entry_prefix,
     process_group,
+    remove_abandoned_shards,
+    remove_leftovers,
+    touch,
 )
 from longtail.models.features import DecodedImages
 
 CACHE_FORMAT = 1  # bump when the stored content or the key changes meaning
 SHARD_IMAGES = 256
 SHARD_SECONDS = 30.0
-ORPHAN_SECONDS = 600  # a temporary array untouched that long belongs to a killed build
 DTYPES = {"fp16": np.float16, "fp32": np.float32}  # fp16 by default: half the disk, ~1e-3 relative rounding
 
 Render = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -86,10 +87,14 @@ def entry_path(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any
     (`prefix_weights`: `backbone.prefix_fingerprint(depth)` when the caller has it)."""
     base = _payload(backbone, depth, spec, precision, dtype, prefix_weights)
     layout = dataset.layout_key() if hasattr(dataset, "layout_key") else dataset.fingerprint()
-    slot = digest({**base, "layout": layout}, 12)
+    slot = _slot(base, layout)
     key = digest({**base, "dataset": dataset.fingerprint()}, 24)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / f"{entry_prefix(backbone.name)}-{slot}-{key}", key
+
+
+def _slot(base: dict[str, Any], layout: str) -> str:
+    return digest({**base, "layout": layout}, 12)
 
 
 def adopt_legacy_entries(backbone: Backbone, dataset: Any, depth: int, spec: dict[str, Any], precision: str,
@@ -181,6 +186,7 @@ class PrefixCache:
         self.path, self.meta = path, meta
         self.array = np.load(path.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
         self.depth = int(meta["depth"])
+        touch(path.with_suffix(".npy"))  # last used now (`longtail cache prune --older-than`)
 
     @property
     def views(self) -> int:
@@ -229,6 +235,25 @@ def open_prefix_cache(backbone: Backbone, dataset: Any, depth: int, views: int, 
     prefix_weights = backbone.prefix_fingerprint(depth)
     path, key = entry_path(backbone, dataset, depth, spec, precision, cache_dir, dtype, prefix_weights)
     group.agree(path.name, "prefix cache entry")
+    claim = claim_entry(path) if group.main else None
+    try:
+        if claim is not None:  # no live build of this entry: what killed ones left goes (issue 22 item 14)
+            remove_leftovers(path)
+            base = _payload(backbone, depth, spec, precision, dtype, prefix_weights)
+            remove_abandoned_shards(path.parent, entry_prefix(backbone.name),
+                                    [_slot(base, layout) for layout in getattr(dataset, "superseded", ())])
+        return _open(backbone, dataset, depth, views, render, decode, spec, device, cache_dir, batch_size,
+                     num_workers, progress, dtype, group, precision, prefix_weights, path, key)
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _open(backbone: Backbone, dataset: Any, depth: int, views: int, render: Render, decode: Any,
+          spec: dict[str, Any], device: torch.device, cache_dir: str | Path | None, batch_size: int,
+          num_workers: int, progress: bool, dtype: str, group: Group, precision: str, prefix_weights: str,
+          path: Path, key: str) -> PrefixCache:
+    """open_prefix_cache once the entry is named (and claimed by the main rank)."""
     if group.main and not path.with_suffix(".npy").exists():  # the old keys were computed where the weights are now
         adopt_legacy_entries(backbone, dataset, depth, spec, precision, cache_dir, dtype, views)
     backbone.to(device).eval()
@@ -285,10 +310,6 @@ def _prepare_entry(path: Path, key: str, shape: tuple[int, ...], dtype: str, nam
     else:
         drop_stale(path, name, "prefix states")
     path.parent.mkdir(parents=True, exist_ok=True)
-    for orphan in path.parent.glob(f".{path.name}.npy.*.tmp.npy"):  # builds killed by a signal
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - orphan.stat().st_mtime > ORPHAN_SECONDS:  # not a live build elsewhere
-                orphan.unlink()
     return None
 
 

@@ -219,6 +219,13 @@ def cached_logits(model, cfg, dataset, device: torch.device, precision: str = "a
 
     if not cfg.uses_prefix_cache or process_group().world > 1 or not len(dataset):
         return None
+    from pathlib import Path
+
+    from longtail.models.cache_store import usable_cache
+    from longtail.models.prefix_cache import default_cache_dir
+
+    if not usable_cache(Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else default_cache_dir(), "frozen-prefix"):
+        return None  # a read-only cache: evaluate from the pixels
     spec = model.input_spec
     cache = open_entry(cfg, model, dataset, TestView(spec), test_transform(spec), device, cfg.progress)
     depth = cache.depth
