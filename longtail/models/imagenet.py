@@ -158,6 +158,12 @@ def averaging_matrix(groups: Sequence[Sequence[int]], num_outputs: int) -> torch
     return matrix / matrix.sum(dim=1, keepdim=True)
 
 
+class MissingImageNetMap(ConfigError):
+    """ImageNet classifier rows were asked for classes no map covers. The message names no
+    flag: each command adds its own spelling of the map option (`features --imagenet-map FILE`,
+    `fit ... prototype_options.imagenet_map=FILE`; issue 22 item 5)."""
+
+
 def classifier_prototypes(
     weight: torch.Tensor, bias: torch.Tensor | None, class_names: Sequence[str], imagenet_map: Any
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

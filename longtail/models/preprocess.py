@@ -39,6 +39,9 @@ class EvalTransform:
             raise ConfigError(f"unknown resample '{self.resample}'; choose from: {names}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError(f"mean/std must be 3 values with std > 0, got {self.mean}, {self.std}")
+        sizes = [self.size] if isinstance(self.size, int) else list(self.size)
+        if min([*sizes, *(self.crop_size or ())]) < 1:  # issue 22 item 16: image_size=0 is no size
+            raise ConfigError(f"image sizes must be >= 1 pixel, got size {self.size}, crop {self.crop_size}")
 
     @property
     def output_size(self) -> tuple[int, int]:

@@ -66,7 +66,7 @@ def recorded_backbone(meta: dict[str, Any], where: str):
 
     if not meta.get("backbone") or not meta.get("weights") or not meta.get("preprocess"):
         raise DataError(f"{where} record no image backbone (only features written by `longtail features` do); "
-                        "use features of new images instead (--features FILE)")
+                        "such a run scores feature files, not images")
     options = {**backbone_options(meta), **(meta.get("backbone_options") or {})}
     try:  # the recorded name is a preset, a hub id or a folder (what load_backbone takes)
         backbone = load_backbone(meta["backbone"], meta.get("revision"), **options)

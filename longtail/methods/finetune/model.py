@@ -82,7 +82,12 @@ def prototypes_init(ctx: InitContext) -> Tensor:
         raise ConfigError(f"backbone '{getattr(backbone, 'name', '?')}' has no class prototypes; "
                           "use head_init=class_mean or head_init=random")
     options = {"templates": ctx.templates, **ctx.prototype_options}
-    weight, _ = backbone.prototypes(list(ctx.class_names), source=sources[0], **options)
+    from longtail.models.imagenet import MissingImageNetMap
+
+    try:
+        weight, _ = backbone.prototypes(list(ctx.class_names), source=sources[0], **options)
+    except MissingImageNetMap as err:  # the hint in this command's spelling (issue 22 item 5)
+        raise ConfigError(f"{err}: set prototype_options.imagenet_map=FILE") from None
     weight = weight.detach().float().cpu()
     return weight if sources[0] == "text" else F.normalize(weight, dim=1)  # text rows are unit already
 
