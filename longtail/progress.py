@@ -98,10 +98,15 @@ class LineProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
-        """Print the closing line ('done in ...') if the loop printed any progress line."""
+        """Print the closing line ('done, N ... in t', or 'stopped at n/total ...' for a loop that
+        ended before its total: an interrupt) if the loop printed any progress line."""
         if self.lines:
             now = self.clock()
-            self._write(f"{self.desc}: done, {self.n:,} {_plural(self.unit)} in {_duration(now - self._start)}")
+            units, took = _plural(self.unit), _duration(now - self._start)
+            if self.total and self.n < self.total:  # issue 22 item 18: an interrupt is not 'done'
+                self._write(f"{self.desc}: stopped at {self.n:,}/{self.total:,} {units} after {took}")
+            else:
+                self._write(f"{self.desc}: done, {self.n:,} {units} in {took}")
             self.lines = 0
 
     def __iter__(self) -> Iterator[Any]:

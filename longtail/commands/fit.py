@@ -107,5 +107,16 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"run folder: {result.run_dir}")
-        print("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        print("  ".join(_shown(k, v) for k, v in summary.items()))
     return 0
+
+
+PERCENT_KEYS = ("all", "many", "medium", "few", "ece")
+
+
+def _shown(key: str, value) -> str:
+    """key=value for the summary line: accuracies and ECE in % as `probe` prints them (issue 22
+    item 18; --json keeps fractions), n/a for an empty group, other numbers to 4 digits."""
+    if key in PERCENT_KEYS:
+        return f"{key}={'n/a' if value is None else f'{100 * value:.1f}%'}"
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"

@@ -118,6 +118,10 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
     saved = ckpt.load_checkpoint(run.dir) if run is not None else None
     if saved is not None:
         best_state = _restore(saved, state, params, names, ema, optimizer, scheduler, stats)
+        if acc.is_main_process:
+            import sys
+
+            print(f"resuming {run.dir} from step {state.step} of {total}", file=sys.stderr)
     decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
                               spec["mean"], spec["std"], cfg.interpolation)
     images = DecodedImages(train_set, decode)

@@ -83,6 +83,12 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     from longtail.runs import create_run
 
     started = time.perf_counter()
+    if resume and out is not None:
+        done = finished_result(out)
+        if done is not None:
+            return done
+    warn_untrained(cfg)
+    check_prefix_cache_folder(cfg)
     acc = make_accelerator(cfg)
     run = None
     if acc.is_main_process:
@@ -99,14 +105,18 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     try:
         with run:  # an exception or interrupt records status 'failed' / 'interrupted'
             result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
-    except BaseException:
+    except BaseException as err:
         # A new run that fails before its first checkpoint has nothing to resume: remove it,
         # so the same --out can be used again. Runs with a checkpoint stay for --resume.
-        if not resume and acc.is_main_process and not (run.dir / ckpt.CHECKPOINTS / ckpt.LATEST).exists():
+        latest = run.dir / ckpt.CHECKPOINTS / ckpt.LATEST
+        if not resume and acc.is_main_process and not latest.exists():
             shutil.rmtree(run.dir, ignore_errors=True)
+        elif isinstance(err, KeyboardInterrupt) and acc.is_main_process:
+            resume_hint(run.dir)
         raise
     if result.interrupted and acc.is_main_process:
         run.mark("interrupted")
+        resume_hint(run.dir)
     if result.interrupted or not acc.is_main_process:
         return result
     with run:
@@ -114,6 +124,64 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     if not cfg.keep_checkpoints:
         shutil.rmtree(run.dir / ckpt.CHECKPOINTS, ignore_errors=True)
     return result
+
+
+def resume_hint(folder: Path) -> None:
+    """Say on stderr where an interrupted run stopped and how to continue it (issue 22 item 18)."""
+    import sys
+
+    from longtail.io import read_json
+
+    latest = folder / ckpt.CHECKPOINTS / ckpt.LATEST
+    try:
+        step = read_json(latest).get("step") if latest.is_file() else None
+    except Exception:  # a damaged latest.json: --resume will name it
+        step = None
+    kept = f"its checkpoint at step {step} is kept" if step is not None else "no checkpoint was saved yet"
+    print(f"{folder}: interrupted, {kept}; continue with: longtail fit --out {folder} --resume", file=sys.stderr)
+
+
+def finished_result(out: str | Path) -> FitResult | None:
+    """The saved result of a finished fit run at `out` (None when it is not finished): resuming
+    it leaves every file untouched and says so (issue 22 item 11)."""
+    import sys
+
+    from longtail.io import read_json
+
+    folder = Path(out)
+    status = read_json(folder / "status.json") if (folder / "status.json").is_file() else None
+    if not isinstance(status, dict) or status.get("status") != "finished":
+        return None
+    metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    print(f"{folder} is a finished run: nothing to resume, left untouched "
+          f"(longtail eval {folder} evaluates it again)", file=sys.stderr)
+    return FitResult(model=None, metrics=metrics if isinstance(metrics, dict) else {}, run_dir=folder)
+
+
+def warn_untrained(cfg: FitConfig) -> None:
+    """epochs=0 / steps=0 trains nothing: say so unless the method is meant to (zero_shot), so an
+    untrained run finished by mistake is not taken for a trained one (issue 22 item 16)."""
+    if (cfg.steps if cfg.steps is not None else cfg.epochs) == 0 and cfg.method != "zero_shot":
+        import warnings
+
+        key = "steps" if cfg.steps is not None else "epochs"
+        warnings.warn(f"{key}=0: nothing is trained, the run evaluates the untrained model "
+                      f"(-m zero_shot does that on purpose; set {key}=N to train)", stacklevel=3)
+
+
+def check_prefix_cache_folder(cfg: FitConfig) -> None:
+    """A run that trains from the frozen-prefix cache needs a writable cache folder: one line
+    saying what to do, before any work (issue 22 item 7)."""
+    if not cfg.uses_prefix_cache or (cfg.steps if cfg.steps is not None else cfg.epochs) == 0:
+        return
+    from longtail.models.cache_store import unwritable
+    from longtail.models.prefix_cache import default_cache_dir
+
+    folder = Path(cfg.prefix_cache_dir) if cfg.prefix_cache_dir else default_cache_dir()
+    why = unwritable(folder)
+    if why is not None:
+        raise ConfigError(f"the frozen-prefix cache folder {folder} is not writable ({why}): set LONGTAIL_CACHE "
+                          "(or prefix_cache_dir=DIR) to a writable folder, or prefix_cache=off to train without it")
 
 
 def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True,
