@@ -23,9 +23,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp_path, mode)  # mkstemp makes 0600; published files get the usual mode
     try:
         yield tmp_path
+        # again: a writer may have replaced the file (safetensors' save_file creates it 0600),
+        # so weights get the umask's mode like every other file (issue 22 item 15)
+        if tmp_path.is_file():
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

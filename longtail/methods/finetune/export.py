@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import check_writable, open_weights_file, read_json, write_json
+from longtail.io import atomic_write, check_writable, open_weights_file, read_json, write_json
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
 from longtail.methods.finetune.loading import CLASSES
@@ -265,7 +265,8 @@ def write_peft(model, folder: Path, plan: ExportPlan, with_base: bool) -> dict[s
     lora_cfg.base_model_name_or_path = base
     lora_cfg.inference_mode = True
     lora_cfg.save_pretrained(str(folder))
-    save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    atomic_write(folder / "adapter_model.safetensors",  # the umask's mode, not save_file's 0600
+                 lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     image_processor(plan.input_spec).save_pretrained(folder)
     return {"library": "peft", "feature": backbone.feature_kind, "base_model": base}
 
@@ -319,7 +320,8 @@ def write_efficientnet(backbone, folder: Path, spec: dict[str, Any]) -> dict[str
     if set(plain.state_dict()) != set(state):
         raise ConfigError(f"backbone '{backbone.name}' has modules beyond EfficientNet-Lite's; "
                           "export this run with --format longtail")
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    atomic_write(folder / "model.safetensors",  # the umask's mode, not save_file's 0600
+                 lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     (folder / "efficientnet_lite.py").write_text(efficientnet_source(), encoding="utf-8")
     write_json(folder / "config.json", {
         "architecture": "EfficientNetLite", "variant": backbone.name, "width": variant.width,
