@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1000, help="test images timed by predict / features")
     p.add_argument("--per-class", type=int, default=20, help="training images per class for the probe")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--accuracy-per-class", type=int, default=0, help="test images per class for the ONNX "
+                   "accuracy rows (0: all)")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "predict_speed.json"))
     args = p.parse_args(argv)
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         export = export_onnx(run, workdir / "onnx", quantize=True)
         graph = run_graph(run)[0].eval()
         transform = backbone.transform
+        if args.accuracy_per_class:
+            test = test.subset(np.concatenate([np.flatnonzero(test.labels == c)[:args.accuracy_per_class]
+                                               for c in range(test.num_classes)]))
         loader = torch.utils.data.DataLoader(DecodedImages(test, transform), batch_size=64)
         sessions = {kind: ort.InferenceSession(str(export / f"model{suffix}.onnx"), providers=["CPUExecutionProvider"])
                     for kind, suffix in (("onnx fp32", ""), ("onnx int8", ".int8"))}
