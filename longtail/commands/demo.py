@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         folders.append(folder)
         rows.append((label, metrics))
         print(f"  done: {label} ({metrics['fit_seconds']:.1f}s)", flush=True)
+    paired = _paired_with_reference(folders, [label for label, _ in rows])
     bayes = {"all": bench.bayes_balanced_accuracy, "class_mean": bench.bayes_balanced_accuracy}
     report = None if args.no_report else write_comparison_report(
         folders, out / "comparison.html", title="longtail demo: synthetic long-tailed benchmark",
@@ -99,25 +100,65 @@ def run(args: argparse.Namespace) -> int:
         note="Synthetic vMF-mixture benchmark, imbalance ratio 100; the Bayes row is the balanced "
              "accuracy of the Bayes-optimal rule under the generating densities (Monte-Carlo estimate).",
     )
-    _print_table(rows, bench.bayes_balanced_accuracy)
+    _print_table(rows, bench.bayes_balanced_accuracy, paired)
     if report is not None:
         print(f"\ncomparison report: {report}")
     print(f"total time: {time.perf_counter() - start:.0f}s")
     return 0
 
 
-def _print_table(rows, bayes: float) -> None:
+# The row every other row is paired with (docs/methods.md §7.7): the default probe; CLAIMS: the
+# further (A, B) pairs the README's text compares, printed under the table.
+REFERENCE = "cosine LA"
+CLAIMS = (("prototype init + LA + L2-SP anchor", "auto (chosen on val)"), ("smote + LR", "gaussian-kde + LR"),
+          ("vmf-kde + LR", "gaussian-kde + LR"), ("smote + LR", "vmf-kde + LR"))
+
+
+def _paired_with_reference(folders, labels) -> dict:
+    """label -> (B - A, paired SE, verdict) of each row's balanced accuracy against REFERENCE's on
+    the same test samples (`longtail.eval.paired`); empty when the reference row did not run."""
+    if REFERENCE not in labels:
+        return {}
+    from longtail.eval.paired import paired_balanced_accuracy_se, verdict
+    from longtail.methods.predictor import Predictor
+
+    scored = [Predictor.from_run(folder, device="cpu").test() for folder in folders]
+    ref_logits, ref_labels = scored[labels.index(REFERENCE)]
+    out = {}
+    for label, (logits, test_labels) in zip(labels, scored):
+        if label != REFERENCE:
+            diff, se = paired_balanced_accuracy_se(ref_logits, logits, test_labels)
+            out[label] = (diff, se, verdict(diff, se))
+    for a, b in CLAIMS:
+        if a in labels and b in labels:
+            (logits_a, _), (logits_b, test_labels) = scored[labels.index(a)], scored[labels.index(b)]
+            diff, se = paired_balanced_accuracy_se(logits_a, logits_b, test_labels)
+            out[(a, b)] = (diff, se, verdict(diff, se))
+    return out
+
+
+def _print_table(rows, bayes: float, paired: dict | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f}"
 
-    table = Table(title="accuracy (%) on the balanced test set; ECE in %")
-    for col in ("method", "all", "many", "medium", "few", "ECE", "fit s"):
-        table.add_column(col, justify="left" if col == "method" else "right")
+    paired = paired or {}
+    table = Table(title=f"accuracy (%) on the balanced test set; ECE in %; Δ = balanced accuracy minus "
+                        f"that of {REFERENCE}, ± its paired SE; verdict at 2 SE")
+    for col in ("method", "all", "many", "medium", "few", "ECE", "fit s", f"Δ vs {REFERENCE} ± SE", "verdict"):
+        table.add_column(col, justify="left" if col in ("method", "verdict") else "right")
     for label, m in rows:
+        if label in paired:
+            diff, se, said = paired[label]
+            cells = (f"{100 * diff:+.1f} ± {100 * se:.1f}", said)
+        else:
+            cells = ("(reference)", "") if label == REFERENCE and paired else ("", "")
         table.add_row(label, pct(m["all"]), pct(m["many"]), pct(m["medium"]), pct(m["few"]),
-                      pct(m["ece"]), f"{m['fit_seconds']:.1f}")
-    table.add_row("[italic]Bayes limit (balanced)[/italic]", pct(bayes), "", "", "", "", "")
-    Console(width=110).print(table)
+                      pct(m["ece"]), f"{m['fit_seconds']:.1f}", *cells)
+    table.add_row("[italic]Bayes limit (balanced)[/italic]", pct(bayes), "", "", "", "", "", "", "")
+    Console(width=150).print(table)
+    for key, (diff, se, said) in paired.items():
+        if isinstance(key, tuple):
+            print(f"paired: {key[1]} vs {key[0]}: {100 * diff:+.1f} ± {100 * se:.1f} points: {said}")
