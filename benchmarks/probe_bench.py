@@ -1,34 +1,103 @@
 """What the two real-data probe benchmarks (`real_cifar10_lt.py`, `real_tiny100_lt.py`) share:
-fitting their rows on the same features and saving their results."""
+fitting their rows on the same features, repeating the stochastic ones over seeds, pairing every
+row with a reference row on the same test images (`longtail.eval.paired`, docs/methods.md §7.7),
+and saving their results."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from longtail.eval.paired import paired_difference, verdict
 from longtail.methods.probe import ProbeConfig, fit_probe
+
+# Probe methods whose fit draws random numbers (oversampling / sampling from fitted densities):
+# their rows are repeated over SEEDS (the config's seed + 0, 1, 2). The L-BFGS convex fits are
+# deterministic and fitted once.
+STOCHASTIC = frozenset({"smote", "gaussian-kde", "vmf-kde", "distribution-calibration"})
+SEEDS = 3
+PRED = "_pred"  # a row's per-image test predictions while the run is in memory (not saved)
 
 
 def fit_rows(configs: list[tuple[str, ProbeConfig]], train, val, test_features: np.ndarray,
-             score: Callable[[str, np.ndarray, float], dict], no_val: set[str] = frozenset()) -> list[dict]:
+             score: Callable[[str, np.ndarray, float], dict], no_val: set[str] = frozenset(),
+             seeds: int = SEEDS) -> list[dict]:
     """Fit every (label, config) on `train` with validation `val` (None for the labels in `no_val`)
     and score its test logits: `score(label, logits, fit seconds)` -> the row; an auto row also
-    records what it chose."""
+    records what it chose. A row of a STOCHASTIC method is fitted again with seeds cfg.seed + 1 ..
+    seeds - 1: the row is seed cfg.seed's, plus `seed_all` (each seed's accuracy), `all_mean` and
+    `all_sd` (SD over the seeds, ddof 1)."""
     results = []
     for label, cfg in configs:
         start = time.perf_counter()
         probe = fit_probe(train, cfg, None if label in no_val else val)
         logits = probe.logits(test_features)
         results.append(score(label, logits, time.perf_counter() - start))
+        results[-1][PRED] = np.asarray(logits).argmax(axis=1)
         print(f"  {label}: {100 * results[-1]['all']:.2f} ({results[-1]['fit_seconds']:.1f}s)", flush=True)
         if "auto" in probe.info:
             results[-1]["auto_choice"] = probe.info["auto"].get("chosen")
             print(f"    chose {results[-1]['auto_choice']}", flush=True)
+        if cfg.method in STOCHASTIC and seeds > 1:
+            accs = [results[-1]["all"]]
+            for s in range(1, seeds):
+                other = fit_probe(train, replace(cfg, seed=cfg.seed + s), None if label in no_val else val)
+                accs.append(score(label, other.logits(test_features), 0.0)["all"])
+            results[-1].update(seed_all=accs, seeds=[cfg.seed + s for s in range(seeds)],
+                               all_mean=float(np.mean(accs)), all_sd=float(np.std(accs, ddof=1)))
+            print(f"    seeds {results[-1]['seeds']}: {100 * results[-1]['all_mean']:.2f} "
+                  f"± {100 * results[-1]['all_sd']:.2f}", flush=True)
     return results
+
+
+def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_classes: int,
+               claims: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+    """Every row against the row labelled `reference` on the same test images: `vs_ref` (balanced
+    accuracy of the row minus the reference's), `vs_ref_se` (paired SE over images within
+    classes), `vs_ref_ci` (bootstrap 95 %) and `verdict` (`longtail.eval.paired.verdict`, 2 SE).
+    `claims`: further (A, B) label pairs (rows whose labels start with them) the text compares,
+    each paired the same way; returned as dicts (and printed). The per-image predictions are
+    dropped from the rows afterwards."""
+    def find(label: str) -> dict:
+        return next(r for r in results if r["method"].startswith(label))
+
+    def pair(a: dict, b: dict) -> dict:
+        return paired_difference(a[PRED], b[PRED], labels, num_classes=num_classes)["metrics"]["class_mean"]
+
+    ref = find(reference)
+    for r in results:
+        if r is ref:
+            r.update(vs_ref=None, vs_ref_se=None, vs_ref_ci=None, verdict="reference")
+            continue
+        m = pair(ref, r)
+        r.update(vs_ref=m["diff"], vs_ref_se=m["se"], vs_ref_ci=m["ci"], verdict=m["verdict"])
+    out = []
+    for a, b in claims:
+        m = pair(find(a), find(b))
+        out.append({"a": find(a)["method"], "b": find(b)["method"], "diff": m["diff"], "se": m["se"],
+                    "ci": m["ci"], "verdict": verdict(m["diff"], m["se"])})
+        print(f"  {out[-1]['b']} vs {out[-1]['a']}: {100 * m['diff']:+.2f} ± {100 * m['se']:.2f} points "
+              f"(paired SE): {out[-1]['verdict']}", flush=True)
+    for r in results:
+        r.pop(PRED, None)
+    return out
+
+
+def format_columns(results: list[dict]) -> None:
+    """The printed cells: `all` as 'mean ± SD (3 seeds)' for seeded rows, `vs ref ± SE`."""
+    for r in results:
+        r["all_seeds"] = (f"{100 * r['all_mean']:.2f} ± {100 * r['all_sd']:.2f}" if "all_mean" in r else "")
+        r["diff_se"] = ("(reference)" if r.get("verdict") == "reference" else
+                        f"{100 * r['vs_ref']:+.2f} ± {100 * r['vs_ref_se']:.2f}" if r.get("vs_ref") is not None else "")
+
+
+PAIRED_COLUMNS = (("3 seeds (mean ± SD)", "all_seeds", "s"), ("Δ vs ref ± SE", "diff_se", "s"),
+                  ("verdict", "verdict", "s"))
 
 
 def save_results(out: str | Path, info: dict, table: str) -> Path:

@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_bench import fit_rows, save_results  # noqa: E402  (what the probe benchmarks share)
+from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
+    PAIRED_COLUMNS,
+    PRED,
+    add_paired,
+    fit_rows,
+    format_columns,
+    save_results,
+)
 
 from longtail.config import apply_overrides
 from longtail.data.controlled_cifar import validation_split
@@ -83,7 +90,13 @@ NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)",  # fitted without 
 SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
                  ("medium", "medium", "pct"), ("few", "few", "pct"), ("smallest 3", "smallest3", "pct"),
-                 ("ECE", "ece", "pct"), ("fit s", "fit_seconds", ".1f"))
+                 ("ECE", "ece", "pct"), ("fit s", "fit_seconds", ".1f"), *PAIRED_COLUMNS)
+# Every row is paired with REFERENCE on the 9,900 test images (balanced accuracy, paired SE,
+# verdict at 2 SE); CLAIMS are the further (A, B) pairs the README's text compares.
+REFERENCE = "cosine, LA"
+CLAIMS = (("LR, class-weighted CE", "LR, LA (tau=1)"), ("LR, CE", "SMOTE + LR"), ("LR, CE", "Gaussian-KDE + LR"),
+          ("LR, CE", "vMF-KDE + LR"), ("LR, LA (tau=1)", "vMF-KDE + LR"), ("SMOTE + LR", "vMF-KDE + LR"),
+          ("Gaussian-KDE + LR", "vMF-KDE + LR"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -145,7 +158,7 @@ def row(label: str, logits: np.ndarray, test: FeatureSet, counts: np.ndarray, se
     m = evaluate(logits, test.labels, counts, class_names=list(CIFAR10_CLASSES))
     keep = ("all", "class_mean", "many", "medium", "few", "ece")
     return {"method": label, **{k: m[k] for k in keep}, "smallest3": smallest_classes_accuracy(m, counts),
-            "fit_seconds": seconds}
+            "fit_seconds": seconds, PRED: np.asarray(logits).argmax(axis=1)}
 
 
 def sklearn_reference(train: FeatureSet, test: FeatureSet, counts: np.ndarray) -> dict:
@@ -203,7 +216,7 @@ def main() -> None:
     wanted_rows = [(label, cfg) for (label, _), cfg in zip(ROWS, configs)
                    if not args.only or any(s in label for s in args.only)]
     results = fit_in_order(wanted_rows, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s))
-    if not args.only:
+    if not args.only or any(s in "scikit-learn LogisticRegression (C=1), CE" for s in args.only):
         results.append(sklearn_reference(lt, test, counts))
     refs = [(f"balanced subset ({per_class}/class, same size), LR CE", bal_idx, f"cifar10_balanced_{per_class}")]
     if args.full_balanced:
@@ -214,12 +227,21 @@ def main() -> None:
         probe = fit_probe(data, ProbeConfig(method="linear", loss="ce", device=args.device), val)
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
 
+    claims = []
+    if any(r["method"] == REFERENCE for r in results):
+        labels = [r["method"] for r in results]
+        claims = add_paired(results, test.labels, REFERENCE, 10,
+                            tuple(c for c in CLAIMS if all(any(x.startswith(p) for x in labels) for p in c)))
+    for r in results:
+        r.pop(PRED, None)
+    format_columns(results)
     table = markdown_table(results, TABLE_COLUMNS)
     print("\n" + table)
     info = {"backbone": args.backbone, "image_size": args.image_size, "ir": args.ir, "train_counts": counts.tolist(),
             "test_images": int(test.num_samples), "val_images": int(val.num_samples),
             "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-            "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0, "rows": results}
+            "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0,
+            "reference": REFERENCE, "claims": claims, "rows": results}
     out = save_results(args.out, info, table)
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
 

@@ -48,7 +48,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_bench import fit_rows, save_results  # noqa: E402  (what the probe benchmarks share)
+from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
+    PAIRED_COLUMNS,
+    PRED,
+    add_paired,
+    fit_rows,
+    format_columns,
+    save_results,
+)
 
 from longtail.config import apply_overrides
 from longtail.data.features import FeatureSet
@@ -104,7 +111,14 @@ NO_VAL_ROWS = {"auto (chosen by CV on train, no val)",  # fitted without the val
 SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
                  ("medium", "medium", "pct"), ("few", "few", "pct"), ("ECE", "ece", "pct"),
-                 ("fit s", "fit_seconds", ".1f"))
+                 ("fit s", "fit_seconds", ".1f"), *PAIRED_COLUMNS)
+# Every row is paired with REFERENCE on the 5,000 test images (balanced accuracy, paired SE,
+# verdict at 2 SE); CLAIMS are the further (A, B) pairs the README's text compares.
+REFERENCE = "cosine, LA (the default probe)"
+CLAIMS = (("zero-shot", "auto (chosen on val)"), ("prototype init, LA + L2-SP anchor", "auto (chosen on val)"),
+          ("scikit-learn LR, CE + post-hoc LA", "auto (chosen on val)"),
+          ("balanced subset", "auto (chosen on val)"), ("auto (chosen on val)", "auto (chosen by CV"),
+          ("zero-shot", "cosine, LA (the default probe)"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -174,7 +188,8 @@ def lt_split(labels: np.ndarray, ir: float, seed: int, val_per_class: int) -> tu
 def row(label: str, logits: np.ndarray, test: FeatureSet, counts: np.ndarray, seconds: float, **extra) -> dict:
     m = evaluate(logits, test.labels, counts)
     keep = ("all", "many", "medium", "few", "ece")
-    return {"method": label, **{k: m[k] for k in keep}, "fit_seconds": seconds, **extra}
+    return {"method": label, **{k: m[k] for k in keep}, "fit_seconds": seconds, **extra,
+            PRED: np.asarray(logits).argmax(axis=1)}
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -268,12 +283,21 @@ def main() -> None:
         results.append(row(label, probe.logits(test.features), test, counts, time.perf_counter() - start))
         print(f"  {label}: {100 * results[-1]['all']:.2f}", flush=True)
 
+    claims = []
+    if any(r["method"] == REFERENCE for r in results):
+        labels = [r["method"] for r in results]
+        claims = add_paired(results, test.labels, REFERENCE, len(wnids),
+                            tuple(c for c in CLAIMS if all(any(x.startswith(p) for x in labels) for p in c)))
+    for r in results:
+        r.pop(PRED, None)
+    format_columns(results)
     table = markdown_table(results, TABLE_COLUMNS)
     print("\n" + table)
     info = {"backbone": args.backbone, "image_size": args.image_size, "ir": args.ir, "seed": args.seed,
             "train_counts": counts.tolist(), "groups": stats, "test_images": int(test.num_samples),
             "val_images": int(val.num_samples), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-            "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0, "rows": results}
+            "extract_seconds": extract_seconds, "total_seconds": time.perf_counter() - t0,
+            "reference": REFERENCE, "claims": claims, "rows": results}
     out = save_results(args.out, info, table)
     print(f"\ntotal {info['total_seconds']:.0f}s; results: {out}")
 
