@@ -2,6 +2,7 @@
 on small hand-made cases, their equivalences, options, save/load and the CLI."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -172,9 +173,7 @@ def test_tau_norm_auto_picks_a_grid_tau_on_validation():
     fs = _blobs(seed=5, spread=2.5)
     val = _blobs(seed=55, counts=(30, 30, 30, 30), spread=2.5, means_seed=5)
     cfg = ProbeConfig(method="tau-norm", loss="ce", method_options={"tau": "auto"})
-    assert cfg.needs_validation() == ["method_options.tau='auto'"]
-    with pytest.raises(ConfigError, match="needs a validation set"):
-        fit_probe(fs, cfg)
+    assert cfg.needs_validation() == []  # without val: k-fold CV on train
     probe = fit_probe(fs, cfg, val)
     info = probe.info["tau_norm"]
     assert info["tau"] in TAU_GRID and info["selection"]["scores"].shape == TAU_GRID.shape
@@ -202,14 +201,22 @@ def test_tau_norm_and_lws_train_their_base_head_with_plain_ce_by_default():
     assert np.array_equal(lws.logits(fs.features), lws_ce.logits(fs.features)) and lws.info["lws"]["base_loss"] == "ce"
 
 
-def test_tau_defaults_to_the_authors_best_region_without_val_and_to_the_val_choice_with_one():
+def test_tau_defaults_to_cv_on_train_without_val_and_to_the_val_choice_with_one():
     fs = _blobs(seed=11, spread=2.5)
     val = _blobs(seed=111, counts=(30, 30, 30, 30), spread=2.5, means_seed=11)
     plain = _base_head(fs)
     norms = plain.head.weight.detach().norm(dim=1).numpy()
-    alone = fit_probe(fs, ProbeConfig(method="tau-norm"))
-    assert alone.info["tau_norm"]["tau"] == TAU_NORM_DEFAULT == 0.9 and "default" in alone.info["tau_norm"]["tau_from"]
-    assert np.allclose(alone.logits(fs.features), _without_bias(plain, fs.features) / norms ** 0.9, atol=1e-5)
+    with pytest.warns(UserWarning):  # 5 and 10 tail rows: the winner is within one SE
+        alone = fit_probe(fs, ProbeConfig(method="tau-norm"))
+    info = alone.info["tau_norm"]
+    tau, selection = info["tau"], info["selection"]
+    assert info["tau_from"] == "k-fold cross-validation on train" and tau in TAU_GRID
+    assert selection["validated_by"] == "5-fold CV on train" and selection["folds"] == 5
+    assert selection["val_rows"] == fs.num_samples  # pooled: every row held out once
+    assert selection["val_per_class"] == [5, 200] and selection["classes_with_at_most_2_val_rows"] == 0
+    assert selection["best"] == selection["scores"].max() and selection["best_se"] > 0
+    # the head is refitted on all of train with the chosen tau
+    assert np.allclose(alone.logits(fs.features), _without_bias(plain, fs.features) / norms ** tau, atol=1e-5)
     assert ProbeConfig(method="tau-norm").needs_validation() == []  # val is optional
     chosen = fit_probe(fs, ProbeConfig(method="tau-norm"), val)
     auto = fit_probe(fs, ProbeConfig(method="tau-norm", method_options={"tau": "auto"}), val)
@@ -313,11 +320,78 @@ def test_cli_decoupling_methods_end_to_end(tmp_path, capsys):
     assert out["all"] > 0.5 and out["few"] is not None
     assert main(["eval", str(tmp_path / "ncm"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["all"] == pytest.approx(out["all"])
-    assert main([*common, "--method", "tau-norm", "method_options.tau=auto", "--out", str(tmp_path / "t")]) == 2
-    assert "method_options.tau='auto' needs a validation set: add --val FILE" in capsys.readouterr().err
-    assert not (tmp_path / "t").exists()
+    assert main([*common, "--method", "tau-norm", "method_options.tau=auto", "max_iter=100",
+                 "--out", str(tmp_path / "t")]) == 0  # no validation set: k-fold CV on train
+    capsys.readouterr()
+    cv = json.loads((tmp_path / "t" / "head" / "head.json").read_text())["info"]["tau_norm"]
+    assert cv["tau_from"] == "k-fold cross-validation on train" and cv["tau"] in TAU_GRID
     assert main([*common, "--method", "tau-norm", "--loss", "ce", "method_options.tau=auto", "val_split=0.1",
                  "max_iter=100", "--out", str(tmp_path / "tau")]) == 0
     head = json.loads((tmp_path / "tau" / "head" / "head.json").read_text())
     assert head["info"]["tau_norm"]["tau"] in TAU_GRID
     assert head["info"]["tau_norm"]["refit"]["done"] is True  # tau chosen on the split, head refitted on all
+
+
+def test_cv_choice_reads_only_train_and_is_deterministic_for_a_seed(monkeypatch):
+    import longtail.data.features as features
+    import longtail.methods.probe.decoupling as decoupling
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the tau choice read a file")
+
+    monkeypatch.setattr(features, "load_features", no_reading)
+    seen = []
+    folds = decoupling.stratified_folds
+    monkeypatch.setattr(decoupling, "stratified_folds", lambda labels, *a: seen.append(labels) or folds(labels, *a))
+    fs = _blobs(seed=13, counts=(60, 30, 4, 3), spread=2.0)
+    cfg = ProbeConfig(method="tau-norm", max_iter=100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first, second = fit_probe(fs, cfg), fit_probe(fs, cfg)
+        other = fit_probe(fs, ProbeConfig(method="tau-norm", max_iter=100, seed=1))
+    assert all(np.array_equal(labels, fs.labels) for labels in seen) and len(seen) == 3  # train's labels only
+    a, b = first.info["tau_norm"], second.info["tau_norm"]
+    assert a["tau"] == b["tau"] and np.array_equal(a["selection"]["scores"], b["selection"]["scores"])
+    assert np.array_equal(first.logits(fs.features), second.logits(fs.features))
+    # k falls to the smallest class (3 rows); pooled, every row is held out once
+    assert a["selection"]["folds"] == 3 and a["selection"]["val_per_class"] == [3, 60]
+    assert other.info["tau_norm"]["selection"]["seed"] == 1 and a["selection"]["seed"] == 0  # may differ
+
+
+def test_cv_falls_back_to_the_default_tau_when_nothing_can_be_held_out():
+    fs = _blobs(seed=14, counts=(1, 1, 1, 1))
+    probe = fit_probe(fs, ProbeConfig(method="tau-norm", max_iter=50))
+    info = probe.info["tau_norm"]
+    assert info["tau"] == TAU_NORM_DEFAULT == 0.9 and info["tau_from"].startswith("default (no validation set;")
+
+
+def test_winner_within_one_se_of_the_runner_up_warns():
+    fs = _blobs(seed=5, spread=2.5)
+    with pytest.warns(UserWarning, match="by less than one SE") as record:
+        probe = fit_probe(fs, ProbeConfig(method="tau-norm"))
+    selection = probe.info["tau_norm"]["selection"]
+    assert selection["within_one_se"] and len([w for w in record if "one SE" in str(w.message)]) == 1
+    runner = selection["runner_up"]
+    assert abs(runner["tau"] - probe.info["tau_norm"]["tau"]) > 0.1 + 1e-9  # not a grid neighbour
+    assert selection["best"] - runner["score"] < selection["best_se"]
+    # well-separated classes with many rows: the scores' SEs are small, tau = 0 loses clearly
+    wide = _blobs(seed=6, counts=(2000, 1000, 300, 200), spread=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            clear = fit_probe(wide, ProbeConfig(method="tau-norm", max_iter=100))
+        except UserWarning as warned:  # noqa: PERF203
+            pytest.fail(str(warned))
+    assert not clear.info["tau_norm"]["selection"]["within_one_se"]
+
+
+@pytest.mark.parametrize("method, loss", [("tau-norm", "la"), ("tau-norm", "balanced-softmax"), ("lws", "cf"),
+                                          ("lws", "weighted-ce")])
+def test_a_rebalancing_base_loss_warns_of_correcting_twice(method, loss):
+    fs = _blobs(seed=15, spread=1.5)
+    options = {"base_loss": loss, **({"tau": 0.5} if method == "tau-norm" else {})}
+    with pytest.warns(UserWarning, match="corrects for the class prior twice"):
+        fit_probe(fs, ProbeConfig(method=method, max_iter=50, method_options=options))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # plain CE, named or not: no warning
+        fit_probe(fs, ProbeConfig(method=method, max_iter=50, method_options={**options, "base_loss": "ce"}))

@@ -8,8 +8,9 @@ for Long-Tailed Recognition") on frozen features, run as the authors run them
   crt       classifier re-training with class-balanced sampling = `linear` + `weighted-ce`
             (inverse frequency), its exact expected objective, on the full batch
   tau-norm  a plain-CE head's rows rescaled, W_c / ||W_c||^tau, its bias dropped (as the authors'
-            tau_norm.py); tau chosen on the validation set when there is one (the authors' grid
-            0, 0.1, ..., 2), else 0.9
+            tau_norm.py); tau ("auto", the default) chosen on the authors' grid 0, 0.1, ..., 2 on
+            the validation set when there is one, else by stratified k-fold cross-validation on
+            the training features (pooled held-out predictions), the head then refitted on all
   lws       the plain-CE head frozen, one learned scale per class on the class-balanced objective
 
 tau-norm and lws train their base head with plain CE (`method_options.base_loss`, default
@@ -23,6 +24,7 @@ crt, tau-norm and lws also init="prototypes" / L2-SP for their underlying head.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 from typing import Any
 
@@ -32,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longtail.data.features import FeatureSet
+from longtail.data.splits import stratified_folds
 from longtail.data.stats import require_nonempty
-from longtail.errors import ConfigError
+from longtail.errors import ConfigError, DataError
 from longtail.eval.metrics import balanced_accuracy_se
 from longtail.methods.heads import HEADS, CosineHead, LinearHead
 from longtail.methods.losses import LOSSES, make_loss
@@ -51,11 +54,15 @@ BASE_LOSS = "ce"  # tau-norm / lws base head: the authors' stage 1 is plain CE (
 # ... fitted more closely than the probe's default (C = 1), as the authors' stage-1 classifier is:
 # l2 = 1 / (BASE_C N) when `l2` is unset, scikit-learn's C = 3 [DEFAULT, measured: §10.3]
 BASE_C = 3.0
-# tau without a validation set [DEFAULT, measured: docs/methods.md §10.3]. The authors' figure
+# tau when it cannot be chosen: no validation set and no cross-validation possible (every class
+# with a single training row) [DEFAULT, measured: docs/methods.md §10.3]. The authors' figure
 # (classifier-balancing README, assets/tau_norm.png: ImageNet-LT, ResNeXt-50) peaks at ~0.7; with
 # this base head our three benchmarks peak at 0.5-1.1 and 0.9 is the value of the authors' grid
-# that loses least on the worst of them. With a validation set tau is chosen on TAU_GRID instead.
+# that loses least on the worst of them. Otherwise tau is chosen on TAU_GRID (val, else k-fold CV).
 TAU_NORM_DEFAULT = 0.9
+TAU_CV_FOLDS = 5  # k of the cross-validation choosing tau without a validation set (fewer: smallest class)
+# base losses that already rebalance the classes: tau-norm / lws on top of them correct twice
+REBALANCING = ("la", "balanced-softmax", "cf", "weighted-ce", "ccar", "ccar-la", "ccar-bs")
 TAU_NORM_BIAS = ("dropped", "none")  # dropped: trained with a bias, scored without (the authors')
 NCM_RULES = ("centred", "cosine")  # centred: the authors' default (feat_type cl2n, dist_type l2)
 _NORM_FLOOR = 1e-12  # rows shorter than this count as this long (no division by zero)
@@ -69,12 +76,12 @@ def _check_keys(method: str, options: dict[str, Any], valid: tuple[str, ...]) ->
                           f"(valid: {', '.join(valid)})")
 
 
-def tau_option(options: dict[str, Any]) -> float | str | None:
-    """method_options.tau of tau-norm: "auto", a finite number >= 0, or None (unset: chosen on
-    the validation set when there is one, else TAU_NORM_DEFAULT)."""
-    value = options.get("tau")
+def tau_option(options: dict[str, Any]) -> float | str:
+    """method_options.tau of tau-norm: "auto" (default: chosen on the validation set when there is
+    one, else by k-fold cross-validation on the training features) or a finite number >= 0."""
+    value = options.get("tau", "auto")
     if value is None or value == "auto":
-        return value
+        return "auto"
     try:
         tau = math.nan if isinstance(value, bool) else float(value)  # "1e-1" is a string in YAML 1.1
     except (TypeError, ValueError):
@@ -118,10 +125,6 @@ def _check_tau_norm(options: dict[str, Any]) -> None:
     tau_norm_bias(options)
 
 
-def _tau_norm_needs_val(options: dict[str, Any]) -> list[str]:
-    return ["method_options.tau='auto'"] if options.get("tau") == "auto" else []
-
-
 def lws_max_iter(options: dict[str, Any], default: int) -> int:
     """method_options.max_iter of lws: L-BFGS iterations of the scale fit (default: cfg.max_iter)."""
     value = options.get("max_iter", default)
@@ -134,6 +137,16 @@ def _check_lws(options: dict[str, Any]) -> None:
     _check_keys("lws", options, ("max_iter", "base_loss"))
     lws_max_iter(options, 0)
     base_loss("lws", options)
+
+
+def _warn_rebalancing(cfg: ProbeConfig) -> None:
+    """One-line warning when the user named a rebalancing base loss for tau-norm / lws."""
+    loss = cfg.method_options.get("base_loss")
+    if loss in REBALANCING:
+        what = "tau-normalisation" if cfg.method == "tau-norm" else "LWS"
+        warnings.warn(f"method '{cfg.method}': method_options.base_loss={loss} already rebalances the classes, "
+                      f"so {what} on top of it corrects for the class prior twice (the authors' base head is "
+                      f"plain CE: base_loss=ce)", stacklevel=3)
 
 
 def ncm_rule(options: dict[str, Any]) -> str:
@@ -281,21 +294,69 @@ def tau_normalised(weight: Tensor, tau: float) -> Tensor:
     return weight.detach() / row_norms(weight).pow(float(tau))[:, None]
 
 
+def _grid_predictions(probe: Probe, features: np.ndarray) -> np.ndarray:
+    """(len(TAU_GRID), N) predicted classes of probe's bias-free head with rows W_c / ||W_c||^tau,
+    one row per tau of TAU_GRID: tau-normalisation is post-hoc, so one head serves the whole grid."""
+    raw, _ = probe.parts(features)  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^tau
+    norms = row_norms(probe.head.weight)
+    return np.stack([(raw / norms.pow(float(t))).numpy().argmax(1) for t in TAU_GRID])
+
+
+def _pick_tau(predictions: np.ndarray, labels: np.ndarray, num_classes: int, how: str,
+              held_per_class: np.ndarray) -> tuple[float, dict[str, Any]]:
+    """The tau of TAU_GRID with the best balanced accuracy of `predictions` (ties: the smaller tau),
+    with each score's binomial SE; warns when the winner leads the runner-up by less than its SE.
+    The runner-up is the best tau that is not the winner's grid neighbour (|tau - winner| > 0.1):
+    neighbours score alike on any smooth curve, so comparing with them would always warn."""
+    scored = [balanced_accuracy_se(p, labels, num_classes) for p in predictions]
+    scores, errors = np.array([s for s, _ in scored]), np.array([e for _, e in scored])
+    best = int(np.argmax(scores))
+    runner = int(np.argmax(np.where(np.abs(np.arange(scores.size) - best) <= 1, -np.inf, scores)))
+    close = bool(scores[best] - scores[runner] < errors[best])
+    if close:
+        warnings.warn(f"method 'tau-norm': tau={TAU_GRID[best]:g} ({how}: balanced accuracy "
+                      f"{scores[best]:.4f} +- {errors[best]:.4f}) beats the runner-up tau={TAU_GRID[runner]:g} "
+                      f"({scores[runner]:.4f}) by less than one SE: the data do not pin tau down", stacklevel=4)
+    present = held_per_class[held_per_class > 0]
+    return float(TAU_GRID[best]), {
+        "metric": "balanced accuracy", "validated_by": how, "grid": TAU_GRID, "scores": scores, "se": errors,
+        "best": float(scores[best]), "best_se": float(errors[best]),
+        "runner_up": {"tau": float(TAU_GRID[runner]), "score": float(scores[runner])}, "within_one_se": close,
+        "val_rows": int(labels.size), "val_per_class": [int(present.min()), int(present.max())],
+        "classes_with_at_most_2_val_rows": int((held_per_class <= 2).sum())}
+
+
 def choose_tau(probe: Probe, val: FeatureSet) -> tuple[float, dict[str, Any]]:
     """The tau of TAU_GRID (the authors' np.linspace(0, 2, 21)) with the best validation balanced
     accuracy of probe's bias-free head with rows W_c / ||W_c||^tau (ties: the smaller tau);
     with the binomial SE of each score and the validation rows per class."""
-    raw, _ = probe.parts(val.features)  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^tau
-    norms = row_norms(probe.head.weight)
-    scored = [balanced_accuracy_se((raw / norms.pow(float(t))).numpy().argmax(1), val.labels, probe.num_classes)
-              for t in TAU_GRID]
-    scores, errors = np.array([s for s, _ in scored]), np.array([e for _, e in scored])
-    best = int(np.argmax(scores))
-    per_class = val.class_counts(probe.num_classes)
-    return float(TAU_GRID[best]), {"metric": "val balanced accuracy", "grid": TAU_GRID, "scores": scores,
-                                   "se": errors, "best": float(scores[best]), "best_se": float(errors[best]),
-                                   "val_rows": int(val.num_samples),
-                                   "val_per_class": [int(per_class.min()), int(per_class.max())]}
+    return _pick_tau(_grid_predictions(probe, val.features), np.asarray(val.labels), probe.num_classes, "val",
+                     val.class_counts(probe.num_classes))
+
+
+def cv_folds(train: FeatureSet) -> int:
+    """k of the cross-validation choosing tau: TAU_CV_FOLDS, fewer when the smallest class is
+    smaller (at least 2)."""
+    return max(2, min(TAU_CV_FOLDS, int(train.class_counts().min())))
+
+
+def cv_tau(train: FeatureSet, cfg: ProbeConfig, bias: str) -> tuple[float, dict[str, Any]]:
+    """tau chosen by stratified k-fold cross-validation on `train` alone (`cv_folds`, folds seeded
+    by cfg.seed): one base head per fold, its held-out rows predicted at every tau of the grid,
+    the predictions pooled over the folds (each row held out once; a class with a single row is
+    never held out) and scored as one validation set. DataError when no fold can hold anything out."""
+    k = cv_folds(train)
+    labels = np.asarray(train.labels)
+    folds = stratified_folds(labels, k, cfg.seed, train.num_classes)
+    predictions = np.full((TAU_GRID.size, labels.size), -1, dtype=np.int64)
+    for part, held in folds:
+        probe, _ = _bias_free_head(train.with_arrays(train.features[part], labels[part]), cfg, bias)
+        predictions[:, held] = _grid_predictions(probe, train.features[held])
+    scored = predictions[0] >= 0
+    held_per_class = np.bincount(labels[scored], minlength=train.num_classes)
+    tau, info = _pick_tau(predictions[:, scored], labels[scored], train.num_classes,
+                          f"{k}-fold CV on train", held_per_class)
+    return tau, {**info, "folds": k, "seed": cfg.seed}
 
 
 def drawn_from(train: FeatureSet, val: FeatureSet | None) -> bool:
@@ -313,19 +374,21 @@ def _refit_blocker(cfg: ProbeConfig) -> str | None:
     return f"{', '.join(others)} also choose on this split" if others else None
 
 
-@probe_method("tau-norm", check_options=_check_tau_norm, needs_validation=_tau_norm_needs_val,
-              check_config=_check_head_config)
+@probe_method("tau-norm", check_options=_check_tau_norm, check_config=_check_head_config)
 def fit_tau_norm(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
     """tau-normalisation (Kang et al. 2020): a plain-CE linear head, bias dropped, rows W_c / ||W_c||^tau;
-    tau chosen on val (grid 0..2) when given, else 0.9 (method_options.tau fixes it)."""
+    tau chosen on val (grid 0..2) when given, else by k-fold CV on train (method_options.tau fixes it)."""
     option = tau_option(cfg.method_options)
-    if option == "auto" and val is None:
-        raise ConfigError("method_options.tau='auto' needs a validation set (val)")
+    _warn_rebalancing(cfg)
     bias = tau_norm_bias(cfg.method_options)
     probe, info = _bias_free_head(train, cfg, bias)
-    if option is None and val is None:
-        tau, info["tau_from"] = TAU_NORM_DEFAULT, "default (no validation set)"
-    elif option is None or option == "auto":
+    if option == "auto" and val is None:
+        try:  # the head above, fitted on all of train, is the refit
+            tau, info["selection"] = cv_tau(train, cfg, bias)
+            info["tau_from"] = "k-fold cross-validation on train"
+        except DataError as error:  # no class has two rows: nothing can be held out
+            tau, info["tau_from"] = TAU_NORM_DEFAULT, f"default (no validation set; {error})"
+    elif option == "auto":
         tau, info["selection"] = choose_tau(probe, val)
         info["tau_from"] = "validation set"
         if drawn_from(train, val):
@@ -395,6 +458,7 @@ def learn_scales(probe: Probe, train: FeatureSet, cfg: ProbeConfig) -> tuple[Ten
 @probe_method("lws", check_options=_check_lws, check_config=_check_head_config)
 def fit_lws(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
     """LWS (Kang et al. 2020): the plain-CE linear head frozen, one class-balanced scale per class."""
+    _warn_rebalancing(cfg)
     probe, base = _plain_head(train, cfg, bias=True)
     scales, info = learn_scales(probe, train, cfg)
     weight, bias = probe.head.weight.detach(), probe.head.bias.detach()
