@@ -68,7 +68,7 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("NCM, cosine to class means", {"method": "ncm", "method_options": {"rule": "cosine"}}),
     ("cRT (class-balanced re-training)", {"method": "crt"}),
     ("tau-norm, CE head (tau on val)", {"method": "tau-norm"}),
-    ("tau-norm, CE head (tau 0.9, the default without val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau 0.9 fixed, the fallback without val)", {"method": "tau-norm", "method_options": {"tau": 0.9}}),
     ("tau-norm, CE head (tau on a 10 % split of train, head refitted on all)", {"method": "tau-norm"}),
     ("LWS, CE head (learnable weight scaling)", {"method": "lws"}),
     ("SMOTE + LR", {"method": "smote"}),
@@ -84,7 +84,7 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("auto (chosen by 3-fold CV on train, no val)", {"method": "auto", "loss": "la"}),
 )
 NO_VAL_ROWS = {"auto (chosen by 3-fold CV on train, no val)",  # fitted without the validation split
-               "tau-norm, CE head (tau 0.9, the default without val)"}
+               "tau-norm, CE head (tau 0.9 fixed, the fallback without val)"}
 # Fitted on a split drawn from the LT training set (data.splits.split_features) instead of the
 # validation images: tau is chosen on the split, then the head is refitted on all of train.
 SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
