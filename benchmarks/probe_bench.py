@@ -107,3 +107,18 @@ def save_results(out: str | Path, info: dict, table: str) -> Path:
     out.write_text(json.dumps(info, indent=2, default=str))
     out.with_suffix(".md").write_text(table + "\n")
     return out
+
+
+def fit_in_order(configs, lt, val, test_features, split_rows: dict, no_val_rows, score) -> list[dict]:
+    """`fit_rows` row by row, in order; a `split_rows` row validates on its split of `lt` (its
+    `ValRule`) instead of `val`, a `no_val_rows` row is fitted without `val`."""
+    from longtail.data.splits import split_features
+
+    results = []
+    for label, cfg in configs:
+        if label in split_rows:
+            part, held, _ = split_features(lt, split_rows[label])
+            results += fit_rows([(label, cfg)], part, held, test_features, score)
+        else:
+            results += fit_rows([(label, cfg)], lt, val, test_features, score, no_val_rows)
+    return results

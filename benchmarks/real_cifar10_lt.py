@@ -32,7 +32,7 @@ from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
     PAIRED_COLUMNS,
     PRED,
     add_paired,
-    fit_rows,
+    fit_in_order,
     format_columns,
     save_results,
 )
@@ -43,7 +43,7 @@ from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.presets import CIFAR10_CLASSES
 from longtail.data.profiles import exponential_profile, subsample_per_class
-from longtail.data.splits import ValRule, split_features
+from longtail.data.splits import ValRule
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -125,19 +125,6 @@ def row_configs(device: str) -> list[ProbeConfig]:
     return [apply_overrides(base, overrides) for _, overrides in ROWS]
 
 
-def fit_in_order(configs: list[tuple[str, ProbeConfig]], lt: FeatureSet, val: FeatureSet, test_features: np.ndarray,
-                 score) -> list[dict]:
-    """`fit_rows` row by row, in order; a SPLIT_ROWS row validates on its split of `lt` instead of `val`."""
-    results = []
-    for label, cfg in configs:
-        if label in SPLIT_ROWS:
-            part, held, _ = split_features(lt, SPLIT_ROWS[label])
-            results += fit_rows([(label, cfg)], part, held, test_features, score)
-        else:
-            results += fit_rows([(label, cfg)], lt, val, test_features, score, NO_VAL_ROWS)
-    return results
-
-
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
     """First `per_class` samples of each class (file order) -> val; the rest -> test."""
     val_idx, test_idx = validation_split(test.labels, per_class)
@@ -215,7 +202,7 @@ def main() -> None:
 
     wanted_rows = [(label, cfg) for (label, _), cfg in zip(ROWS, configs)
                    if not args.only or any(s in label for s in args.only)]
-    results = fit_in_order(wanted_rows, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s))
+    results = fit_in_order(wanted_rows, lt, val, test.features, SPLIT_ROWS, NO_VAL_ROWS, lambda label, z, s: row(label, z, test, counts, s))
     if not args.only or any(s in "scikit-learn LogisticRegression (C=1), CE" for s in args.only):
         results.append(sklearn_reference(lt, test, counts))
     refs = [(f"balanced subset ({per_class}/class, same size), LR CE", bal_idx, f"cifar10_balanced_{per_class}")]

@@ -52,7 +52,7 @@ from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
     PAIRED_COLUMNS,
     PRED,
     add_paired,
-    fit_rows,
+    fit_in_order,
     format_columns,
     save_results,
 )
@@ -61,7 +61,7 @@ from longtail.config import apply_overrides
 from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.profiles import exponential_profile, subsample_per_class
-from longtail.data.splits import ValRule, split_features
+from longtail.data.splits import ValRule
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -147,19 +147,6 @@ def row_configs(device: str, only: list[str] | None = None) -> list[tuple[str, P
     base = ProbeConfig(method="linear", loss="ce", device=device)
     return [(label, apply_overrides(base, overrides)) for label, overrides in ROWS
             if not only or any(s in label for s in only)]
-
-
-def fit_in_order(configs: list[tuple[str, ProbeConfig]], lt: FeatureSet, val: FeatureSet, test_features: np.ndarray,
-                 score) -> list[dict]:
-    """`fit_rows` row by row, in order; a SPLIT_ROWS row validates on its split of `lt` instead of `val`."""
-    results = []
-    for label, cfg in configs:
-        if label in SPLIT_ROWS:
-            part, held, _ = split_features(lt, SPLIT_ROWS[label])
-            results += fit_rows([(label, cfg)], part, held, test_features, score)
-        else:
-            results += fit_rows([(label, cfg)], lt, val, test_features, score, NO_VAL_ROWS)
-    return results
 
 
 def class_order(root: str) -> list[str]:
@@ -270,7 +257,7 @@ def main() -> None:
           f"images in {extract_seconds:.0f}s; LT {lt.num_samples} images ({counts.max()}..{counts.min()}/class, "
           f"{stats}), val {val.num_samples}")
 
-    results = fit_in_order(configs, lt, val, test.features, lambda label, z, s: row(label, z, test, counts, s))
+    results = fit_in_order(configs, lt, val, test.features, SPLIT_ROWS, NO_VAL_ROWS, lambda label, z, s: row(label, z, test, counts, s))
     if not args.quick and wanted("scikit-learn"):
         results += sklearn_peers(lt, test, counts, args.seed)
     refs = [(f"balanced subset ({per_class}/class, same size), cosine LA", bal_idx, "tiny100_bal")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,6 +214,24 @@ def check_writable(path: str | os.PathLike, what: str = "--out", folder: bool = 
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} {path}: cannot be created, folder {ancestor} is not writable")
     return path
+
+
+@contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden sibling folder to fill; rename it to `out` when the block succeeds (never
+    over an existing `out`), remove it otherwise: a new output folder appears whole or not at all."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            raise ConfigError(f"{out} exists, not overwritten")
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- claims

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -41,7 +40,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import atomic_write, check_writable, open_weights_file, read_json, write_json
+from longtail.io import (
+    atomic_write,
+    check_writable,
+    open_weights_file,
+    read_json,
+    staged_folder,
+    write_json,
+)
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
 from longtail.methods.finetune.loading import CLASSES
@@ -141,19 +147,10 @@ def export_run(run_dir: str | Path, out: str | Path, cfg: ExportConfig | None = 
         raise ConfigError(f"{out} exists, not overwritten")
     check_writable(out)
     plan = plan_export(run_dir, cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         model, info = load_finetuned(plan.run_dir, device="cpu")
         details = _write_weights(plan, model, staging, cfg)
         write_common(staging, model.head, info["class_names"], plan, details)
-        if out.exists():
-            raise ConfigError(f"{out} exists, not overwritten")
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +44,7 @@ import torch
 from torch import nn
 
 from longtail.errors import ConfigError, DataError
-from longtail.io import check_writable, read_yaml, write_json
+from longtail.io import check_writable, read_yaml, staged_folder, write_json
 
 MODEL, INT8_MODEL, CLASS_NAMES, MANIFEST = "model.onnx", "model.int8.onnx", "class_names.json", "export.json"
 INPUT, OUTPUT = "pixel_values", "logits"
@@ -275,11 +273,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, *, adjustment: np.ndar
     graph, class_names, pre, details = run_graph(run_dir)
     adj = _check_post_hoc(adjustment, float(temperature), len(class_names))
     graph = PostHoc(graph, float(temperature), adj).eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with staged_folder(out) as staging:
         write_onnx(graph, staging / MODEL, pre["input_size"], opset)
         props = {"class_names": json.dumps(class_names), "preprocessing": json.dumps(pre),
                  "longtail_export": json.dumps({"input": INPUT, "output": OUTPUT, "source": details["source"]})}
@@ -302,11 +296,6 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path, *, adjustment: np.ndar
         }
         write_json(staging / MANIFEST, manifest)
         (staging / "README.md").write_text(readme(manifest), encoding="utf-8")
-        if out.exists():
-            raise ConfigError(f"{out} exists, not overwritten")
-        os.rename(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
