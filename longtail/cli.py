@@ -7,8 +7,10 @@ Each command module defines HELP (one line), DESCRIPTION, `add_arguments(parser)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
+from collections.abc import Iterator
 
 from longtail import __version__
 from longtail.errors import LongtailError
@@ -68,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
     if pairs:
         setattr(args, args._pairs, [*getattr(args, args._pairs), *pairs])
-    _one_line_warnings(args.command)
+    with _one_line_warnings(args.command):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; user mistakes become one line and exit status 2."""
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:
@@ -86,12 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _one_line_warnings(command: str) -> None:
-    """Show warnings as 'longtail CMD: warning: ...' on one line, each distinct one once."""
+@contextlib.contextmanager
+def _one_line_warnings(command: str) -> Iterator[None]:
+    """While a command runs, show warnings as 'longtail CMD: warning: ...' on one line, each
+    distinct one once; the caller's warning settings are restored after (main() is also a library
+    call, in tests and scripts)."""
     import warnings
 
-    warnings.formatwarning = lambda message, category, *rest, **kw: f"longtail {command}: warning: {message}\n"
-    warnings.simplefilter("default", UserWarning)  # each distinct message once per place
+    before = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.formatwarning = lambda message, category, *rest, **kw: f"longtail {command}: warning: {message}\n"
+        warnings.simplefilter("default", UserWarning)  # each distinct message once per place
+        try:
+            yield
+        finally:
+            warnings.formatwarning = before
 
 
 def _error(command: str, message: str) -> int:
