@@ -198,7 +198,8 @@ def test_eval_scores_the_prior_the_reject_rule_and_unknown_images(runs, tmp_path
     for group, rate in sel["rejection_rate_per_predicted_group"].items():
         assert rate is None or abs(rate - 0.5) <= 0.34, group
     assert 0 < sel["coverage"] < 1 and sel["rule"] == "coverage=0.5"
-    assert set(metrics["open_set"]) >= {"msp", "energy"}
+    assert set(metrics["open_set"]) >= {"msp", "energy", "cosine"}  # the probe has text prototypes
+    assert 0 <= metrics["open_set"]["cosine"]["auroc"] <= 1 and printed["auroc_cosine"] == metrics["open_set"]["cosine"]["auroc"]
     assert 0 <= metrics["open_set"]["msp"]["auroc"] <= 1 and printed["auroc_msp"] == metrics["open_set"]["msp"]["auroc"]
 
 

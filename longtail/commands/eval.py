@@ -20,7 +20,8 @@ Deployment (docs/methods.md §13): --prior balanced | train | FILE.csv | estimat
 logits corrected to that class prior; --reject coverage=F | risk=F adds the operating point of
 thresholds chosen on the run's validation split per shot group (coverage, error of the accepted,
 rejection rate per group); --unknown SOURCE (images, or features for a probe run, of classes not
-in training) adds the open-set AUROC and FPR at 95 % TPR of the max-softmax and energy scores.
+in training) adds the open-set AUROC and FPR at 95 % TPR of the max-softmax and energy scores
+and, for a probe whose training features carry class prototypes, of the cosine to them.
 Every evaluation reports the risk-coverage curve's area (AURC).
 
 Comparison (docs/methods.md §7.7): --against OTHER scores OTHER on the same test images (the

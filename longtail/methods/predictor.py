@@ -44,6 +44,8 @@ class Predictor:
     feature_logits: Callable[[FeatureSet], np.ndarray] | None = None
     validation: Callable[[], tuple[np.ndarray, np.ndarray] | None] = lambda: None
     test: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # (known test features, unknown features, class prototypes) for the cosine open-set score, or None
+    cosine_inputs: Callable[[str | None, str], tuple[np.ndarray, np.ndarray, np.ndarray] | None] | None = None
     scoring: dict[str, Any] = field(default_factory=dict)  # evaluate()'s group settings for this run
 
     def __post_init__(self) -> None:
@@ -211,9 +213,15 @@ class Predictor:
                  unknown: str | None = None) -> dict[str, Any]:
         """`longtail eval --prior / --reject / --unknown`: the metrics of the run's logits after the
         deployment prior, with the reject rule's operating point (per shot group) and, given images
-        of classes outside training, the open-set AUROC and FPR at 95 % TPR of two scores."""
+        of classes outside training, the open-set AUROC and FPR at 95 % TPR of the max-softmax and
+        energy scores, and of the cosine to the class prototypes when the run has them."""
         from longtail.eval.metrics import evaluate
-        from longtail.eval.selective import confidence, open_set_metrics, selective_metrics
+        from longtail.eval.selective import (
+            confidence,
+            cosine_confidence,
+            open_set_metrics,
+            selective_metrics,
+        )
 
         if reject is not None:
             self.thresholds(reject, None)  # a bad rule or no validation split fails before the test pass
@@ -231,6 +239,11 @@ class Predictor:
             other = self.adjust(other, target)
             metrics["open_set"] = {"source": unknown, "images": int(len(other)), **{
                 kind: open_set_metrics(confidence(z, kind), confidence(other, kind)) for kind in ("msp", "energy")}}
+            cosine = None if self.cosine_inputs is None else self.cosine_inputs(test, unknown)
+            if cosine is not None:
+                known, unseen, prototypes = cosine
+                metrics["open_set"]["cosine"] = open_set_metrics(cosine_confidence(known, prototypes),
+                                                                 cosine_confidence(unseen, prototypes))
         if test is not None:
             metrics["test_set"] = {"source": test, "own": False}
         return metrics
@@ -298,17 +311,35 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
                               and not settings.get("posthoc_tau")) else "balanced"
     train_meta: dict[str, Any] = {}  # the recorded backbone, loaded once
 
-    def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
+    def image_features(images: ImageDataset, progress: bool = False) -> np.ndarray:
         from longtail.models.features import extract_features
         from longtail.models.recorded import feature_file_meta, recorded_backbone
 
         if "backbone" not in train_meta:
             path = saved_feature_path(config, "train", folder)
             train_meta["backbone"] = recorded_backbone(feature_file_meta(path), f"{folder}: its training features ({path})")
-        backbone = train_meta["backbone"]
-        fs = extract_features(backbone, images, batch_size=batch_size, device=device, progress=progress,
-                              num_workers=workers, cache=False)
-        return probe.logits(fs.features)
+        return extract_features(train_meta["backbone"], images, batch_size=batch_size, device=device,
+                                progress=progress, num_workers=workers, cache=False).features
+
+    def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
+        return probe.logits(image_features(images, progress))
+
+    def features_of(source: str, labelled: bool) -> np.ndarray:
+        """Features of a feature file, or of images (a labelled test set or unlabelled ones)."""
+        from longtail.data.open_images import open_matched, test_split_of
+        from longtail.data.unlabelled import open_unlabelled
+
+        if Path(source).suffix in (".npz", ".safetensors"):
+            return open_features(source).features
+        images = open_matched(source, test_split_of(source), names) if labelled else open_unlabelled(source)
+        return image_features(images)
+
+    def cosine_inputs(test: str | None, unknown: str):
+        prototypes = open_features(saved_feature_path(config, "train", folder)).prototypes
+        if prototypes is None:
+            return None
+        known = own_test_features(config, folder).features if test is None else features_of(test, True)
+        return known, features_of(unknown, False), prototypes
 
     def validation() -> tuple[np.ndarray, np.ndarray] | None:
         from longtail.data.features import match_classes
@@ -328,7 +359,7 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
                "few_threshold": config.get("few_threshold", 20)}
     groups = _groups(counts, names, **scoring)
     return Predictor(folder, "probe", names, counts, groups, trained_for, image_logits,
-                     lambda fs: probe.logits(fs.features), validation, test, scoring=scoring)
+                     lambda fs: probe.logits(fs.features), validation, test, cosine_inputs, scoring=scoring)
 
 
 def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
