@@ -75,7 +75,7 @@ def _dataset(entry) -> str | None:
     not a use: the file's access time is put back (it is the entry's last use)."""
     import os
 
-    from longtail.models.features import _entry_meta
+    from longtail.data.features import read_meta
 
     suffix = ".npz" if entry.kind == "features" else ".json"
     path = next((p for p in entry.paths if p.suffix == suffix and not p.name.startswith(".")), None)
@@ -83,7 +83,7 @@ def _dataset(entry) -> str | None:
         return None
     try:
         before = path.stat()
-        meta = _entry_meta(path) if suffix == ".npz" else json.loads(path.read_text(encoding="utf-8"))
+        meta = read_meta(path) if suffix == ".npz" else json.loads(path.read_text(encoding="utf-8"))
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     except (OSError, ValueError):
         return None

@@ -235,6 +235,25 @@ def load_features(path: str | Path) -> FeatureSet:
     )
 
 
+def read_meta(path: str | Path) -> dict[str, Any] | None:
+    """The `meta` of a feature file read alone (no array is loaded), or None when the file is
+    missing, unreadable or has none: what caches and run loaders check before loading features."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from longtail.io import open_weights_file
+
+            with open_weights_file(path) as handle:
+                text = (handle.metadata() or {}).get("meta")
+        else:
+            with np.load(path, allow_pickle=False) as data:
+                text = str(data["meta"]) if "meta" in data.files else None
+        meta = None if text is None else json.loads(text)
+    except (OSError, ValueError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile, DataError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     try:
         with np.load(path, allow_pickle=False) as data:

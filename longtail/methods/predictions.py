@@ -22,7 +22,6 @@ import numpy as np
 
 from longtail.data.features import FeatureSet
 from longtail.data.images import ImageDataset
-from longtail.data.unlabelled import readable
 from longtail.errors import ConfigError
 from longtail.io import PathClaim, atomic_path, check_writable, write_json, write_text
 from longtail.methods.predictor import Predictor
@@ -121,11 +120,7 @@ def _scored(predictor: Predictor, images: ImageDataset, out: Path, shard_size: i
         path = folder / f"{start:09d}.npz"
         if not path.is_file():
             part = images.subset(np.arange(start, min(start + shard_size, len(images))))
-            why = readable(part)
-            z = np.full((len(part), len(predictor.class_names)), np.nan, dtype=np.float32)
-            good = np.flatnonzero([w is None for w in why])
-            if good.size:
-                z[good] = predictor.image_logits(part.subset(good), False)
+            z, why = predictor.score(part)
             with atomic_path(path) as tmp, open(tmp, "wb") as handle:
                 np.savez(handle, logits=z, reasons=np.asarray([w or "" for w in why]))
             bar.update(len(part))

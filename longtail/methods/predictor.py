@@ -10,6 +10,7 @@ on the run's own validation split where they need one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,19 +79,25 @@ class Predictor:
                 reject: str | None = None, progress: bool = False) -> list[dict[str, Any]]:
         """The rows `longtail predict` writes (path, label, score, status, top-k) for an
         ImageDataset or a list of image files; unreadable images get their reason as status."""
-        from longtail.data.unlabelled import readable
-
         if not isinstance(images, ImageDataset):
             from longtail.data.images import FileReader
 
             paths = [str(Path(p).resolve()) for p in images]
             images = ImageDataset(paths, np.zeros(len(paths), dtype=np.int64), ["?"], FileReader("/"), name="images")
+        logits, reasons = self.score(images, progress)
+        return self.table(logits, reasons, [images.describe(i) for i in range(len(images))], top_k, prior, reject)[0]
+
+    def score(self, images: ImageDataset, progress: bool = False) -> tuple[np.ndarray, list[str | None]]:
+        """(raw logits (N, C) with NaN rows for unreadable images, per image None or the reason it
+        cannot be read): only the readable images go through the model."""
+        from longtail.data.unlabelled import readable
+
         reasons = readable(images)
         good = np.flatnonzero([r is None for r in reasons])
         logits = np.full((len(images), len(self.class_names)), np.nan, dtype=np.float32)
         if good.size:
             logits[good] = self.image_logits(images.subset(good), progress)
-        return self.table(logits, reasons, [images.describe(i) for i in range(len(images))], top_k, prior, reject)[0]
+        return logits, reasons
 
     def predict_folder(self, path: str | Path, **options: Any) -> list[dict[str, Any]]:
         """`predict` of every file under a folder (or in a zip, a list file, one image)."""
@@ -312,12 +319,13 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
     train_meta: dict[str, Any] = {}  # the recorded backbone, loaded once
 
     def image_features(images: ImageDataset, progress: bool = False) -> np.ndarray:
+        from longtail.data.features import read_meta
         from longtail.models.features import extract_features
-        from longtail.models.recorded import feature_file_meta, recorded_backbone
+        from longtail.models.recorded import recorded_backbone
 
         if "backbone" not in train_meta:
             path = saved_feature_path(config, "train", folder)
-            train_meta["backbone"] = recorded_backbone(feature_file_meta(path), f"{folder}: its training features ({path})")
+            train_meta["backbone"] = recorded_backbone(read_meta(path) or {}, f"{folder}: its training features ({path})")
         return extract_features(train_meta["backbone"], images, batch_size=batch_size, device=device,
                                 progress=progress, num_workers=workers, cache=False).features
 
@@ -364,30 +372,27 @@ def _probe_predictor(record: dict[str, Any], device: str, batch_size: int, worke
 
 def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers: int) -> Predictor:
     from longtail.methods.finetune import load_finetuned, predict_logits
-    from longtail.methods.finetune.loading import RunModel, train_counts
+    from longtail.methods.finetune.data import open_splits
+    from longtail.methods.finetune.loading import train_counts
 
     folder = Path(record["folder"])
     model, info = load_finetuned(folder, device)
     cfg = info["config"]
     counts, group_counts = train_counts(info)
     names = list(info["class_names"])
-    runs: dict[str, Any] = {}
-
-    def run_model() -> RunModel:
-        if "model" not in runs:
-            runs["model"] = RunModel(folder, device)
-        return runs["model"]
+    # the run's validation and test images as evaluation reads them (RunModel's splits), opened once
+    splits = functools.cache(lambda: open_splits(dataclasses.replace(cfg, device=device, progress=False), test=True))
 
     def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
         return predict_logits(model, images, batch_size=batch_size, tte=cfg.tte, device=device,
                               num_workers=workers, precision=cfg.precision, progress=progress)
 
     def validation() -> tuple[np.ndarray, np.ndarray] | None:
-        val = run_model().val
+        val = splits().val
         return None if val is None else (image_logits(val, False), np.asarray(val.labels))
 
     def test() -> tuple[np.ndarray, np.ndarray]:
-        test_set = run_model().test
+        test_set = splits().test
         return image_logits(test_set, False), np.asarray(test_set.labels)
 
     trained_for = "train" if cfg.loss == "ce" else "balanced"

@@ -22,12 +22,10 @@ frozen-prefix cache.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import sys
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from longtail.data.features import FeatureSet, load_features, save_features
+from longtail.data.features import FeatureSet, load_features, read_meta, save_features
 from longtail.device import resolve_device
 from longtail.errors import DataError
 from longtail.io import to_jsonable
@@ -123,15 +121,6 @@ def cache_path(backbone: Backbone, dataset: Any, precision: str, cache_dir: str 
 LEGACY_FIELDS = ("backbone", "model_id", "revision", "feature_kind", "preprocess", "precision", "dataset_fingerprint")
 
 
-def _entry_meta(path: Path) -> dict[str, Any] | None:
-    """The meta of the feature file at `path` (its other arrays are not read), or None."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return json.loads(str(data["meta"])) if "meta" in data.files else None
-    except (OSError, ValueError, EOFError, KeyError, AttributeError, TypeError, zipfile.BadZipFile):
-        return None
-
-
 def adopt_legacy_entry(backbone: Backbone, dataset: Any, precision: str, path: Path,
                        backbone_key: dict[str, Any], info: dict[str, Any]) -> bool:
     """Rename an entry these weights wrote before the byte fingerprints to `path` (its new
@@ -153,7 +142,7 @@ def adopt_legacy_entry(backbone: Backbone, dataset: Any, precision: str, path: P
     entries = [p for p in root.glob(f"{glob.escape(entry_prefix(backbone.name))}-*") if p.name not in ours]
     wanted = set()
     for p in entries:
-        meta = _entry_meta(p) if p.suffix == ".npz" else None
+        meta = read_meta(p) if p.suffix == ".npz" else None
         if meta is not None and "weights_hash" not in meta and all(meta.get(f) == info.get(f) for f in LEGACY_FIELDS):
             wanted.add(p.name)
     shards = any(p.suffix == ".shards" for p in entries)

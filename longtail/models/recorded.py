@@ -9,28 +9,10 @@ probe would then score other features than it was trained on).
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from longtail.errors import ConfigError, DataError
-
-
-def feature_file_meta(path: str) -> dict[str, Any]:
-    """The `meta` of a feature file, read alone (no feature array is loaded); {} when none."""
-    p = Path(path)
-    if p.suffix == ".safetensors" and p.is_file():
-        from longtail.io import open_weights_file
-
-        with open_weights_file(p) as handle:
-            return json.loads((handle.metadata() or {}).get("meta", "{}"))
-    if p.suffix == ".npz" and p.is_file():
-        with np.load(p, allow_pickle=False) as arrays:
-            return json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
-    return {}
 
 
 def backbone_options(meta: dict[str, Any]) -> dict[str, Any]:

@@ -156,21 +156,17 @@ def _fit_graph(run_dir: Path) -> tuple[nn.Module, list[str], dict[str, Any], dic
 
 def _probe_graph(run_dir: Path, config: dict[str, Any]) -> tuple[nn.Module, list[str], dict[str, Any], dict[str, Any]]:
     """(graph, class names, preprocessing, manifest details) of a probe run."""
+    from longtail.data.features import read_meta
     from longtail.methods.probe.model import Probe
     from longtail.methods.probe.run import saved_feature_path
-    from longtail.models.preprocess import EvalTransform
-    from longtail.models.recorded import feature_file_meta, recorded_backbone
+    from longtail.models.recorded import recorded_backbone
 
     train = saved_feature_path(config, "train", run_dir)
-    meta = feature_file_meta(train)
+    meta = read_meta(train) or {}
     probe = Probe.load(run_dir / "head")
     backbone = recorded_backbone(meta, f"{run_dir}: the probe's training features ({train})")
     if int(backbone.feature_dim) != probe.dim:
         raise DataError(f"{run_dir}: backbone features are {backbone.feature_dim}-d, the probe's {probe.dim}-d")
-    pre = meta["preprocess"]
-    transform = EvalTransform(size=pre["size"] if isinstance(pre["size"], int) else tuple(pre["size"]),
-                              crop_size=None if pre.get("crop_size") is None else tuple(pre["crop_size"]),
-                              mean=tuple(pre["mean"]), std=tuple(pre["std"]), resample=pre.get("resample", "bicubic"))
     names = probe.class_names or [str(c) for c in range(probe.num_classes)]
     details = {"graph": "backbone forward_features + probe logits (normalise, alpha, posthoc tau, temperature)",
                "adapter_folded": False,
@@ -179,7 +175,7 @@ def _probe_graph(run_dir: Path, config: dict[str, Any]) -> tuple[nn.Module, list
                "source": {"run": str(run_dir.resolve()), "kind": "probe", "method": config["probe"].get("method"),
                           "backbone": meta["backbone"], "model_id": meta.get("model_id"),
                           "features": train, "dataset": meta.get("dataset") or meta.get("data")}}
-    return ProbeLogits(backbone.eval(), probe).eval(), list(names), preprocessing(transform), details
+    return ProbeLogits(backbone.eval(), probe).eval(), list(names), preprocessing(backbone.transform), details  # == the recorded one
 
 
 def run_graph(run_dir: str | Path) -> tuple[nn.Module, list[str], dict[str, Any], dict[str, Any]]:
