@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from longtail.data.splits import ValRule
 from longtail.eval.paired import paired_difference, verdict
 from longtail.methods.probe import ProbeConfig, fit_probe
 
@@ -22,6 +23,21 @@ from longtail.methods.probe import ProbeConfig, fit_probe
 STOCHASTIC = frozenset({"smote", "gaussian-kde", "vmf-kde", "distribution-calibration"})
 SEEDS = 3
 PRED = "_pred"  # a row's per-image test predictions while the run is in memory (not saved)
+
+
+# The decoupling rows of both real probe benchmarks (docs/methods.md §10), in table order.
+DECOUPLING_ROWS: tuple[tuple[str, dict], ...] = (
+    ("NCM (the authors' rule: centred, L2-normalised, Euclidean)", {"method": "ncm"}),
+    ("NCM, cosine to class means", {"method": "ncm", "method_options": {"rule": "cosine"}}),
+    ("cRT (class-balanced re-training)", {"method": "crt"}),
+    ("tau-norm, CE head (tau on val)", {"method": "tau-norm"}),
+    ("tau-norm, CE head (tau 0.9 fixed, the fallback without val)", {"method": "tau-norm", "method_options": {"tau": 0.9}}),
+    ("tau-norm, CE head (tau on a 10 % split of train, head refitted on all)", {"method": "tau-norm"}),
+    ("LWS, CE head (learnable weight scaling)", {"method": "lws"}),
+)
+# Rows validated on a split drawn from the LT training set (data.splits.split_features) instead of
+# the validation images: tau is chosen on the split, then the head is refitted on all of train.
+SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 
 
 def fit_rows(configs: list[tuple[str, ProbeConfig]], train, val, test_features: np.ndarray,

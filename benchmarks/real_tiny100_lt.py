@@ -49,8 +49,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
+    DECOUPLING_ROWS,
     PAIRED_COLUMNS,
     PRED,
+    SPLIT_ROWS,
     add_paired,
     fit_in_order,
     format_columns,
@@ -61,7 +63,6 @@ from longtail.config import apply_overrides
 from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.profiles import exponential_profile, subsample_per_class
-from longtail.data.splits import ValRule
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -84,13 +85,7 @@ ROWS: tuple[tuple[str, dict], ...] = (
     ("LR, Sage CF loss", {"loss": "cf"}),
     ("cosine, LA (the default probe)", {"method": "cosine", "loss": "la"}),
     ("cosine, LA + temperature scaling (on val)", {"method": "cosine", "loss": "la", "calibrate": "temperature"}),
-    ("NCM (the authors' rule: centred, L2-normalised, Euclidean)", {"method": "ncm"}),
-    ("NCM, cosine to class means", {"method": "ncm", "method_options": {"rule": "cosine"}}),
-    ("cRT (class-balanced re-training)", {"method": "crt"}),
-    ("tau-norm, CE head (tau on val)", {"method": "tau-norm"}),
-    ("tau-norm, CE head (tau 0.9 fixed, the fallback without val)", {"method": "tau-norm", "method_options": {"tau": 0.9}}),
-    ("tau-norm, CE head (tau on a 10 % split of train, head refitted on all)", {"method": "tau-norm"}),
-    ("LWS, CE head (learnable weight scaling)", {"method": "lws"}),
+    *DECOUPLING_ROWS,
     ("SMOTE + LR", {"method": "smote"}),
     ("Gaussian-KDE + LR", {"method": "gaussian-kde"}),
     ("vMF-KDE + LR", {"method": "vmf-kde"}),
@@ -106,9 +101,6 @@ ROWS: tuple[tuple[str, dict], ...] = (
 )
 NO_VAL_ROWS = {"auto (chosen by CV on train, no val)",  # fitted without the validation split
                "tau-norm, CE head (tau 0.9 fixed, the fallback without val)"}
-# Fitted on a split drawn from the LT training set (data.splits.split_features) instead of the
-# validation images: tau is chosen on the split, then the head is refitted on all of train.
-SPLIT_ROWS = {"tau-norm, CE head (tau on a 10 % split of train, head refitted on all)": ValRule(fraction=0.1)}
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("many", "many", "pct"),
                  ("medium", "medium", "pct"), ("few", "few", "pct"), ("ECE", "ece", "pct"),
                  ("fit s", "fit_seconds", ".1f"), *PAIRED_COLUMNS)
