@@ -9,11 +9,8 @@ import torch
 from longtail.maths.lbfgs import _History, minimize_lbfgs
 from longtail.methods.heads import CosineHead, LinearHead
 from longtail.methods.losses import make_loss
-from longtail.methods.probe.solvers import (
-    PRECONDITION_DAMPING,
-    _closed_form,
-    feature_preconditioner,
-)
+from longtail.methods.probe.objective import closed_form_objective as _closed_form
+from longtail.methods.probe.solvers import PRECONDITION_DAMPING, feature_preconditioner
 
 
 def _softplus_problem(seed=0, n=30, d=8):

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from longtail.methods.heads import CosineHead, LinearHead
 from longtail.methods.losses import make_loss
 from longtail.methods.probe import ProbeConfig
-from longtail.methods.probe.solvers import SOLVERS, _closed_form, solver_options
+from longtail.methods.probe.objective import closed_form_objective as _closed_form
+from longtail.methods.probe.solvers import SOLVERS, solver_options
 
 COUNTS = np.array([40, 20, 8, 3, 1])
 LOSSES = [("ce", {}), ("la", {"tau": 0.7}), ("balanced-softmax", {}), ("cf", {}),
@@ -119,10 +120,10 @@ def test_lbfgs_closed_form_float32_same_optimum_and_predictions():
 
 
 def test_config_passes_each_solver_its_own_options():
-    assert solver_options("lbfgs") == ["l2", "lr", "max_iter", "tol", "history_size"]
+    assert solver_options("lbfgs") == ["l2", "lr", "max_iter", "tol", "history_size", "memory"]
     assert solver_options("adamw") == ["lr", "epochs", "weight_decay", "batch_size"]
     lbfgs = ProbeConfig(method="linear", loss="ce", max_iter=7, epochs=3, l2=0.5).head_training()
-    assert lbfgs["solver_options"] == {"l2": 0.5, "max_iter": 7, "tol": 1e-4, "history_size": 10}
+    assert lbfgs["solver_options"] == {"l2": 0.5, "max_iter": 7, "tol": 1e-4, "history_size": 10, "memory": "auto"}
     adamw = ProbeConfig(method="linear", loss="ce", solver="adamw", epochs=3, lr=0.1).head_training()
     assert adamw["solver_options"] == {"lr": 0.1, "epochs": 3, "weight_decay": 1e-4, "batch_size": 256}
 

@@ -1,9 +1,11 @@
 """Probe methods `vmf-kde`, `gaussian-kde`, `smote`, `distribution-calibration`: oversample the (normalised) training
 embeddings, then train the probe's head on real + synthetic rows (docs/methods.md §4.4 steps 3-5).
 
-Options come from `cfg.method_options` (e.g. `method_options.k_neighbors=3`): any field of the
-oversampler except seed/device (those are the probe's) plus `loss_prior`; they are checked
-when the ProbeConfig is built.
+Options come from `cfg.method_options` (e.g. `method_options.k_neighbors=3`,
+`method_options.sampling_strategy=median`): any field of the oversampler except seed / device /
+memory (those are the probe's) plus `loss_prior`; they are checked when the ProbeConfig is
+built. The probe's `memory` budget caps the synthetic rows (`oversample.cap_targets`: the
+largest targets are lowered to one common cap, with a warning; recorded as `budget_cap`).
 
 Priors after resampling: the loss (LA, balanced-softmax, ...) uses the class counts of the
 data it is trained on, `loss_prior="resampled"` (default; with the default balanced targets LA
@@ -34,7 +36,7 @@ from longtail.methods.probe.train import train_head_with
 
 LOSS_PRIORS = ("resampled", "original")
 PLOT_CLASSES = 4  # tail classes shown in the diagnostic projection
-_PROBE_OWNED = ("seed", "device")  # oversampler fields set from the ProbeConfig, not method_options
+_PROBE_OWNED = ("seed", "device", "memory")  # oversampler fields set from the ProbeConfig, not method_options
 
 
 def _split_options(name: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -63,7 +65,7 @@ def oversample_features(
         x = F.normalize(x, dim=1)
     elif name == "vmf-kde" and (x.norm(dim=1) - 1).abs().max() > 1e-3:
         raise ConfigError("vmf-kde samples on the unit sphere: use normalize=True or unit-norm features")
-    sampler = make_oversampler(name, seed=cfg.seed, device=cfg.device, **(params or {}))
+    sampler = make_oversampler(name, seed=cfg.seed, device=cfg.device, memory=cfg.memory, **(params or {}))
     synth = sampler.sample(x, train.labels, num_classes=train.num_classes, class_names=train.names())
     return x, synth
 

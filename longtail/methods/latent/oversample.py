@@ -9,6 +9,7 @@ Real samples are never modified: resampled data = real rows (unchanged, first) +
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from longtail.data.profiles import strategy_targets
 from longtail.data.stats import MANY_THRESHOLD
-from longtail.device import resolve_device
+from longtail.device import memory_budget, resolve_device
 from longtail.errors import ConfigError, DataError
 from longtail.maths.finite import all_finite
 from longtail.maths.vmf import sample_vmf
@@ -35,16 +36,24 @@ SamplingStrategy = str | Mapping | Callable[[np.ndarray], Mapping] | Sequence[in
 def resolve_oversampling_targets(
     strategy: SamplingStrategy, counts: np.ndarray, class_names: Sequence[str] | None = None
 ) -> np.ndarray:
-    """Target count per class: 'auto'/None = the largest class for every class; a dict class ->
-    target (index or name; unnamed classes keep their count, as in imbalanced-learn), a callable
-    counts -> such a dict, or a full sequence of C targets. Targets below a class's count are
-    errors (real samples are never removed)."""
+    """Target count per class: 'auto'/'max'/None = the largest class for every class, 'median' =
+    the median class count (classes above it keep theirs), an integer N = at least N per class,
+    a dict class -> target (index or name; unnamed classes keep their count, as in
+    imbalanced-learn), a callable counts -> such a dict, or a full sequence of C targets.
+    Explicit targets below a class's count are errors (real samples are never removed)."""
     counts = np.asarray(counts, dtype=np.int64)
     names = list(class_names) if class_names is not None else None
-    if strategy is None or (isinstance(strategy, str) and strategy in ("auto", "not majority", "all")):
+    if strategy is None or (isinstance(strategy, str) and strategy in ("auto", "max", "not majority", "all")):
         return np.full_like(counts, counts.max())
+    if isinstance(strategy, str) and strategy == "median":
+        return np.maximum(counts, int(np.median(counts)))
+    if isinstance(strategy, (int, np.integer)) and not isinstance(strategy, bool):
+        if strategy < 1:
+            raise ConfigError(f"sampling_strategy N must be >= 1, got {strategy}")
+        return np.maximum(counts, int(strategy))
     if isinstance(strategy, str):
-        raise ConfigError(f"unknown sampling_strategy '{strategy}'; use 'auto', a dict or a callable")
+        raise ConfigError(f"unknown sampling_strategy '{strategy}'; use 'max', 'median', a count N, a dict "
+                          "or a callable")
     targets = strategy_targets(strategy, counts, names)
     under = np.flatnonzero(targets < counts)
     if under.size:
@@ -54,6 +63,28 @@ def resolve_oversampling_targets(
             f"'{names[c] if names else c}', which already has {int(counts[c])} (oversampling only adds)"
         )
     return targets
+
+
+SYNTHETIC_SHARE = 4  # synthetic rows may use budget / SYNTHETIC_SHARE (held ~3x: drawn, joined, normalised)
+
+
+def cap_targets(targets: np.ndarray, counts: np.ndarray, max_new: int) -> tuple[np.ndarray, int | None]:
+    """(targets, None) when they add at most `max_new` rows; else every target lowered to
+    min(target_c, T) with T the largest common cap that adds at most `max_new` rows (classes
+    never lose real rows), and T. The tail keeps its priority: a class below T still gets
+    brought up to T, only the largest targets are cut."""
+    targets, counts = np.asarray(targets, np.int64), np.asarray(counts, np.int64)
+
+    def added(cap: int) -> int:
+        return int(np.clip(np.minimum(targets, cap) - counts, 0, None).sum())
+
+    if added(int(targets.max())) <= max_new:
+        return targets, None
+    lo, hi = 0, int(targets.max())  # added(lo) = 0 <= max_new < added(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if added(mid) <= max_new else (lo, mid)
+    return np.maximum(counts, np.minimum(targets, lo)), lo
 
 
 @dataclass
@@ -74,6 +105,7 @@ class Oversampler:
     sampling_strategy: SamplingStrategy = "auto"
     seed: int = 0
     device: str = "auto"
+    memory: str | int | None = None  # None: no cap; 'auto' / '4GB': cap the synthetic rows (cap_targets)
 
     name = "oversampler"
 
@@ -108,6 +140,10 @@ class Oversampler:
         targets = torch.as_tensor(
             resolve_oversampling_targets(self.sampling_strategy, counts.cpu().numpy(), class_names), device=device
         )
+        info: dict[str, Any] = self.settings()
+        if self.memory is not None:
+            targets, cap = self._within_budget(targets, counts, x)
+            info.update(budget_cap=cap, budget_bytes=memory_budget(self.memory, device) // SYNTHETIC_SHARE)
         n_new = torch.where(self._eligible(counts), targets - counts, 0)
         generator = torch.Generator(device=device).manual_seed(self.seed)
         order, starts, _ = class_slices(y, num_classes)
@@ -115,7 +151,7 @@ class Oversampler:
         u = torch.rand(cls.numel(), generator=generator, device=device, dtype=torch.float64)
         pick = (u * counts[cls]).long().clamp_max(counts[cls] - 1)
         seeds = order[starts[cls] + pick]
-        info: dict[str, Any] = {**self.settings(), "synthetic_per_class": n_new.tolist()}
+        info["synthetic_per_class"] = n_new.tolist()
         synth = self._generate(x, y, seeds, cls, counts, generator, info) if cls.numel() else x[:0].clone()
         info["num_synthetic"] = int(cls.numel())
         return SyntheticSamples(synth, cls, seeds, info)
@@ -130,6 +166,20 @@ class Oversampler:
         x_new = synth.features.to(device=x.device, dtype=x.dtype)
         y = torch.as_tensor(labels)
         return torch.cat([x, x_new]), torch.cat([y, synth.labels.to(y.device, y.dtype)])
+
+    def _within_budget(self, targets: Tensor, counts: Tensor, x: Tensor) -> tuple[Tensor, int | None]:
+        """Targets capped so that the synthetic rows fit budget / SYNTHETIC_SHARE (`cap_targets`)."""
+        budget = memory_budget(self.memory, x.device) // SYNTHETIC_SHARE
+        max_new = budget // (x.shape[1] * x.element_size())
+        eligible = self._eligible(counts).cpu().numpy()
+        wanted = np.where(eligible, targets.cpu().numpy(), counts.cpu().numpy())
+        capped, cap = cap_targets(wanted, counts.cpu().numpy(), max_new)
+        if cap is not None:
+            warnings.warn(f"{self.name}: the targets add {int((wanted - counts.cpu().numpy()).sum()):,} synthetic rows, "
+                  f"over the memory budget ({budget / 2**30:.2f} GB for them: memory={self.memory}); every "
+                  f"class is brought to at most {cap:,} rows instead", stacklevel=2)
+        return torch.where(torch.as_tensor(eligible, device=targets.device),
+                           torch.as_tensor(capped, device=targets.device), targets), cap
 
     def _eligible(self, counts: Tensor) -> Tensor:
         """Classes that may receive synthetic rows (bool per class); all by default."""

@@ -171,21 +171,27 @@ def _fits(name: str, train: FeatureSet, base: ProbeConfig, shared: dict[str, Any
 
 def _variants(name: str, settings: dict[str, Any], probe: Probe, features: np.ndarray):
     """(settings, predictions) of every post-hoc variant of one fitted probe, from one forward
-    pass; per head, every alpha and post-hoc tau at once: (A, T, N, C) logits, as Probe.combine."""
-    trained, zs = probe.parts(features)
-    heads = [(settings, trained)]
-    if name == "tau-norm":  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^t
-        norms = row_norms(probe.head.weight)
-        heads = [({**settings, "method_options": {"tau": t, "bias": "none"}}, trained / norms.pow(t))
-                 for t in TAU_NORM_GRID]
-    alphas = ALPHA_GRID if zs is not None else (1.0,)
-    prior = torch.as_tensor(log_prior(probe.class_counts), dtype=trained.dtype)
-    shifts = torch.tensor(POSTHOC_GRID, dtype=trained.dtype)[:, None, None] * prior  # (T, 1, C)
-    weights = torch.tensor(alphas, dtype=trained.dtype)[:, None, None]  # (A, 1, 1)
-    for head_settings, z in heads:
-        mixed = z[None] if zs is None else (1.0 - weights) * zs + weights * z  # alpha 1: z exactly
-        predictions = (mixed[:, None] - shifts).numpy().argmax(-1)  # (A, T, N); numpy's is ~3x torch's
-        for alpha, by_tau in zip(alphas, predictions):
+    pass; per head, every alpha and post-hoc tau at once: (A, T, rows, C) logits per row chunk
+    (within the probe's memory budget), as Probe.combine."""
+    norms = row_norms(probe.head.weight)
+    # tau-norm: z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^t, one head per t
+    heads = ([({**settings, "method_options": {"tau": t, "bias": "none"}}, norms.pow(t)) for t in TAU_NORM_GRID]
+             if name == "tau-norm" else [(settings, None)])
+    alphas = ALPHA_GRID if probe.zero_shot is not None else (1.0,)
+    prior = torch.as_tensor(log_prior(probe.class_counts), dtype=torch.float32)
+    shifts = torch.tensor(POSTHOC_GRID, dtype=torch.float32)[:, None, None] * prior  # (T, 1, C)
+    weights = torch.tensor(alphas, dtype=torch.float32)[:, None, None]  # (A, 1, 1)
+    n = len(features)
+    predictions = np.empty((len(heads), len(alphas), len(POSTHOC_GRID), n), dtype=np.int64)
+    rows = probe.chunk_rows(4 * probe.num_classes * (2 * len(alphas) * len(POSTHOC_GRID) + 3), n)
+    for start in range(0, n, rows):
+        trained, zs = probe.parts(features[start:start + rows])
+        for h, (_, scale) in enumerate(heads):
+            z = trained if scale is None else trained / scale
+            mixed = z[None] if zs is None else (1.0 - weights) * zs + weights * z  # alpha 1: z exactly
+            predictions[h, ..., start:start + rows] = (mixed[:, None] - shifts).numpy().argmax(-1)  # numpy's ~3x torch's
+    for (head_settings, _), by_alpha in zip(heads, predictions):
+        for alpha, by_tau in zip(alphas, by_alpha):
             for tau, pred in zip(POSTHOC_GRID, by_tau):
                 yield ({**head_settings, "interpolate": None if alpha == 1.0 else alpha,
                         "posthoc_tau": None if tau == 0.0 else tau}, pred)

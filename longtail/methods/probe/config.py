@@ -19,6 +19,7 @@ import numpy as np
 
 from longtail.config import apply_overrides, coerce_field
 from longtail.data.splits import ValRule
+from longtail.device import parse_memory
 from longtail.errors import ConfigError
 from longtail.methods.heads import HEADS
 from longtail.methods.losses import LOSSES, loss_parameters, make_loss
@@ -56,6 +57,9 @@ class ProbeConfig:
     tol: float = 1e-4  # L-BFGS: stop when max |gradient| <= tol (scikit-learn's tol)
     history_size: int = 10  # L-BFGS memory (scipy's default m = 10)
     l2: float | None = None  # L-BFGS: + l2/2 ||W||^2; None: 1/N (sklearn C=1) linear, 0 cosine
+    # Work memory for N x C arrays (logits): "auto" (half the free RAM / GPU memory) or a size
+    # ("4GB"); over it the solver sums over row chunks, oversamplers cap their targets.
+    memory: str = "auto"
     epochs: int = 30  # AdamW
     lr: float | None = None  # None: 1.0 for L-BFGS, 1e-2 for AdamW
     weight_decay: float = 1e-4  # AdamW
@@ -96,6 +100,7 @@ class ProbeConfig:
         if self.history_size > MAX_HISTORY:  # issue 22 item 12: it sizes an (m + 1) x parameters buffer
             raise ConfigError(f"history_size must be at most {MAX_HISTORY} (L-BFGS keeps that many "
                               f"parameter-sized pairs; scipy's default is 10), got {self.history_size}")
+        parse_memory(self.memory)
         if not self.scale > 0:
             raise ConfigError(f"scale must be > 0, got {self.scale}")
         if self.lr is not None and not self.lr > 0:

@@ -297,9 +297,14 @@ def tau_normalised(weight: Tensor, tau: float) -> Tensor:
 def _grid_predictions(probe: Probe, features: np.ndarray) -> np.ndarray:
     """(len(TAU_GRID), N) predicted classes of probe's bias-free head with rows W_c / ||W_c||^tau,
     one row per tau of TAU_GRID: tau-normalisation is post-hoc, so one head serves the whole grid."""
-    raw, _ = probe.parts(features)  # z_c = f . W_c, so the tau-normalised logits are z_c / ||W_c||^tau
     norms = row_norms(probe.head.weight)
-    return np.stack([(raw / norms.pow(float(t))).numpy().argmax(1) for t in TAU_GRID])
+    out = np.empty((len(TAU_GRID), len(features)), dtype=np.int64)
+    rows = probe.chunk_rows(3 * probe.num_classes * 4, len(features))
+    for start in range(0, len(features), rows):  # row chunks: memory O(rows x C) at any N
+        raw, _ = probe.parts(features[start:start + rows])  # z_c = f . W_c: tau-normalised z_c / ||W_c||^tau
+        for i, t in enumerate(TAU_GRID):
+            out[i, start:start + rows] = (raw / norms.pow(float(t))).numpy().argmax(1)
+    return out
 
 
 def _pick_tau(predictions: np.ndarray, labels: np.ndarray, num_classes: int, how: str,

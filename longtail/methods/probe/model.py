@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from longtail.data.features import FeatureSet
 from longtail.data.stats import require_nonempty
+from longtail.device import memory_budget
 from longtail.errors import DataError
 from longtail.io import load_weights_file, read_json, write_json
 from longtail.methods.heads import HEAD_FILE, load_head, save_head
@@ -106,8 +107,16 @@ class Probe:
         return (self.combine(trained, zs, self.alpha, self.posthoc_tau) / self.temperature).numpy()
 
     def predict(self, features: np.ndarray | Tensor) -> np.ndarray:
-        """Predicted class per row (argmax of `logits`)."""
-        return self.logits(features).argmax(axis=1)
+        """Predicted class per row (argmax of `logits`), over row chunks within the memory budget."""
+        rows = self.chunk_rows(3 * self.num_classes * 4, len(features))
+        return np.concatenate([self.logits(features[s:s + rows]).argmax(axis=1)
+                               for s in range(0, len(features), rows)])
+
+    def chunk_rows(self, bytes_per_row: int, total: int) -> int:
+        """Rows per chunk so that `bytes_per_row` each stay within the budget its config names
+        (`memory`, default auto); at least 1, at most `total`."""
+        budget = memory_budget(self.config.get("memory", "auto"), torch.device("cpu"))
+        return max(1, min(max(total, 1), budget // max(1, bytes_per_row)))
 
     def save(self, folder: str | Path) -> None:
         """Write head.safetensors (the trained head), zero_shot.safetensors (the prototype head, if
