@@ -68,8 +68,8 @@ def parse_memory(spec: str | int | float) -> int | None:
             raise ConfigError(f"memory must be 'auto' or a size such as 4GB or 512MB, got {spec!r}") from None
     else:
         raise ConfigError(f"memory must be 'auto' or a size such as 4GB or 512MB, got {spec!r}")
-    if not value >= 2**20:
-        raise ConfigError(f"memory must be at least 1MB, got {spec!r}")
+    if not value >= 2**10:
+        raise ConfigError(f"memory must be at least 1KB, got {spec!r}")
     return int(value)
 
 

@@ -1,0 +1,161 @@
+"""Issue 19: the probe within a memory budget. The objective summed over row chunks equals the
+one over all rows, a chunked L-BFGS fit ends where the unchunked one does, the oversamplers'
+targets are capped only when the budget binds, and predictions over row chunks are the same."""
+
+import numpy as np
+import pytest
+import torch
+
+from longtail.data.features import FeatureSet
+from longtail.device import parse_memory
+from longtail.errors import ConfigError
+from longtail.methods.heads import CosineHead, LinearHead
+from longtail.methods.latent.oversample import cap_targets, make_oversampler, resolve_oversampling_targets
+from longtail.methods.losses import make_loss
+from longtail.methods.probe import ProbeConfig
+from longtail.methods.probe.objective import autograd_objective, chunk_rows, closed_form_objective
+from longtail.methods.probe.solvers import SOLVERS
+from longtail.methods.probe.train import fit_probe
+
+COUNTS = np.array([30, 12, 5, 2, 1])
+HEADS = [("linear", {}), ("linear", {"use_bias": False}), ("cosine", {"scale": 9.0}),
+         ("cosine", {"scale": 9.0, "use_bias": True})]
+
+
+def _problem(n=50, d=6, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    y = torch.randint(0, COUNTS.size, (n,), generator=g)
+    y[: COUNTS.size] = torch.arange(COUNTS.size)
+    return x, y, g
+
+
+def _head(kind, options, d, g, dtype=torch.float64):
+    head = {"linear": LinearHead, "cosine": CosineHead}[kind](COUNTS.size, d, generator=g, **options)
+    with torch.no_grad():
+        head.weight.normal_(generator=g)
+        if head.bias is not None:
+            head.bias.normal_(generator=g)
+    return head.to(dtype)
+
+
+@pytest.mark.parametrize("kind,options", HEADS)
+@pytest.mark.parametrize("loss,params", [("ce", {}), ("la", {"tau": 0.8}), ("weighted-ce", {})])
+def test_chunked_closed_form_equals_all_rows(kind, options, loss, params):
+    x, y, g = _problem()
+    head = _head(kind, options, x.shape[1], g)
+    anchor = torch.randn(head.weight.shape, generator=g, dtype=torch.float64)
+    loss_fn = make_loss(loss, COUNTS, **params)
+    whole = closed_form_objective(head, loss_fn, x, y, 0.3, anchor)
+    chunked = closed_form_objective(head, loss_fn, x, y, 0.3, anchor, rows=7)  # 8 chunks, the last of 1 row
+    assert chunked.chunked and not whole.chunked
+    v = whole.flat() + 0.1 * torch.randn(whole.flat().shape, generator=g, dtype=torch.float64)
+    (f_whole, g_whole), (f_chunk, g_chunk) = whole.fun(v), chunked.fun(v)
+    assert float(f_chunk) == pytest.approx(float(f_whole), rel=1e-12)
+    assert torch.allclose(g_chunk, g_whole, rtol=1e-10, atol=1e-13)
+    x32, v32 = x.float(), v.float()  # float32 as in real runs: 1e-6 relative
+    head32 = _head(kind, options, x.shape[1], torch.Generator().manual_seed(1), torch.float32)
+    whole = closed_form_objective(head32, loss_fn, x32, y, 0.3, anchor.float())
+    chunked = closed_form_objective(head32, loss_fn, x32, y, 0.3, anchor.float(), rows=7)
+    (f_whole, g_whole), (f_chunk, g_chunk) = whole.fun(v32), chunked.fun(v32)
+    assert float(f_chunk) == pytest.approx(float(f_whole), rel=1e-6)
+    assert float((g_chunk - g_whole).norm() / g_whole.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("kind,options", HEADS[:3])
+@pytest.mark.parametrize("loss", ["ccar", "ccar-la"])
+def test_chunked_autograd_objective_equals_all_rows(kind, options, loss):
+    """CCAR (per-sample weights from each row's own confidence) and L2-SP through autograd."""
+    x, y, g = _problem()
+    head = _head(kind, options, x.shape[1], g)
+    anchor = torch.randn(head.weight.shape, generator=g, dtype=torch.float64)
+    loss_fn = make_loss(loss, COUNTS)
+    v = torch.nn.utils.parameters_to_vector(head.parameters()).detach().clone()
+    f_whole, g_whole = autograd_objective(head, loss_fn, x, y, 0.3, anchor)(v)
+    f_chunk, g_chunk = autograd_objective(head, loss_fn, x, y, 0.3, anchor, rows=9)(v)
+    head.zero_grad()
+    expected = loss_fn(head(x), y) + 0.15 * (head.weight - anchor).square().sum()
+    expected.backward()
+    assert float(f_whole) == pytest.approx(float(expected.detach()), rel=1e-13)
+    assert float(f_chunk) == pytest.approx(float(f_whole), rel=1e-12)
+    assert torch.allclose(g_chunk, g_whole, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind,loss,l2,max_iter", [("linear", "ce", 0.05, 300), ("linear", "ccar", 0.05, 300),
+                                                    ("cosine", "la", 0.0, 25)])
+def test_chunked_fit_ends_at_the_same_weights(kind, loss, l2, max_iter):
+    """The same L-BFGS path (a cosine head's optimum here is flat: compared after 25 iterations)."""
+    x, y, g = _problem(n=80, d=5)
+    start = _head(kind, {}, 5, g)
+    fits = {}
+    for memory in ("auto", "2KB"):  # 2KB: chunks of 2048 / (3 x 5 classes x 8 bytes) = 17 rows
+        head = _head(kind, {}, 5, torch.Generator())
+        head.load_state_dict(start.state_dict())
+        info = SOLVERS.get("lbfgs")(head, make_loss(loss, COUNTS), x, y, memory=memory, max_iter=max_iter,
+                                    tol=1e-9, l2=l2)
+        fits[memory] = (head.weight.detach().clone(), info)
+    assert fits["auto"][1]["chunk_rows"] == 80 and fits["2KB"][1]["chunk_rows"] == 17
+    assert fits["2KB"][1]["iterations"] == fits["auto"][1]["iterations"]
+    assert torch.allclose(fits["2KB"][0], fits["auto"][0], rtol=1e-9, atol=1e-12)
+    assert fits["2KB"][1]["final_objective"] == pytest.approx(fits["auto"][1]["final_objective"], rel=1e-10)
+
+
+def test_chunk_rows_from_the_budget():
+    assert chunk_rows(1000, 10, None) == 1000
+    assert chunk_rows(1000, 10, 6 * 1000 * 10 * 4) == 1000  # every N x C array fits: no chunking
+    assert chunk_rows(1000, 10, 12_000) == 100  # budget / (3 arrays x 10 classes x 4 bytes)
+    assert chunk_rows(1000, 10, 1) == 1
+    assert parse_memory("4GB") == 4 * 2**30 and parse_memory("512MiB") == 2**29 and parse_memory("auto") is None
+    assert parse_memory(2e9) == 2_000_000_000
+    for bad in ("lots", "4XB", "-1GB", "0.5KB", True):
+        with pytest.raises(ConfigError, match="memory"):
+            parse_memory(bad)
+    with pytest.raises(ConfigError, match="memory must be 'auto' or a size"):
+        ProbeConfig(memory="plenty")
+
+
+def test_cap_targets_lowers_only_the_largest_targets():
+    counts = np.array([10, 5, 2, 1])
+    targets = np.full(4, 10)
+    assert cap_targets(targets, counts, 100)[1] is None  # 17 new rows fit: unchanged
+    capped, cap = cap_targets(targets, counts, 10)  # cap 6 adds 1 + 4 + 5 = 10; cap 7 would add 13
+    assert cap == 6 and capped.tolist() == [10, 6, 6, 6]
+    capped, cap = cap_targets(targets, counts, 0)
+    assert capped.tolist() == counts.tolist()
+
+
+def test_oversampling_targets_max_median_and_count():
+    counts = np.array([40, 9, 5, 2])
+    assert resolve_oversampling_targets("max", counts).tolist() == [40, 40, 40, 40]
+    assert resolve_oversampling_targets("median", counts).tolist() == [40, 9, 7, 7]  # median of 40, 9, 5, 2 = 7
+    assert resolve_oversampling_targets(6, counts).tolist() == [40, 9, 6, 6]
+    with pytest.raises(ConfigError, match="sampling_strategy"):
+        resolve_oversampling_targets("most", counts)
+
+
+@pytest.mark.parametrize("name", ["vmf-kde", "gaussian-kde", "smote", "distribution-calibration"])
+def test_oversampler_within_a_budget(name):
+    g = torch.Generator().manual_seed(0)
+    counts = [30, 6, 3, 2]
+    y = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    x = torch.nn.functional.normalize(torch.randn(y.numel(), 8, generator=g) + 2 * torch.eye(8)[y], dim=1)
+    options = {"head_threshold": 5, "k": 1} if name == "distribution-calibration" else {}
+    today = make_oversampler(name, seed=3, **options).sample(x, y, num_classes=4)
+    roomy = make_oversampler(name, seed=3, memory="1GB", **options).sample(x, y, num_classes=4)
+    assert torch.equal(roomy.features, today.features) and torch.equal(roomy.labels, today.labels)
+    assert roomy.info["budget_cap"] is None
+    # 4KB / 4 for synthetic rows of 8 float32 = 32 rows at most
+    with pytest.warns(UserWarning, match="over the memory budget"):
+        tight = make_oversampler(name, seed=3, memory="4KB", **options).sample(x, y, num_classes=4)
+    assert today.labels.numel() > 32 >= tight.labels.numel()
+    assert 2 < tight.info["budget_cap"] < 30 and tight.labels.numel() > 32 - 3  # the largest cap that fits
+
+
+def test_probe_predictions_over_row_chunks_are_the_same():
+    x, y, _ = _problem(n=120, d=6, dtype=torch.float32)
+    train = FeatureSet(x.numpy(), y.numpy())
+    probe = fit_probe(train, ProbeConfig(max_iter=20))
+    whole = probe.logits(x.numpy()).argmax(1)
+    probe.config["memory"] = "1KB"  # 1024 / (3 x 5 classes x 4 bytes) = 17 rows per chunk
+    assert probe.chunk_rows(60, 120) == 17
+    assert np.array_equal(probe.predict(x.numpy()), whole)
