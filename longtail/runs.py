@@ -123,7 +123,8 @@ class Run:
         """Write metrics.json (+ per_class.csv), mark the run finished and publish the folder."""
         if metrics is not None:
             self.write_json("metrics.json", metrics)
-            write_per_class_csv(self.path("per_class.csv"), metrics.get("per_class") or [])
+            write_per_class_csv(self.path("per_class.csv"), metrics.get("per_class") or [],
+                                metrics.get("class_scores"))
         status = {"status": "finished", "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         self.write_json("status.json", status)
         if self.staged:
@@ -248,14 +249,22 @@ def load_run(folder: str | Path) -> dict[str, Any]:
     return out
 
 
-def write_per_class_csv(path: Path, per_class: list[dict[str, Any]]) -> None:
-    """per_class.csv: one row per class (name, train count, group, test count, accuracy)."""
+def write_per_class_csv(path: Path, per_class: list[dict[str, Any]],
+                        scores: dict[str, list[Any]] | None = None) -> None:
+    """per_class.csv: one row per class (name, train count, group, test count, then, where the
+    metrics have `class_scores`, times predicted, precision, recall and F1; accuracy last, as
+    before). Accuracy is empty for a class without test images; precision / recall / F1 follow
+    scikit-learn's zero_division=0."""
     if not per_class:
         return
+    scores = scores or {}
+    extra = [k for k in ("n_predicted", "precision", "recall", "f1") if len(scores.get(k) or ()) == len(per_class)]
+    rows = [{**{k: v for k, v in row.items() if k != "accuracy"}, **{k: scores[k][i] for k in extra},
+             "accuracy": row.get("accuracy")} for i, row in enumerate(per_class)]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(per_class[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
-        writer.writerows(per_class)
+        writer.writerows(rows)
 
 
 # ----------------------------------------------------------------------------- run kinds

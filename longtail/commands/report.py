@@ -8,7 +8,12 @@ from pathlib import Path
 HELP = "write report.html for a run, or a comparison report of several runs"
 DESCRIPTION = """\
 One run: (re)writes RUN/report.html from the run's saved metrics, statistics and config:
-per-class accuracy vs training count, many/medium/few bars, reliability diagram.
+the shot-group story at the top (many / medium / few accuracy, the gap, where the tail's errors
+go), per-class accuracy vs training count, many/medium/few bars, reliability diagram, the
+confusion matrix (up to 100 classes) and the most-confused class pairs, a sortable per-class
+table with precision / recall / F1, and for runs on images (fit, soups of fit runs) an error
+gallery: thumbnails of misclassified test images of the few-shot classes, reopened from the
+run's test data.
 Several runs: writes one comparison page (metrics side by side, head-to-tail curves, per-class
 table, training curves). Each run is labelled by its --label, or else by what differs between
 the runs' configs (e.g. "loss=la, init=prototypes" vs "loss=ce"). Runs on different data
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if len(args.runs) == 1:
-        path = write_report(args.runs[0], args.out)
+        path = write_report(args.runs[0], args.out, test_image=_test_image(Path(args.runs[0])))
     else:
         out = Path(args.out or f"comparison-{dt.datetime.now():%Y%m%d-%H%M%S}.html")
         if out.exists():
@@ -77,3 +82,37 @@ def _own_test_logits(folder: Path):
 
         raise DataError(f"{folder}: no test set to re-score")
     return predictor.test()
+
+
+def _test_image(folder: Path):
+    """A fit-layout run's test images by index (for the error gallery), or why there are none.
+
+    The test split is reopened as the run evaluated it (`open_splits`); the recorded gallery
+    entries must still carry the same labels at the same indices, else the images changed."""
+    from longtail.errors import LongtailError
+    from longtail.io import read_json
+    from longtail.runs import load_run
+
+    metrics = load_run(folder)["metrics"] or {}
+    shown = (metrics.get("tail_errors") or {}).get("shown") or []
+    if not shown:
+        return None
+    from longtail.methods.finetune import is_fit_layout
+
+    if not is_fit_layout(folder):
+        return "this run was evaluated on feature files, not images"
+    import dataclasses
+
+    from longtail.methods.finetune.checkpoint import WEIGHTS_CONFIG
+    from longtail.methods.finetune.config import config_from_dict
+    from longtail.methods.finetune.data import open_splits
+
+    try:
+        cfg = config_from_dict(read_json(folder / WEIGHTS_CONFIG)["config"], str(folder / WEIGHTS_CONFIG))
+        test_set = open_splits(dataclasses.replace(cfg, device="cpu", progress=False), test=True).test
+    except (LongtailError, OSError, KeyError) as error:
+        return f"the test images could not be reopened ({str(error).splitlines()[0] if str(error) else error!r})"
+    labels = test_set.labels
+    if len(test_set) != metrics.get("num_test") or any(int(labels[e["index"]]) != e["true"] for e in shown):
+        return "the run's test images changed since it was evaluated"
+    return test_set.load

@@ -1,4 +1,5 @@
-"""Long-tail evaluation metrics (docs/methods.md §7.6): accuracy, class means, shot groups, F1, ECE.
+"""Long-tail evaluation metrics (docs/methods.md §7.6): accuracy, class means, shot groups, F1, ECE,
+and where the errors go (per-class precision / recall / F1, confused pairs: `eval.confusion`).
 
 Classes with no test samples are left out of every class mean (listed under
 `absent_test_classes`); groups with no evaluated class are reported as None, never 0 or NaN.
@@ -14,6 +15,7 @@ from sklearn.metrics import f1_score
 
 from longtail.data.stats import GROUPS, class_stats
 from longtail.errors import DataError
+from longtail.eval.confusion import failure_metrics
 from longtail.eval.selective import selective_metrics
 
 
@@ -161,6 +163,8 @@ def evaluate(
         ],
         "reliability": reliability,
         "selective": selective,
+        # where the errors go (eval.confusion): per-class precision / recall / F1, confused pairs, ...
+        **failure_metrics(pred, labels, confidence, np.asarray(stats.groups), names),
     }
 
 

@@ -1,5 +1,5 @@
 """Matplotlib figures for run reports: per-class accuracy vs training count, group bars,
-reliability diagram, and their multi-run comparisons."""
+reliability diagram, the confusion matrix of small label sets, and multi-run comparisons."""
 
 from __future__ import annotations
 
@@ -156,6 +156,37 @@ def per_class_comparison(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figu
     ax.set_title("Per-class accuracy across runs")
     ax.legend(fontsize=7, ncol=_legend_columns(runs), loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(metrics: dict[str, Any]) -> plt.Figure:
+    """The row-normalised confusion matrix (metrics["confusion"], C <= 100 classes), classes
+    ordered by training count (head top-left, tail bottom-right) with the shot-group boundaries
+    drawn; a cell is the share of the true class's test images predicted as that class."""
+    counts = np.asarray(metrics["confusion"], dtype=float)
+    rows = metrics["per_class"]
+    order = np.argsort([-r["train_count"] for r in rows], kind="stable")
+    counts = counts[np.ix_(order, order)]
+    shares = np.divide(counts, counts.sum(axis=1, keepdims=True), out=np.zeros_like(counts),
+                       where=counts.sum(axis=1, keepdims=True) > 0)
+    c = counts.shape[0]
+    side = min(7.5, 3.2 + 0.09 * c)
+    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    image = ax.imshow(100 * shares, cmap="viridis", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's test images")
+    groups = [rows[i]["group"] for i in order]
+    for k in range(1, c):
+        if groups[k] != groups[k - 1]:
+            ax.axhline(k - 0.5, color="w", lw=0.8)
+            ax.axvline(k - 0.5, color="w", lw=0.8)
+    if c <= 30:
+        names = [str(rows[i]["name"])[:18] for i in order]
+        ax.set_xticks(range(c), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(c), names, fontsize=7)
+    ax.set_xlabel("predicted class (head → tail)")
+    ax.set_ylabel("true class (head → tail)")
+    ax.set_title("Confusion matrix, rows normalised")
     fig.tight_layout()
     return fig
 

@@ -23,9 +23,11 @@ import matplotlib.pyplot as plt
 from longtail.errors import LongtailError
 from longtail.eval import plots
 from longtail.eval.compare import dataset_warnings, run_labels
+from longtail.eval.failures import TestImage, confused_pairs_html, gallery_html, story_html
 from longtail.eval.paired import N_BOOT, compare_runs, paired_rows
 from longtail.eval.tables import (
     METRIC_COLUMNS,
+    SORT_SCRIPT,
     describe_test_data,
     dotted,
     esc,
@@ -36,6 +38,7 @@ from longtail.eval.tables import (
     relative_link,
     stats_table,
     test_data_html,
+    with_class_scores,
 )
 from longtail.io import write_text
 from longtail.runs import load_run
@@ -51,6 +54,10 @@ td:first-child,th:first-child{text-align:left}.na{color:#999}.ref{font-style:ita
 .warn{border:2px solid #d62728;background:#fff3f3;padding:.5em 1em;margin:1em 0}.warn h2{margin-top:0;border:0;color:#b00}
 details summary{cursor:pointer;margin:.4em 0;color:#444}
 table.kv td,table.data td:nth-child(4){text-align:left}table.classes td:nth-child(2){text-align:left}
+table.pairs td:nth-child(1),table.pairs td:nth-child(4){text-align:left}th[data-order=asc]:after{content:" ▲"}th[data-order=desc]:after{content:" ▼"}
+.story{border:1px solid #bbb;background:#f8fbff;padding:.2em 1em .6em;margin:1em 0}.story h2{margin-top:.6em}
+.gallery{display:flex;flex-wrap:wrap;gap:.6em}.gallery figure{margin:0;width:110px;font-size:.75em;text-align:center}
+.gallery img{width:96px;height:auto;border:1px solid #ccc;image-rendering:pixelated}
 """
 
 
@@ -78,7 +85,8 @@ def _warnings_html(lines: Sequence[str]) -> str:
 def _page(title: str, sections: Sequence[str]) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(sections)}</body></html>\n"
+        f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(sections)}"
+        f"<script>{SORT_SCRIPT}</script></body></html>\n"
     )
 
 
@@ -150,10 +158,14 @@ def _abstaining_html(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
             + _img(_png(plots.risk_coverage_curves(curves)), "risk-coverage") + "</div>")
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write RUN/report.html (or `out`): test data, metrics, plots, per-class table, training
-    curves, training data, config, environment. Works for every run kind; parts a run did not
-    record (per-class results, reliability, history) are left out."""
+def write_report(run_dir: str | Path, out: str | Path | None = None,
+                 test_image: TestImage | str | None = None) -> Path:
+    """Write RUN/report.html (or `out`): the shot-group story at the top, test data, metrics,
+    plots, the confusion matrix (<= 100 classes) and most-confused pairs, a sortable per-class
+    table with precision / recall / F1, the error gallery of the tail, training curves, training
+    data, config, environment. Works for every run kind; parts a run did not record are left out.
+    `test_image` (a test-set index -> PIL image, from the app layer) draws the gallery's pictures;
+    a string says why there are none."""
     run = load_run(run_dir)
     folder: Path = run["folder"]
     page = Path(out) if out else folder / "report.html"
@@ -164,6 +176,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     sections = [f'<p class="note">Run folder <code>{esc(folder)}</code>; kind <code>{esc(config.get("kind"))}</code>'
                 + (f"; label <code>{esc(config['label'])}</code>" if config.get("label") else "")
                 + (f"; status <code>{esc(status)}</code>" if status and status != "finished" else "") + ".</p>"]
+    sections.append(story_html(m))
     sections.append("<h2>Test data</h2>" + test_data_html(run))
     if m and any(m.get(k) is not None for k, _ in METRIC_COLUMNS):
         sections.append("<h2>Metrics (accuracy and ECE in %)</h2>" + metrics_table([(name, m)]))
@@ -174,9 +187,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         if m.get("reliability"):
             figs.append(_img(_png(plots.reliability(m)), "reliability diagram"))
         sections += _figures("Head vs tail", figs)
+        if m.get("confusion") and m.get("per_class"):
+            sections += _figures("Confusion matrix", [_img(_png(plots.confusion_matrix(m)), "confusion matrix")])
+        sections.append(confused_pairs_html(m))
         sections.append(_abstaining_html([(name, m)]))
         if m.get("per_class"):
-            sections.append("<h2>Per-class results</h2>" + per_class_html(m["per_class"]))
+            sections.append("<h2>Per-class results</h2><p class='note'>Click a column header to sort.</p>"
+                            + per_class_html(with_class_scores(m)))
+        sections.append(gallery_html(m, test_image))
     else:
         sections.append('<p class="note">This run has no test metrics (it was not evaluated, or has not finished).</p>')
     if plots.has_curves(m):

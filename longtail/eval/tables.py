@@ -194,13 +194,58 @@ def _class_rows(per_class: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str
 
 
 def _class_table(rows: Sequence[tuple[int, dict[str, Any]]]) -> str:
+    """The per-class table, sortable by a click on a header (`SORT_SCRIPT`); with precision, F1
+    and the times predicted where the rows carry them (`with_class_scores`)."""
+    scored = any(r.get("precision") is not None for _, r in rows)
     body = "".join(
         f"<tr><td>{i}</td><td>{esc(r.get('name', i))}</td><td>{esc(r.get('group', ''))}</td>"
-        f"<td>{fmt(r.get('train_count'))}</td><td>{fmt(r.get('n_test'))}</td><td>{fmt(r.get('accuracy'))}</td></tr>"
+        f"<td>{fmt(r.get('train_count'))}</td><td>{fmt(r.get('n_test'))}</td><td>{fmt(r.get('accuracy'))}</td>"
+        + (f"<td>{fmt(r.get('precision'))}</td><td>{fmt(r.get('f1'))}</td><td>{fmt(r.get('n_predicted'))}</td>"
+           if scored else "") + "</tr>"
         for i, r in rows
     )
-    return ("<table class='classes'><tr><th>#</th><th>class</th><th>group</th><th>training images</th>"
-            f"<th>test images</th><th>accuracy (%)</th></tr>{body}</table>")
+    head = ("<th>#</th><th>class</th><th>group</th><th>training images</th><th>test images</th>"
+            + ("<th>recall = accuracy (%)</th><th>precision (%)</th><th>F1 (%)</th><th>times predicted</th>"
+               if scored else "<th>accuracy (%)</th>"))
+    return f"<table class='classes sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def with_class_scores(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """metrics["per_class"] rows with their precision, F1 and times predicted
+    (metrics["class_scores"], `eval.confusion`) merged in, where the run recorded them."""
+    rows = metrics.get("per_class") or []
+    scores = metrics.get("class_scores") or {}
+    keys = [k for k in ("precision", "f1", "n_predicted") if len(scores.get(k) or ()) == len(rows)]
+    return [{**row, **{k: scores[k][i] for k in keys}} for i, row in enumerate(rows)]
+
+
+# Sorts a table.sortable by the clicked column (numbers numerically, n/a last; again: reversed).
+SORT_SCRIPT = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  var heads = table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(heads, function (th, col) {
+    th.title = 'sort by this column'; th.style.cursor = 'pointer';
+    th.addEventListener('click', function () {
+      var down = th.getAttribute('data-order') !== 'desc';
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute('data-order'); });
+      th.setAttribute('data-order', down ? 'desc' : 'asc');
+      var body = table.tBodies[0];
+      var key = function (row) {
+        var text = row.cells[col].textContent.trim(), x = parseFloat(text.replace(/,/g, ''));
+        return isNaN(x) || !/^-?[0-9.,]+$/.test(text) ? text : x;
+      };
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x === 'n/a' || y === 'n/a') { return x === y ? 0 : x === 'n/a' ? 1 : -1; }
+        var c = typeof x === 'number' && typeof y === 'number' ? x - y : String(x).localeCompare(String(y));
+        return down ? -c : c;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
 
 
 def per_class_html(per_class: Sequence[dict[str, Any]]) -> str:
@@ -226,7 +271,8 @@ def per_class_comparison_html(labelled: Sequence[tuple[str, dict[str, Any]]]) ->
     )
     fold = "" if len(first) > OPEN_CLASSES else " open"
     return (f"<details{fold}><summary>per-class accuracy (%) of {len(first)} classes, head to tail</summary>"
-            f"<table><tr><th>class</th><th>training images</th>{head}</tr>{body}</table></details>")
+            f"<table class='sortable'><thead><tr><th>class</th><th>training images</th>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></details>")
 
 
 def relative_link(target: Path, page: Path, text: str) -> str:
