@@ -10,7 +10,7 @@ preprocessing `transform`. `forward_from(forward_prefix(x, d), d) == forward_fea
 every depth d, which the frozen-prefix cache relies on.
 
 A backbone is found by name with `load_backbone`: a preset from `BACKBONES` (tiny_clip,
-clip_vit_b16, efficientnet_lite0, ...), a Hugging Face hub id, or a local folder saved with
+clip_vit_b16, efficientnet_lite0, dinov2_b14, siglip_b16, convnext_t, vit_b16_in21k, ...), a Hugging Face hub id, or a local folder saved with
 `save_pretrained`; hub ids and folders are dispatched on their config's `model_type`
 through `HF_MODEL_TYPES`.
 """
@@ -44,7 +44,8 @@ PRESET_ARCH: dict[str, str] = {}
 """Preset name -> arch ("vit" | "cnn"), so configs can check adapters before loading weights."""
 
 # Modules whose import registers presets; imported lazily so `import longtail` stays light.
-BUILTIN_MODULES = ("longtail.models.clip", "longtail.models.efficientnet")
+BUILTIN_MODULES = ("longtail.models.clip", "longtail.models.efficientnet", "longtail.models.hf_vit",
+                   "longtail.models.hf_convnext")
 
 PrototypeResult = tuple[torch.Tensor, "torch.Tensor | None"]
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)

@@ -21,12 +21,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from longtail.errors import ConfigError
 from longtail.models.backbone import BACKBONES, HF_MODEL_TYPES, PRESET_ARCH, Backbone
+from longtail.models.hf_vision import (
+    TEXT_BATCH,  # noqa: F401  (re-exported: the text batch size lives in hf_vision)
+    image_transform,
+    load_model,
+    load_tokenizer,
+    template_mean_embeddings,
+    weights_source,
+    write_image_processor,
+)
 from longtail.models.preprocess import EvalTransform
-from longtail.models.templates import fill_templates
 
 PRESETS = {
     "clip_vit_b16": "openai/clip-vit-base-patch16",
@@ -37,7 +44,6 @@ PRESETS = {
 """Preset name -> Hugging Face hub id (loaded with `from_pretrained`, never in tests)."""
 
 FEATURES = {"cls": "pooler_output", "projected": "image_embeds"}  # option -> feature_kind
-TEXT_BATCH = 256  # prompts per text-encoder forward; bounds memory for 8142 classes x 60 templates
 
 
 class CLIPBackbone(Backbone):
@@ -111,46 +117,19 @@ class CLIPBackbone(Backbone):
         """docs/methods.md §1.1: mean of unit text embeddings over templates, normalised; for
         "cls" features first mapped @ visual_projection.weight into the pre-projection space
         -> (C, feature_dim) float32 on the model's device."""
-        if self.tokenizer is None:
-            raise ConfigError(f"backbone '{self.name}' has no tokenizer; cannot embed class names")
-        if not class_names:
-            raise ConfigError("no class names to embed")
-        bad = [t for t in templates if "{}" not in t]
-        if not templates or bad:
-            raise ConfigError(f"every template needs a '{{}}' for the class name, got {bad or 'none'}")
-        prompts = [p for c in class_names for p in fill_templates(c, templates)]
-        tokens = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
-        tokens = {k: v.to(self.device) for k, v in tokens.items()}
-        chunks = []
-        for start in range(0, len(prompts), TEXT_BATCH):
-            batch = {k: v[start : start + TEXT_BATCH] for k, v in tokens.items()}
-            out = self.model.get_text_features(**batch)
-            # transformers >= 5 returns a model output whose pooler_output is projected
-            emb = out if isinstance(out, torch.Tensor) else out.pooler_output
-            chunks.append(F.normalize(emb.float(), dim=-1))
-        per_class = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
+        per_class = template_mean_embeddings(lambda batch: self.model.get_text_features(**batch), self.tokenizer,
+                                             class_names, templates, self.device, self.name)
         if self.feature == "projected":
             return F.normalize(per_class, dim=-1)
         return F.normalize(per_class @ self.model.visual_projection.weight.float(), dim=-1)
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write model, tokenizer and image-processor config; `load_backbone(folder)` reads it."""
-        from transformers import CLIPImageProcessor
-
         folder = Path(folder)
         self.model.save_pretrained(folder)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
-        t = self.transform
-        size = {"shortest_edge": t.size} if isinstance(t.size, int) else dict(zip(("height", "width"), t.size))
-        CLIPImageProcessor(
-            size=size,
-            do_center_crop=t.crop_size is not None,
-            crop_size=dict(zip(("height", "width"), t.crop_size or (0, 0))),
-            image_mean=list(t.mean),
-            image_std=list(t.std),
-            resample=Image.Resampling[t.resample.upper()],
-        ).save_pretrained(folder)
+        write_image_processor(self.transform, folder)
         return folder
 
 
@@ -159,27 +138,14 @@ def from_pretrained(
     **model_kw: Any,
 ) -> CLIPBackbone:
     """Load a CLIP checkpoint (hub id or local folder) with its tokenizer and preprocessing."""
-    from transformers import AutoTokenizer, CLIPModel
-    from transformers.image_processing_base import ImageProcessingMixin
+    from transformers import CLIPModel
 
-    try:
-        model = CLIPModel.from_pretrained(name_or_path, revision=revision, **model_kw)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load CLIP '{name_or_path}': {str(err).splitlines()[0]}") from err
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
-    except (OSError, ValueError):
-        tokenizer = None  # a vision-only save: text_embeddings will say so
-    try:
-        proc, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, revision=revision)
-        transform = EvalTransform.from_image_processor(proc)
-    except OSError:  # no preprocessor_config.json: CLIP's standard eval transform at the model size
-        size = int(model.config.vision_config.image_size)
-        transform = EvalTransform(size=size, crop_size=(size, size))
-    local = Path(name_or_path).is_dir()
-    model_id = str(Path(name_or_path).resolve()) if local else name_or_path
-    resolved = getattr(model.config, "_commit_hash", None) if not local else None
-    return CLIPBackbone(model, tokenizer, transform, name or model_id, model_id, resolved or revision, feature)
+    model = load_model(CLIPModel, name_or_path, revision, "CLIP", **model_kw)
+    tokenizer = load_tokenizer(name_or_path, revision)  # None for a vision-only save
+    size = int(model.config.vision_config.image_size)  # no preprocessor config: CLIP's standard eval transform
+    transform = image_transform(name_or_path, revision, EvalTransform(size=size, crop_size=(size, size)))
+    model_id, resolved = weights_source(name_or_path, model, revision)
+    return CLIPBackbone(model, tokenizer, transform, name or model_id, model_id, resolved, feature)
 
 
 HF_MODEL_TYPES.register("clip", from_pretrained)

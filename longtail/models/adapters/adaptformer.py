@@ -51,4 +51,4 @@ class AdaptFormerConfig(AdapterConfig):
         r = resolve_r(self.r, num_classes, parts.num_layers)
         for layer in parts.layers:
             block = AdaptFormerBlock(parts.hidden_size, r, parts.layer_norm_eps)
-            ParallelToMLP(block, handle.state).attach(layer, handle)
+            ParallelToMLP(block, handle.state).attach(layer, handle, layout=parts.layout)

@@ -2,7 +2,8 @@
 
 Adapters are injected in place, with submodules and forward hooks, so the backbone's own
 forward (and its state-dict keys) stay untouched. Two families: ViT-only adapters (AdaptFormer,
-SG-Adapter, VPT, LoRA, SSF) reach into a Hugging Face CLIP vision tower (`VisionParts`);
+SG-Adapter, VPT, LoRA, SSF) reach into a Hugging Face ViT-like vision tower (`VisionParts`: CLIP,
+SigLIP / SigLIP 2, DINOv2, ViT), whose block names one `BlockLayout` of `LAYOUTS` describes;
 generic tuning modes (`generic = True`: none, bitfit, norm-tuning, partial, full) only choose
 which weights train and work on any backbone through the fine-tuning interface of
 `longtail.models.backbone.Backbone` (`TuningParts`).
@@ -21,6 +22,13 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from longtail.errors import ConfigError, DataError
+from longtail.models.adapters.layouts import (  # noqa: F401  (re-exported)
+    LAYOUTS,
+    BlockLayout,
+    VisionParts,
+    block_layout,
+    locate_vision,
+)
 from longtail.models.backbone import UPDATE_STATS
 from longtail.registry import Registry
 
@@ -45,35 +53,6 @@ def lift_bottleneck(num_classes: int, num_layers: int) -> int:
     # For x = C/(2L) >= 1, floor(log2 x) == floor(log2 floor(x)) because powers of two are integers.
     ratio = num_classes // (2 * num_layers)
     return 1 << (ratio.bit_length() - 1) if ratio >= 1 else 1
-
-
-@dataclass(frozen=True)
-class VisionParts:
-    """The pieces of an HF CLIP vision tower that adapters attach to."""
-
-    tower: nn.Module  # has .embeddings, .pre_layrnorm, .encoder.layers, .post_layernorm
-    layers: nn.ModuleList
-    hidden_size: int
-    layer_norm_eps: float
-    patch_size: int
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
-
-
-def locate_vision(model: nn.Module) -> VisionParts:
-    """Find the CLIP vision tower in a CLIPVisionModel, CLIPModel or CLIPModel.vision_model."""
-    tower = model
-    if not hasattr(tower, "encoder") and hasattr(tower, "vision_model"):
-        tower = tower.vision_model  # CLIPModel, or CLIPVisionModel in transformers 4.x
-    layers = getattr(getattr(tower, "encoder", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList) or not hasattr(tower, "embeddings"):
-        raise ConfigError(
-            f"adapters need a Hugging Face CLIP vision model (CLIPVisionModel or CLIPModel.vision_model), got {type(model).__name__}"
-        )
-    cfg = tower.config
-    return VisionParts(tower, layers, cfg.hidden_size, cfg.layer_norm_eps, cfg.patch_size)
 
 
 @dataclass(frozen=True)
@@ -102,6 +81,9 @@ class TuningParts:
     def of_vision(cls, parts: VisionParts) -> TuningParts:
         """From an HF CLIP vision tower (the same parts CLIPBackbone's interface names)."""
         tower = parts.tower
+        if not hasattr(tower, "pre_layrnorm"):
+            raise ConfigError(f"generic tuning modes on a bare {type(tower).__name__} need its longtail "
+                              "backbone (load_backbone), which names its stem and top")
         stem, top = (tower.embeddings, tower.pre_layrnorm), (tower.post_layernorm,)
         modules = [*stem, *parts.layers, *top]
         norms = tuple(m for part in modules for m in part.modules() if isinstance(m, nn.LayerNorm))
@@ -120,7 +102,7 @@ def check_adapter_fits(backbone: Any, name: str) -> None:
     arch = getattr(backbone, "arch", "generic")
     if arch == "vit" or getattr(ADAPTERS.get(name), "generic", False):
         return
-    raise ConfigError(f"adapter '{name}' needs a ViT (CLIP) backbone; for '{getattr(backbone, 'name', arch)}' "
+    raise ConfigError(f"adapter '{name}' needs a ViT backbone (CLIP, SigLIP, DINOv2, ViT); for '{getattr(backbone, 'name', arch)}' "
                       f"({arch}) choose one of: {', '.join(adapters_for(arch))}")
 
 
@@ -361,9 +343,10 @@ def inject_adapter(target: nn.Module, cfg: AdapterConfig | str, num_classes: int
 
 
 class ParallelToMLP:
-    """Adds `adapter(f_tilde)` to a CLIP block's MLP output, with f_tilde the stream after attention.
+    """Adds `adapter(f_tilde)` to a block's MLP branch, with f_tilde the stream after attention.
 
-    HF's CLIPEncoderLayer computes out = f_tilde + mlp(layer_norm2(f_tilde)). A pre-hook on
+    HF's CLIPEncoderLayer computes out = f_tilde + mlp(layer_norm2(f_tilde)) (DINOv2: the branch
+    ends in layer_scale2, ViT: layernorm_after is the norm; `BlockLayout`). A pre-hook on
     layer_norm2 sees f_tilde and a forward hook on mlp adds the adapter branch, giving
     out = f_tilde + MLP(LN2(f_tilde)) + a without copying HF's block code. Gradient
     checkpointing re-runs both hooks in the same order, so the hand-over stays consistent.
@@ -374,10 +357,12 @@ class ParallelToMLP:
         self.state = state
         self._f_tilde: Tensor | None = None
 
-    def attach(self, layer: nn.Module, handle: AdapterHandle, attr: str = "adapter") -> None:
+    def attach(self, layer: nn.Module, handle: AdapterHandle, attr: str = "adapter",
+               layout: BlockLayout = LAYOUTS[0]) -> None:
+        """Hook the block's pre-MLP norm (input: f_tilde) and its MLP-branch module (`layout`)."""
         handle.add_module(layer, attr, self.adapter)
-        handle.add_hook(layer.layer_norm2.register_forward_pre_hook(self._capture))
-        handle.add_hook(layer.mlp.register_forward_hook(self._add))
+        handle.add_hook(layer.get_submodule(layout.norm2).register_forward_pre_hook(self._capture))
+        handle.add_hook(layer.get_submodule(layout.mlp_out).register_forward_hook(self._add))
 
     def _capture(self, module: nn.Module, args: tuple) -> None:
         self._f_tilde = args[0]
@@ -387,7 +372,7 @@ class ParallelToMLP:
         if not self.state.enabled:
             return None
         if f_tilde is None:
-            raise RuntimeError("adapter hook: the MLP ran without layer_norm2 before it (not a CLIP block?)")
+            raise RuntimeError("adapter hook: the MLP ran without its pre-norm before it (unknown block layout?)")
         return output + self.adapter(f_tilde).to(output.dtype)
 
 

@@ -1,7 +1,12 @@
-"""LoRA on the CLIP vision tower's linear layers, injected with peft (no hand-written LoRA)."""
+"""LoRA on a ViT-like vision tower's block linear layers, injected with peft (no hand-written LoRA).
+
+Targets are CLIP's names (q_proj ... fc2), mapped to each family's block (`BlockLayout`); when a
+name also matches a module outside the blocks (SigLIP's attention-pooling head has out_proj, fc1,
+fc2), peft gets a regex over the block paths instead of bare names."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,7 +21,7 @@ from longtail.models.adapters.base import (
     resolve_r,
 )
 
-# Linear layers of an HF CLIPEncoderLayer that LoRA may target (matched by name suffix).
+# Linear layers of a block that LoRA may target (CLIP's names; other layouts map them).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
@@ -65,6 +70,24 @@ class LoRAConfig(AdapterConfig):
     def handle_class(self) -> type[AdapterHandle]:
         return LoraHandle
 
+    def peft_targets(self, parts: VisionParts) -> list[str] | str:
+        """Bare module names (CLIP: as before) when they match block layers only, else a regex
+        over the block paths; a target the block lacks is a one-line error."""
+        layout, first = parts.layout, parts.layers[0]
+        missing = layout.missing(first, self.target_modules)
+        self._check(not missing, f"target_modules {missing} do not exist in a {type(first).__name__} "
+                                 f"({layout.family} layout); drop them from target_modules")
+        paths = [layout.path(t) for t in self.target_modules]
+        names = list(dict.fromkeys(p.rsplit(".", 1)[-1] for p in paths))
+        blocks = {id(m) for layer in parts.layers for m in layer.modules()}
+        stray = [n for n, m in parts.tower.named_modules()
+                 if n.rsplit(".", 1)[-1] in names and id(m) not in blocks]
+        if not stray:
+            return names
+        prefix = next(n for n, m in parts.tower.named_modules() if m is parts.layers)
+        alternatives = "|".join(re.escape(p) for p in sorted(paths))
+        return rf"{re.escape(prefix)}\.\d+\.({alternatives})"
+
     def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
         r = resolve_r(self.r, num_classes, parts.num_layers)
         from peft import LoraConfig as PeftLoraConfig  # imported here: peft is slow to import
@@ -74,7 +97,7 @@ class LoRAConfig(AdapterConfig):
             r=r,
             lora_alpha=r if self.lora_alpha is None else self.lora_alpha,
             lora_dropout=float(self.lora_dropout),
-            target_modules=list(self.target_modules),
+            target_modules=self.peft_targets(parts),
             bias="none",
         )
         # LoraModel injects in place into the tower and marks only LoRA weights trainable.

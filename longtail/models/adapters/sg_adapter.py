@@ -96,4 +96,4 @@ class SGAdapterConfig(AdapterConfig):
         for layer in parts.layers:
             block = SGAdapterBlock(parts.hidden_size, r, float(self.alpha), handle.state,
                                    parts.layer_norm_eps, self.use_proj, self.detach_text)
-            ParallelToMLP(block, handle.state).attach(layer, handle)
+            ParallelToMLP(block, handle.state).attach(layer, handle, layout=parts.layout)

@@ -15,17 +15,8 @@ from longtail.models.adapters.base import (
     register_adapter,
 )
 
-# SSF target name -> submodule path inside an HF CLIPEncoderLayer.
-SSF_TARGETS = {
-    "q_proj": "self_attn.q_proj",
-    "k_proj": "self_attn.k_proj",
-    "v_proj": "self_attn.v_proj",
-    "out_proj": "self_attn.out_proj",
-    "fc1": "mlp.fc1",
-    "fc2": "mlp.fc2",
-    "layer_norm1": "layer_norm1",
-    "layer_norm2": "layer_norm2",
-}
+# SSF target names (CLIP's); each family's block path is in its BlockLayout (adapters/layouts.py).
+SSF_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "layer_norm1", "layer_norm2")
 
 
 class ScaleShift(nn.Module):
@@ -62,9 +53,12 @@ class SSFConfig(AdapterConfig):
                     f"targets {bad or '()'} invalid; choose from {', '.join(SSF_TARGETS)}")
 
     def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
+        missing = parts.layout.missing(parts.layers[0], self.targets)
+        self._check(not missing, f"targets {missing} do not exist in a {type(parts.layers[0]).__name__} "
+                                 f"({parts.layout.family} layout); drop them from targets")
         for layer in parts.layers:
             for target in self.targets:
-                module = layer.get_submodule(SSF_TARGETS[target])
+                module = layer.get_submodule(parts.layout.path(target))
                 dim = module.out_features if isinstance(module, nn.Linear) else module.normalized_shape[-1]
                 ssf = ScaleShift(dim)
                 handle.add_module(module, "ssf", ssf)

@@ -1,9 +1,10 @@
-"""Visual prompt tuning (VPT, Jia et al. 2022), shallow and deep, on the CLIP vision tower.
+"""Visual prompt tuning (VPT, Jia et al. 2022), shallow and deep, on a ViT-like vision tower.
 
 Prompts are appended after the CLS and patch tokens. Position embeddings are added before
 the encoder and attention has no mask, so the position in the sequence is immaterial and
 this equals VPT's insertion between CLS and patches (as in LIFT's code); CLS stays at index
-0, so `pooler_output` is unchanged in meaning. `last_hidden_state` has num_prompts extra tokens.
+0, so `pooler_output` is unchanged in meaning (CLIP, DINOv2, ViT; SigLIP's attention-pooling
+head also attends to the prompts). `last_hidden_state` has num_prompts extra tokens.
 Unlike the zero-initialised adapters, VPT changes the output already at step 0.
 """
 
@@ -67,7 +68,7 @@ class _VPTConfig(AdapterConfig):
     def inject(self, parts: VisionParts, num_classes: int, handle: AdapterHandle) -> None:
         num_sets = parts.num_layers if self.deep else 1
         prompts = VisualPrompts(num_sets, self.num_prompts, parts.hidden_size, parts.patch_size)
-        handle.add_module(parts.tower.encoder, "vpt", prompts)
+        handle.add_module(parts.layers_parent or parts.tower.encoder, "vpt", prompts)
         for i in range(num_sets):
             hook = prompts.hook(i, handle.state, replace=i > 0)
             handle.add_hook(parts.layers[i].register_forward_pre_hook(hook, with_kwargs=True))
