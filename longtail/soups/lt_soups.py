@@ -38,7 +38,7 @@ from longtail.methods.finetune.data import subset_counts
 from longtail.soups.merge import Coefficients, merge_coefficients
 
 RUNTIME_ONLY = ("device", "precision", "save_every", "keep_checkpoints", "num_workers", "progress",
-                "eval_batch_size", "prefix_cache_dir")  # may differ between the jobs of one pipeline
+                "eval_batch_size", "prefix_cache_dir", "log_with")  # may differ between the jobs of one pipeline
 STAGES = ("all", "prepare", "ingredients", "finish")
 
 
@@ -46,7 +46,7 @@ STAGES = ("all", "prepare", "ingredients", "finish")
 class LTSoupsConfig:
     """LT-Soups hyperparameters (defaults: the authors' CIFAR-100-LT script, docs/methods.md §2.4)."""
 
-    OPTIONS_OF = {"adapter": "adapter_options"}  # see config.apply_overrides
+    OPTIONS_OF = {"adapter": "adapter_options", "sampler": "sampler_options"}  # see config.apply_overrides
 
     dataset: str = "synthetic_images"  # data-layer dataset name (e.g. cifar100_ir100)
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -98,6 +98,11 @@ class LTSoupsConfig:
     progress: bool = True
     save_every: int = 0  # also checkpoint every N steps (always: at each validation and at the end)
     keep_checkpoints: bool = False  # keep an ingredient's resume checkpoint once it finished
+    # FitConfig fields of the same names, passed through: the ingredients' sampler (stage 2 keeps
+    # random: its LA loss assumes the training prior) and each fit run's tracker
+    sampler: str = "random"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    log_with: str | None = None
 
     def __post_init__(self) -> None:
         if self.merge not in ("recursive", "uniform"):
@@ -162,6 +167,7 @@ def fit_config(cfg: LTSoupsConfig, steps: int, seed: int, loss: str, **fields: A
         save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
         prefix_cache=cfg.prefix_cache, prefix_views=cfg.prefix_views, prefix_view_kind=cfg.prefix_view_kind,
         prefix_cache_dir=cfg.prefix_cache_dir, prefix_dtype=cfg.prefix_dtype,
+        sampler=cfg.sampler, sampler_options=dict(cfg.sampler_options), log_with=cfg.log_with,
     )
     values.update(fields)
     return FitConfig(**values)
@@ -222,6 +228,7 @@ class LTSoups:
         """Stage 2: only the classifier, from the soup, LA with the full-data priors."""
         return fit_config(self.cfg, self._steps(int(self.counts.sum()), self.cfg.stage2_epochs),
                           seed=self.cfg.seed + 7, loss="la", adapter="none", adapter_options={},
+                          sampler="random", sampler_options={},
                           lr=self.cfg.lr if self.cfg.stage2_lr is None else self.cfg.stage2_lr,
                           init_from=str(self.folder / "soup"),
                           method="lt_soups_stage2",

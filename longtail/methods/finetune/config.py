@@ -27,7 +27,7 @@ class FitConfig:
     """Everything a fine-tuning run depends on (written to the run's config.yaml)."""
 
     # a changed loss / adapter drops the options of the one it replaces (config.apply_overrides)
-    OPTIONS_OF = {"loss": "loss_options", "adapter": "adapter_options"}
+    OPTIONS_OF = {"loss": "loss_options", "adapter": "adapter_options", "sampler": "sampler_options"}
 
     # --- data -----------------------------------------------------------------------------
     dataset: str = "synthetic_images"  # data-layer dataset name (or any open_images spec)
@@ -43,6 +43,8 @@ class FitConfig:
     subset_seed: int = 0  # seed of that per-class draw (LT-Soups: the exponent's position in F)
     decode_size: int | None = None  # CPU decode side of training images; None: image_size * test_resize_ratio
     num_workers: int = 4  # DataLoader workers that decode JPEGs into uint8 tensors
+    sampler: str = "random"  # which images an epoch visits: random | balanced | sqrt | repeat_factor (SAMPLERS)
+    sampler_options: dict[str, Any] = field(default_factory=dict)  # repeat_factor: threshold, rounding
     # --- backbone -------------------------------------------------------------------------
     backbone: str = "tiny_clip"  # longtail.models.load_backbone name, hub id or folder
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +102,7 @@ class FitConfig:
     save_every: int = 0  # also checkpoint every N optimizer steps
     keep_checkpoints: bool = True  # keep the resume checkpoint once the run finished
     progress: bool = True
+    log_with: str | None = None  # experiment tracker: tensorboard | mlflow | wandb (logs in RUN/tracking)
     origin: dict[str, Any] = field(default_factory=dict)  # provenance only (LT-Soups: exponent, branch)
 
     def __post_init__(self) -> None:
@@ -149,10 +152,12 @@ class FitConfig:
 
     def _check_names(self) -> None:
         """Every registry name (UnknownNameError lists the valid ones); imports, no data."""
+        from longtail.data.sampling import check_sampler
         from longtail.methods.finetune.augment import AUGMENTATIONS, CROP_SCHEDULES
         from longtail.methods.finetune.model import HEAD_INITS
         from longtail.methods.finetune.optim import OPTIMIZERS, SCHEDULES
         from longtail.methods.losses import loss_parameters
+        from longtail.methods.tracking import check_tracker
         from longtail.models.adapters import make_adapter_config
         from longtail.models.templates import get_templates
 
@@ -162,6 +167,8 @@ class FitConfig:
         if self.crop_schedule != "none":
             CROP_SCHEDULES.get(self.crop_schedule)
         HEAD_INITS.get(self.head_init)
+        check_sampler(self.sampler, self.sampler_options)
+        check_tracker(self.log_with)
         get_templates(self.templates)
         accepted = loss_parameters(self.loss)
         unknown = sorted(set(self.loss_options) - set(accepted))

@@ -1,6 +1,6 @@
 """The data of a fine-tuning run: its splits, the LT-Soups balanced subset, step-indexed batches.
 
-Batch b of epoch e depends only on (seed, e, b), so a run restarted at any optimizer step
+Batch b of epoch e depends only on (seed, sampler, e, b), so a run restarted at any optimizer step
 sees exactly the batches an uninterrupted run sees.
 """
 
@@ -12,25 +12,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Sampler
 
+from longtail.data.sampling import EpochSampler, RandomSampler
 from longtail.errors import DataError
 
 
 class EpochBatches(Sampler[list[int]]):
-    """Index batches of epoch `epoch` from batch `start` on: a shuffle that depends only on
-    (seed, epoch), identical on every process (accelerate splits each batch across them).
+    """Index batches of epoch `epoch` from batch `start` on, cut from the epoch's index list: a
+    shuffle (no `sampler`) or `sampler.draw(epoch, ...)` (`longtail.data.sampling`), a function of
+    (seed, epoch) only and identical on every process (accelerate splits each batch across them).
 
-    drop_last=False keeps the incomplete last batch (LIFT); drop_last=True drops it (LT-Soups),
-    and a set smaller than one batch then gives one batch per epoch drawn with replacement.
+    n: draws per epoch (the sampler's `epoch_length`). drop_last=False keeps the incomplete last
+    batch (LIFT); drop_last=True drops it (LT-Soups), and an epoch shorter than one batch then
+    gives one batch per epoch drawn with replacement.
     There is deliberately no `set_epoch`: accelerate would call it with its own counter.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, sampler: EpochSampler | None = None) -> None:
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start, self.drop_last = start, drop_last
+        self.sampler = sampler if sampler is not None else RandomSampler(np.zeros(n, dtype=np.int64), seed)
 
     @staticmethod
     def per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -43,13 +46,11 @@ class EpochBatches(Sampler[list[int]]):
         return self.per_epoch(self.n, self.batch_size, self.drop_last) - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         bs = self.batch_size
-        if self.drop_last and self.n < bs:
-            if self.start == 0:
-                yield torch.randint(self.n, (bs,), generator=g).tolist()
+        short = self.drop_last and self.n < bs
+        if short and self.start:
             return
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = self.sampler.draw(self.epoch, bs if short else self.n).tolist()
         for b in range(self.start, self.per_epoch(self.n, bs, self.drop_last)):
             yield order[b * bs:(b + 1) * bs]
 

@@ -7,8 +7,11 @@ selection on a balanced validation split, checkpoints that resume bit-identicall
 
 `batch_size` is the global batch per optimizer step: accelerate splits each loaded batch
 across processes (split_batches=True), so 1 GPU and 8 GPUs see the same global batches.
-Batch b of epoch e depends only on (seed, e, b) (`data.EpochBatches`) and the augmentation of
-micro-batch m only on (seed, m, rank), so `--resume` continues exactly where a run stopped.
+Batch b of epoch e depends only on (seed, e, b) (`data.EpochBatches` over the epoch's index list
+from `cfg.sampler`, `longtail.data.sampling`) and the augmentation of micro-batch m only on
+(seed, m, rank), so `--resume` continues exactly where a run stopped. With a `tracker`
+(`methods.tracking.RunTracker`) the loop logs the loss and lr of every optimizer step, the
+validation score at every selection point and the epoch summaries.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from longtail.data.sampling import make_sampler
 from longtail.errors import ConfigError, DataError
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.augment import DecodedImages, decode_transform, train_augmentation
@@ -81,7 +85,7 @@ def make_accelerator(cfg):
 
 def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                stop_after_steps: int | None = None,
-               on_step: Callable[[int], None] | None = None, prefix=None) -> FitResult:
+               on_step: Callable[[int], None] | None = None, prefix=None, tracker=None) -> FitResult:
     """Train `model` (its trainable parameters) on `train_set` per `cfg`; with a `run`
     (longtail.runs.Run) checkpoint into it and resume from its latest checkpoint.
 
@@ -89,13 +93,16 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
     on_step(step) runs after every optimizer step and its checkpoint. prefix: a
     `prefix.PrefixSource`: batches are cached frozen-prefix states of `train_set`'s images (one
     cached view per image and epoch) fed to `model(states, from_depth=depth)`, not pixels.
+    tracker: a `methods.tracking.RunTracker` (or None) that receives the training curves.
     """
     if cfg.micro_batch % acc.num_processes:
         raise ConfigError(f"batch_size/grad_accum = {cfg.micro_batch} must be divisible by the "
                           f"{acc.num_processes} processes")
     spec = model.input_spec
     drop_last = cfg.steps is not None
-    per_epoch = EpochBatches.per_epoch(len(train_set), cfg.micro_batch, drop_last)
+    sampling = make_sampler(cfg.sampler, train_set.labels, cfg.seed, cfg.sampler_options)
+    n_epoch = sampling.epoch_length  # draws per epoch: len(train_set) unless the sampler repeats images
+    per_epoch = EpochBatches.per_epoch(n_epoch, cfg.micro_batch, drop_last)
     steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
     total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
     n_epochs = math.ceil(total / steps_per_epoch)
@@ -139,7 +146,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         augment = train_augmentation(cfg.augment, spec["size"], spec["mean"], spec["std"],
                                      (cfg.crop_scale_min, cfg.crop_scale_max), cfg.crop_schedule,
                                      epoch, n_epochs, cfg.interpolation)
-        sampler = EpochBatches(len(train_set), cfg.micro_batch, cfg.seed, epoch, state.batch, drop_last)
+        sampler = EpochBatches(n_epoch, cfg.micro_batch, cfg.seed, epoch, state.batch, drop_last, sampling)
         data = images if prefix is None else prefix.dataset(epoch)  # memory-mapped: no workers needed
         loader = acc.prepare(DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers if prefix is None else 0,
                                         pin_memory=acc.device.type == "cuda"))
@@ -147,6 +154,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         lr = optimizer.param_groups[0]["lr"]
         loss_sum, correct, seen, spent = state.partial if state.batch else (0.0, 0, 0, 0.0)
         start = time.perf_counter() - spent
+        step_from = (loss_sum, seen)  # the running sums when the current optimizer step began
         for batch_images, labels in loader:
             micro = epoch * per_epoch + state.batch
             with acc.accumulate(model):
@@ -157,7 +165,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
                     out = model(pixels)
                 else:
                     out = model(batch_images, from_depth=prefix.depth)
-                real, scale = _real_share(state.batch, per_epoch, len(train_set), cfg.micro_batch, rank, world,
+                real, scale = _real_share(state.batch, per_epoch, n_epoch, cfg.micro_batch, rank, world,
                                           drop_last)
                 if real == 0:  # only padding here: a zero loss through the same graph (DDP wants every grad)
                     loss = criterion(out, labels) * 0.0
@@ -176,6 +184,7 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
             seen += len(labels)
             if not acc.sync_gradients:
                 continue
+            step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             state.step += 1
             if ema is not None:
@@ -183,11 +192,17 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
             elapsed = time.perf_counter() - start
             state.partial = (loss_sum, correct, seen, elapsed)
             bar.update(1)
+            if tracker is not None:
+                step_loss = (loss_sum - step_from[0]) / max(seen - step_from[1], 1)
+                tracker.log({"train/loss": step_loss, "train/lr": step_lr}, state.step)
+                step_from = (loss_sum, seen)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen * world / max(elapsed, 1e-9):.1f}")
             if state.step in checks:
                 score = _validate(cfg, acc, net, params, ema, val_set)
                 state.selection.append({"step": state.step, "loss": float(loss.detach()), "val_class_mean": score,
                                         "lr": scheduler.get_last_lr()[0]})
+                if tracker is not None:
+                    tracker.log({"val/class_mean": score}, state.step)
                 if score > state.best or best_state is None:
                     state.best = score
                     best_state = [t.detach().cpu().clone() for t in (ema.state() if ema else params)]
@@ -213,6 +228,9 @@ def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
         state.history.append({"epoch": epoch + 1, "step": state.step, "loss": loss_sum / max(seen, 1),
                               "train_acc": correct / max(seen, 1), "lr": lr,
                               "images_per_s": seen * world / max(elapsed, 1e-9)})
+        if tracker is not None:
+            tracker.log({f"epoch/{k}": state.history[-1][k] for k in ("loss", "train_acc", "images_per_s")}
+                        | {"epoch/epoch": epoch + 1}, state.step)
         if epoch_done:
             state.epoch, state.batch, state.partial = epoch + 1, 0, (0.0, 0, 0, 0.0)
             if not drop_last and state.step < total:

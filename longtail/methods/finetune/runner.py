@@ -4,7 +4,8 @@ Files of a fit run: config.yaml, env.json, status.json, data_stats.json (what wa
 on), classes.json (class names, full training counts, groups), adapter_model.safetensors +
 adapter_config.json (`FineTuneModel.weights()` and the config that rebuilds the model),
 metrics.json, per_class.csv, report.html, and checkpoints/ while (or, with
-keep_checkpoints, after) it runs.
+keep_checkpoints, after) it runs; with log_with, tracking/ (the tracker's logs) and tracking.json
+(where they went).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from longtail.methods.finetune.loading import CLASSES, evaluate_model
 
 KIND = "fit"
 RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device", "save_every", "keep_checkpoints", "origin",
-                    "prefix_cache_dir")
+                    "prefix_cache_dir", "log_with")
 
 
 def config_from_run(run_dir: str | Path) -> FitConfig:
@@ -45,8 +46,9 @@ def check_resumable(saved: FitConfig, cfg: FitConfig) -> None:
 
 
 def train(cfg: FitConfig, run=None, stop_after_steps: int | None = None, accelerator=None,
-          on_step: Callable[[int], None] | None = None) -> FitResult:
-    """Build data, backbone, model and loss per `cfg`, then run the engine (see engine.train_loop)."""
+          on_step: Callable[[int], None] | None = None, tracker=None) -> FitResult:
+    """Build data, backbone, model and loss per `cfg`, then run the engine (see engine.train_loop;
+    `tracker`, a `methods.tracking.RunTracker`, receives its curves)."""
     from longtail.methods.finetune.data import open_splits
     from longtail.methods.finetune.model import FitLoss, build_model
     from longtail.methods.finetune.predict import frozen_features, input_spec
@@ -69,7 +71,7 @@ def train(cfg: FitConfig, run=None, stop_after_steps: int | None = None, acceler
 
         prefix = open_prefix_source(cfg, model, splits, acc)  # after init_from: the key sees loaded weights
     result = train_loop(cfg, acc, model, criterion, splits.train, splits.val, run, stop_after_steps, on_step,
-                        prefix=prefix)
+                        prefix=prefix, tracker=tracker)
     result.splits = splits
     return result
 
@@ -80,6 +82,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     """Train and evaluate per `cfg` in a new run folder `out` (or continue the run at `out`)."""
     from accelerate.utils import broadcast_object_list
 
+    from longtail.methods.tracking import RunTracker, require_tracker
     from longtail.runs import create_run
 
     started = time.perf_counter()
@@ -89,6 +92,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
             return done
     warn_untrained(cfg)
     check_prefix_cache_folder(cfg)
+    require_tracker(cfg.log_with)
     acc = make_accelerator(cfg)
     run = None
     if acc.is_main_process:
@@ -102,10 +106,14 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
     folder = broadcast_object_list([str(run.dir) if run else None])[0] if acc.num_processes > 1 else str(run.dir)
     if run is None:  # other ranks: same folder, checkpoints are written by the main process
         run = create_run(folder, KIND, cfg.to_dict(), staged=False, resume=True, claim=False)
+    tracker = RunTracker(cfg.log_with, run.dir, cfg.to_dict(), run_name=_run_name(cfg, run.dir),
+                         main_process=acc.is_main_process)
     try:
         with run:  # an exception or interrupt records status 'failed' / 'interrupted'
-            result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step)
+            result = train(cfg, run=run, stop_after_steps=stop_after_steps, accelerator=acc, on_step=on_step,
+                           tracker=tracker)
     except BaseException as err:
+        tracker.finish()
         # A new run that fails before its first checkpoint has nothing to resume: remove it,
         # so the same --out can be used again. Runs with a checkpoint stay for --resume.
         latest = run.dir / ckpt.CHECKPOINTS / ckpt.LATEST
@@ -118,12 +126,20 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
         run.mark("interrupted")
         resume_hint(run.dir)
     if result.interrupted or not acc.is_main_process:
+        tracker.finish()
         return result
     with run:
         finish_run(run, cfg, result, report, started)
+    tracker.finish(result.metrics, result.metrics.get("optimizer_steps"))
     if not cfg.keep_checkpoints:
         shutil.rmtree(run.dir / ckpt.CHECKPOINTS, ignore_errors=True)
     return result
+
+
+def _run_name(cfg: FitConfig, folder: Path) -> str:
+    """The tracker's name of a run: PIPELINE/e0_b1 for an LT-Soups run, else the folder's name."""
+    pipeline = cfg.origin.get("pipeline") if isinstance(cfg.origin, dict) else None
+    return f"{Path(str(pipeline)).name}/{folder.name}" if pipeline else folder.name
 
 
 def resume_hint(folder: Path) -> None:

@@ -25,6 +25,7 @@ from longtail.methods.heads import HEADS
 from longtail.methods.losses import LOSSES, loss_parameters, make_loss
 from longtail.methods.probe.registry import get_method
 from longtail.methods.probe.solvers import SOLVERS, solver_options
+from longtail.methods.tracking import check_tracker
 
 TRAINABLE_HEADS = ("linear", "cosine")  # what head= trains; other HEADS (nearest-mean) are built by a method
 INITS = ("random", "prototypes")
@@ -78,6 +79,7 @@ class ProbeConfig:
     val_per_class: int = 0  # or N samples of each class (0: off)
     seed: int = 0
     device: str = "auto"
+    log_with: str | None = None  # experiment tracker: tensorboard | mlflow | wandb (logs in RUN/tracking)
 
     def __post_init__(self) -> None:
         hints = _hints()
@@ -127,6 +129,7 @@ class ProbeConfig:
         if self.head not in TRAINABLE_HEADS:
             raise ConfigError(f"head must be one of {', '.join(TRAINABLE_HEADS)} (a trained head); got '{self.head}'")
         SOLVERS.get(self.solver)
+        check_tracker(self.log_with)
         for name, valid in (("init", INITS), ("l2_target", L2_TARGETS), ("calibrate", CALIBRATIONS)):
             if getattr(self, name) not in valid:
                 raise ConfigError(f"{name} must be one of {', '.join(map(str, valid))}; got {getattr(self, name)!r}")

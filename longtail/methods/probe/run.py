@@ -5,7 +5,9 @@ files as given, as absolute paths and as `fingerprints` (samples, dim, file size
 `data.features.feature_record`), the shot-group thresholds), env.json, data_stats.json,
 metrics.json, per_class.csv, head/ (head.safetensors [+ zero_shot.safetensors] + head.json) and report.html; a
 `method=auto` run also selection.csv (the candidate table, best first) and, in metrics.json,
-`auto` (the choice, how it was validated, the cost).
+`auto` (the choice, how it was validated, the cost); with `log_with`, tracking/ and tracking.json
+(`methods.tracking`: the config, the solver's summary and the test metrics by shot group, logged
+once the folder is published, since the probe is one convex fit without a curve to watch live).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from longtail.methods.probe.auto import selection_rows
 from longtail.methods.probe.config import ProbeConfig, upgrade_saved
 from longtail.methods.probe.model import Probe
 from longtail.methods.probe.train import fit_probe
+from longtail.methods.tracking import RunTracker, require_tracker
 from longtail.runs import RunKind, create_run, register_kind
 
 KIND = "probe"
@@ -78,6 +81,7 @@ def run_probe(
     metrics = `eval.metrics.evaluate` + fit_seconds, label and `post_hoc` (the interpolation
     alpha, post-hoc tau and temperature in use, chosen on `val` where cfg says "auto").
     """
+    require_tracker(cfg.log_with)  # a missing tracker package fails before the fit
     scored = match_classes(train.class_names, test)  # labels indexed by the training classes
     check_compatible(train, scored)  # val is checked by fit_probe
     stats = train_stats(train, many, few)
@@ -118,11 +122,24 @@ def run_probe(
         if hasattr(probe, "write_figures"):  # oversampling methods: real vs synthetic projection
             probe.write_figures(run.path("figures"), test=scored)
         folder = run.finish(metrics)
+    track_probe(cfg, folder, config, probe, metrics)
     if report:
         from longtail.eval.report import write_report
 
         write_report(folder)
     return folder, metrics
+
+
+def track_probe(cfg: ProbeConfig, folder: Path, config: dict[str, Any], probe: Probe,
+                metrics: dict[str, Any]) -> None:
+    """Log a finished probe run to cfg.log_with: config, solver summary, shot-group metrics."""
+    tracker = RunTracker(cfg.log_with, folder, config)
+    if not tracker.active:
+        return
+    solver = probe.info.get("train") if isinstance(probe.info.get("train"), dict) else {}
+    step = solver.get("iterations", solver.get("steps", 0))
+    tracker.log({f"train/{k}": v for k, v in solver.items()} | {"train/fit_seconds": metrics["fit_seconds"]}, step)
+    tracker.finish(metrics, step)
 
 
 def write_selection(path: Path, auto: dict[str, Any]) -> dict[str, Any]:
