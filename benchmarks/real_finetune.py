@@ -17,7 +17,9 @@ Rows (all / many / medium / few / ECE, wall seconds), every one through the libr
 - best frozen probe: cosine + LA (`fit_probe`, on the feature cache of the same backbone);
 - zero-shot: the ImageNet classifier rows (Tiny: WordNet ids; CIFAR-10: the bundled class map);
 - partial FT (the `partial_ft` preset: last MBConv block + head conv, SGD, cosine, frozen-prefix
-  cache with 2 flip views, prototype head init) with CE, LA (tau 1) and CCAR-LA: `fit` runs;
+  cache with 2 flip views, prototype head init) with CE, LA (tau 1), CE with class-balanced
+  sampling (`sampler=balanced`: the re-balancing in the data instead of the loss) and CCAR-LA:
+  `fit` runs;
 - LT-Soups: F = 0..6 for rho = 100, one branch, partial-FT ingredients trained from the same
   prefix-cache entry (AdamW lr 1e-3, no EMA: runs of 60-200 steps), recursive soup (lambda
   0.7) with theta_0, stage 2 (classifier re-tuned with LA from the soup's cached block-16 states)
@@ -43,6 +45,11 @@ entry (the first partial-FT row and the ceiling).
 
     python benchmarks/real_finetune.py [--dataset cifar10|tiny|both] [--epochs 10] [--runs-dir runs/real_finetune]
     python benchmarks/real_finetune.py --smoke
+    python benchmarks/real_finetune.py --rows sampling   # only partial FT + LA vs + CE with balanced sampling
+
+The balanced-sampling row was added after the timings above: it adds one partial-FT fit per
+dataset (~170 s each, estimated from the other fit rows, not measured); `--rows sampling` runs
+that row and the LA row it is compared with, nothing else (cold prefix caches: plus the builds).
 """
 
 from __future__ import annotations
@@ -75,6 +82,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KEEP = ("all", "class_mean", "many", "medium", "few", "ece")
 
+
+# the partial-FT rows on the LT set: (key = run folder partial_KEY, label, FitConfig overrides)
+FIT_ROWS = (
+    ("ce", "partial FT + CE", {"loss": "ce", "loss_options": {}}),
+    ("la", "partial FT + LA", {"loss": "la", "loss_options": {"tau": 1.0}}),
+    ("ce_balanced", "partial FT + CE with balanced sampling", {"loss": "ce", "loss_options": {}, "sampler": "balanced"}),
+    ("ccar-la", "partial FT + CCAR-LA", {"loss": "ccar-la", "loss_options": {}}),
+)
+ROW_SETS = {"all": None, "sampling": ("la", "ce_balanced")}  # --rows: None = every row of the benchmark
 
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("balanced", "class_mean", "pct"),
                  ("many", "many", "pct"), ("medium", "medium", "pct"), ("few", "few", "pct"),
@@ -143,11 +159,18 @@ def fit_overrides(proto: Protocol, args, data_options: dict[str, Any]) -> dict[s
     return {k: v for k, v in out.items() if v is not None}
 
 
-def fit_row(label: str, proto: Protocol, args, out: Path, data_options=None, **overrides) -> dict[str, Any]:
-    from longtail.methods.finetune import build_config, fit
+def fit_config(proto: Protocol, args, data_options=None, **overrides):
+    """The FitConfig of one partial-FT row (the `partial_ft` preset + the shared overrides)."""
+    from longtail.methods.finetune import build_config
 
-    cfg = build_config(proto.root, args.backbone, "partial_ft",
-                       {**fit_overrides(proto, args, data_options or proto.lt_options), **overrides})
+    return build_config(proto.root, args.backbone, "partial_ft",
+                        {**fit_overrides(proto, args, data_options or proto.lt_options), **overrides})
+
+
+def fit_row(label: str, proto: Protocol, args, out: Path, data_options=None, **overrides) -> dict[str, Any]:
+    from longtail.methods.finetune import fit
+
+    cfg = fit_config(proto, args, data_options, **overrides)
     start = time.perf_counter()
     result = fit(cfg, out=out, report=False)
     r = row(label, result.metrics, time.perf_counter() - start, run=str(out))
@@ -231,17 +254,24 @@ def soup_rows(proto: Protocol, args, ft_dir: Path, out: Path, ft_row: dict[str, 
 def run_dataset(proto: Protocol, args, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     check_selection(proto)
-    rows = probe_rows(proto, args)
+    only = ROW_SETS[args.rows]
+    rows = probe_rows(proto, args) if only is None else []
     ft = {}
-    for loss, label in (("ce", "partial FT + CE"), ("la", "partial FT + LA"), ("ccar-la", "partial FT + CCAR-LA")):
-        options = {"loss_options": {"tau": 1.0}} if loss == "la" else {"loss_options": {}}
-        ft[loss] = fit_row(label, proto, args, out / f"partial_{loss}", loss=loss, **options)
-        rows.append(ft[loss])
+    for key, label, overrides in FIT_ROWS:
+        if only is None or key in only:
+            ft[key] = fit_row(label, proto, args, out / f"partial_{key}", **overrides)
+            rows.append(ft[key])
+    if only is not None:
+        return _result(proto, rows, t0)
     rows += lt_soups_rows(proto, args, out / "lt_soups")
     rows += soup_rows(proto, args, Path(ft["la"]["run"]), out, ft["la"])
     per_class = int(proto.counts.sum()) // len(proto.class_names)
     rows.append(fit_row(f"ceiling: partial FT + CE on a balanced subset ({per_class}/class)", proto, args,
                         out / "balanced_ce", data_options=proto.balanced_options, loss="ce", loss_options={}))
+    return _result(proto, rows, t0)
+
+
+def _result(proto: Protocol, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     return {"dataset": proto.name, "root": proto.root, "train_counts": proto.counts.tolist(),
             "val_images": len(proto.val_images()), "test_images": int(proto.val_test_idx[1].size),
             "total_seconds": time.perf_counter() - t0, "rows": rows}
@@ -269,6 +299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs-dir", default="runs/real_finetune", help="a new folder per invocation goes under it")
     p.add_argument("--feature-cache", help="feature cache (default $LONGTAIL_CACHE/features)")
     p.add_argument("--prefix-cache", help="prefix cache (default $LONGTAIL_CACHE/prefix)")
+    p.add_argument("--rows", choices=sorted(ROW_SETS), default="all",
+                   help="sampling: only partial FT + LA and partial FT + CE with balanced sampling")
     p.add_argument("--smoke", action="store_true",
                    help="3 classes, 16 training images per class, IR 2, 32 px, 1 epoch: every row end to end")
     args = p.parse_args(argv)
@@ -306,6 +338,7 @@ def main(argv=None) -> dict[str, Any]:
               flush=True)
         results.append(run_dataset(proto, args, out / proto.name))
     info = {"backbone": args.backbone, "image_size": args.image_size, "ir": args.ir, "epochs": args.epochs,
+            "rows": args.rows,
             "soup_epochs": args.soup_epochs, "smoke": args.smoke,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "total_seconds": time.perf_counter() - t0, "datasets": results}
