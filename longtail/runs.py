@@ -283,6 +283,7 @@ class RunKind:
     name: str
     evaluate: Callable[[dict[str, Any], str | None], dict[str, Any]]
     load_config: Callable[[dict[str, Any]], Any] | None = None
+    description: str = ""  # one line for `longtail list run-kinds`: what writes such runs
 
 
 RUN_KINDS: Registry[RunKind] = Registry("run kind")

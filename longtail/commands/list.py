@@ -32,7 +32,25 @@ REGISTRIES: dict[str, tuple[str, str, str]] = {
     "backbones": ("longtail.models.backbone", "BACKBONES", "-b / --backbone NAME (or a Hugging Face id or folder)"),
     "run-kinds": ("longtail.runs", "RUN_KINDS", "what longtail eval / report read"),
 }
-EXTRA_NAMES: dict[str, tuple[str, ...]] = {"merges": ("greedy",)}
+# names a command accepts beyond its registry, with the module whose docstring describes them
+EXTRA_NAMES: dict[str, dict[str, str]] = {"merges": {"greedy": "longtail.soups.greedy"}}
+# entries whose registered object carries no description of its own: method presets are plain
+# dicts of FitConfig fields, and the EfficientNet-Lite variants share one constructor
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "fit-methods": {
+        "lift": "LIFT: AdaptFormer adapters, text-initialised cosine head, LA loss, 10 epochs SGD.",
+        "lift_plus": "LIFT+: LIFT with lr 0.02, 5 epochs, bicubic resizing and a convex crop schedule.",
+        "sage": "Sage: SG-Adapter, CF loss and feature interchange (per-dataset settings of Sage Table 8).",
+        "zero_shot": "No training: the text-prototype head of the pre-trained model, evaluated as is.",
+        "linear_probe": "Classifier only on the frozen backbone (text-initialised head, LA loss, 10 epochs).",
+        "full_ft": "Full fine-tuning of every backbone weight (LIFT's heavy baseline), LA loss.",
+        "partial_ft": "The last block and the top fine-tuned, LA loss; the frozen prefix is cached (2 flip views).",
+    },
+    "backbones": {
+        "efficientnet_lite0": "EfficientNet-Lite0 (ImageNet weights, 224 px native): 1280-d features, BatchNorm kept in eval.",
+        "efficientnet_lite2": "EfficientNet-Lite2 (ImageNet weights, width 1.1 / depth 1.2, 260 px native): 1280-d features.",
+    },
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,14 +58,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"one of: {', '.join(sorted(REGISTRIES))} (default: all)")
 
 
+def first_sentence(doc: str) -> str:
+    """The first sentence of a docstring's first paragraph, its lines joined: it ends at '. '
+    outside brackets before a capital letter, so 'Kang et al. 2020' or a formula is not cut."""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    depth = 0
+    for i, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "." and depth == 0 and text[i + 1:i + 3].startswith(" ") and text[i + 2:i + 3].isupper():
+            return text[: i + 1]
+    return text
+
+
 def describe(obj: Any) -> str:
-    """First line of an object's docstring ('' for plain values such as preset dicts)."""
+    """One line about a registered object: its `description` (run kinds), else the first
+    sentence of its docstring (a functools.partial: its function's, with the bound arguments
+    that name what it loads, e.g. a hub id); '' for plain values such as preset dicts."""
     if isinstance(obj, (dict, tuple, list, str)):
         return ""
-    doc = getattr(obj, "__doc__", None) or ""
-    if getattr(obj, "func", None) is not None:  # functools.partial
-        doc = getattr(obj.func, "__doc__", None) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    if getattr(obj, "description", None):
+        return str(obj.description)
+    func = getattr(obj, "func", None)  # functools.partial
+    text = first_sentence(getattr(func if func is not None else obj, "__doc__", None) or "")
+    bound = [a for a in getattr(obj, "args", ()) if isinstance(a, str)] if func is not None else []
+    return f"{text.rstrip('.')}: {', '.join(bound)}." if bound and text else text
 
 
 def entries(kind: str) -> list[tuple[str, str]]:
@@ -63,8 +97,10 @@ def entries(kind: str) -> list[tuple[str, str]]:
         from longtail.models.backbone import backbone_names
 
         backbone_names()  # imports the modules that register the presets
-    out = [(name, describe(registry.get(name))) for name in registry.names()]
-    return out + [(name, "") for name in EXTRA_NAMES.get(kind, ())]
+    table = DESCRIPTIONS.get(kind, {})
+    out = [(name, table.get(name) or describe(registry.get(name))) for name in registry.names()]
+    return out + [(name, describe(importlib.import_module(module)))
+                  for name, module in EXTRA_NAMES.get(kind, {}).items()]
 
 
 def run(args: argparse.Namespace) -> int:

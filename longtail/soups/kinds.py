@@ -28,5 +28,9 @@ def _config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in ("kind", "format_version")}
 
 
-for _kind in ("soup", "monosoup"):
-    register_kind(RunKind(_kind, evaluate=evaluate_soup_run, load_config=_config))
+_DESCRIPTIONS = {
+    "soup": "A weight-space merge of runs (longtail soup -m uniform|weighted|wise|recursive|greedy, LT-Soups).",
+    "monosoup": "MonoSoup: a data-free, layer-wise SVD edit of one fine-tuned checkpoint (longtail monosoup).",
+}
+for _kind, _text in _DESCRIPTIONS.items():
+    register_kind(RunKind(_kind, evaluate=evaluate_soup_run, load_config=_config, description=_text))

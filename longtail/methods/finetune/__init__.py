@@ -35,7 +35,7 @@ from longtail.methods.finetune.presets import (
 from longtail.methods.finetune.runner import config_from_run, fit, train
 from longtail.runs import RunKind, register_kind
 
-register_kind(RunKind("fit", evaluate=evaluate_fit_run, load_config=load_fit_config))
+register_kind(RunKind("fit", evaluate=evaluate_fit_run, load_config=load_fit_config, description="A fine-tuned backbone + head (longtail fit, LT-Soups ingredients): weights, classes, curves."))
 
 __all__ = [
     "BACKBONE_PRESETS",

@@ -237,4 +237,4 @@ def load_probe_config(config: dict[str, Any]) -> ProbeConfig:
     return ProbeConfig.from_dict(upgrade_saved(config["probe"], config.get("format_version", 0)))
 
 
-register_kind(RunKind(KIND, evaluate=evaluate_probe_run, load_config=load_probe_config))
+register_kind(RunKind(KIND, evaluate=evaluate_probe_run, load_config=load_probe_config, description="A classifier head trained on frozen features (longtail probe): head/, metrics, report."))
