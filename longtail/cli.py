@@ -29,6 +29,7 @@ COMMANDS = (  # command name; its module is longtail/commands/<name with '-' -> 
     "monosoup",
     "lt-soups",
     "export",
+    "convert",
     "cache",
 )
 
