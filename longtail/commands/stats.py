@@ -141,11 +141,18 @@ def save_count_plot(stats, path: Path, title: str, split: str = "train") -> Path
     colours = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     ranks = np.arange(stats.num_classes)
-    for group, colour in colours.items():
-        mask = stats.groups[order] == group
-        if mask.any():
-            ax.bar(ranks[mask], np.maximum(stats.counts[order][mask], 0.8), width=1.0,
-                   color=colour, label=f"{group} ({int(mask.sum())})")
+    sorted_groups, sorted_counts = stats.groups[order], np.maximum(stats.counts[order], 0.8)
+    # one filled staircase per run of same-group ranks: as fast at 8,142 classes as at 10
+    # (one bar per class took ~15 s to draw there); runs, since group_counts may interleave groups
+    starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+    labelled = set()
+    for start, stop in zip(starts, np.r_[starts[1:], stats.num_classes]):
+        group = str(sorted_groups[start])
+        label = None if group in labelled else f"{group} ({int((stats.groups == group).sum())})"
+        labelled.add(group)
+        ax.stairs(sorted_counts[start:stop], ranks[start:stop + 1] if stop < stats.num_classes
+                  else np.r_[ranks[start:], stats.num_classes], baseline=0.8, fill=True,
+                  color=colours.get(group, "tab:gray"), label=label)
     ax.axhline(stats.many_threshold + 0.5, color="k", ls="--", lw=0.8,
                label=f"many: > {stats.many_threshold}")
     ax.axhline(stats.few_threshold - 0.5, color="k", ls=":", lw=0.8,

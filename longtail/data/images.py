@@ -66,23 +66,24 @@ class FileReader:
         limit: a same-size rewrite whose old mtime was restored (`touch -r`, `cp -p`, `rsync -t`).
         A missing file counts as missing (reading it later is the error).
         """
-        stats = []
-        for item in items:
+        root = os.fspath(self.root)
+        sizes, mtimes = np.full(len(items), -1, np.int64), np.zeros(len(items), np.int64)  # -1: missing
+        for i, item in enumerate(items):  # plain strings and two int arrays: no object per image kept
             try:
-                stats.append(os.stat(self.root / item))
+                st = os.stat(os.path.join(root, item))
             except OSError:
-                stats.append(None)
-        total = sum(st.st_size for st in stats if st is not None)
-        by_bytes = total <= CONTENT_HASH_LIMIT
+                continue
+            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+        by_bytes = int(sizes[sizes >= 0].sum()) <= CONTENT_HASH_LIMIT
         h = hashlib.sha256(b"bytes" if by_bytes else b"stat")
-        for item, st in zip(items, stats):
-            if st is None:
+        for item, size, mtime in zip(items, sizes.tolist(), mtimes.tolist()):
+            if size < 0:
                 h.update(b"missing\0")
             elif by_bytes:
-                h.update(f"{st.st_size}:".encode())
+                h.update(f"{size}:".encode())
                 h.update(_file_bytes(self.root / item))
             else:
-                h.update(f"{st.st_size}:{st.st_mtime_ns}\0".encode())
+                h.update(f"{size}:{mtime}\0".encode())
         return h.hexdigest()
 
 

@@ -171,3 +171,36 @@ def subsample_per_class(
         rng.shuffle(idx)
         chosen.append(idx[:n])
     return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+
+
+# iNaturalist-2018's training set (Van Horn et al. 2018, as in LIFT's split lists): 8,142
+# classes, 437,513 images, 1,000 -> 2 per class; 842 many-shot (> 100), 4,076 medium and
+# 3,224 few-shot (< 20) classes. The real per-class counts are not reachable offline.
+INAT2018 = {"classes": 8142, "images": 437_513, "largest": 1000, "smallest": 2, "many": 842, "few": 3224}
+
+
+def inat2018_counts() -> np.ndarray:
+    """Counts with iNaturalist-2018's shape, largest first: log-linear in rank between knots at
+    the group edges (rank 0: 1,000; the last many-shot class: 101; the last medium: 20; the
+    last class: 2) and one knot at rank 100 whose height is bisected so the total is 437,513.
+    So classes, total, largest / smallest class and the three group sizes are iNat's."""
+    spec = INAT2018
+    ranks = [0, 100, spec["many"] - 1, spec["classes"] - spec["few"] - 1, spec["classes"] - 1]
+
+    edges = (spec["many"], spec["classes"] - spec["few"])  # first medium rank, first few-shot rank
+    group = np.searchsorted(edges, np.arange(spec["classes"]), side="right")  # 0 many, 1 medium, 2 few
+    bounds = np.array([[101, 20, spec["smallest"]], [spec["largest"], 100, 19]])[:, group]  # (2, C): lo, hi
+
+    def counts(knee: float) -> np.ndarray:
+        heights = np.log([spec["largest"], knee, 101, 20, spec["smallest"]])
+        raw = np.round(np.exp(np.interp(np.arange(spec["classes"]), ranks, heights)))
+        return np.clip(raw, bounds[0], bounds[1]).astype(np.int64)  # every class in its group
+
+    lo, hi = 101.0, float(spec["largest"])
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if counts(mid).sum() < spec["images"] else (lo, mid)
+    out = counts(lo)
+    rest = spec["images"] - int(out.sum())  # rounding: a few head classes (ranks 1..) take +-1 each
+    out[1:1 + abs(rest)] += int(np.sign(rest))
+    return np.sort(out)[::-1].copy()

@@ -271,7 +271,7 @@ def open_zip(spec, split: str = "train", root=None, class_names=None,
 
 
 def _labels_from_tokens(
-    tokens: list[str], names: list[str] | None, where: list[str], names_from: str
+    tokens: list[str], names: list[str] | None, where: _Lines, names_from: str
 ) -> tuple[np.ndarray, list[str] | None]:
     """Integer labels from int or class-name tokens; `where[i]` locates token i for errors."""
     is_int = [t.lstrip("-").isdigit() for t in tokens]
@@ -296,12 +296,22 @@ def _labels_from_tokens(
     return labels, names
 
 
+class _Lines:
+    """`where[i]`: 'FILE:LINE' of row i, made only for an error message (not one string per row)."""
+
+    def __init__(self, path: Path, line_numbers: Sequence[int] | np.ndarray) -> None:
+        self.path, self.numbers = path, np.asarray(line_numbers, dtype=np.int64)
+
+    def __getitem__(self, i: int) -> str:
+        return f"{self.path}:{int(self.numbers[i])}"
+
+
 def _names_from_parents(items: list[str], labels: np.ndarray) -> list[str]:
     """Class names from parent folders when each label has exactly one (else class_<i>)."""
     num = int(labels.max()) + 1
     seen: dict[int, set[str]] = {}
-    for item, label in zip(items, labels.tolist()):
-        seen.setdefault(label, set()).add(Path(item).parent.name)
+    for pair in set(zip(labels.tolist(), (i.rpartition("/")[0].rpartition("/")[2] for i in items))):
+        seen.setdefault(pair[0], set()).add(pair[1])
     parents = [seen.get(c, set()) for c in range(num)]
     names = [next(iter(p)) if len(p) == 1 else "" for p in parents]
     if all(names) and len(set(names)) == num:
@@ -339,7 +349,7 @@ def open_list(spec, split: str = "train", root=None, class_names=None) -> ImageD
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"list file not found: {path}")
-    items, tokens, where = [], [], []
+    items, tokens, numbers = [], [], []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -349,8 +359,8 @@ def open_list(spec, split: str = "train", root=None, class_names=None) -> ImageD
             raise DataError(f"{path}:{lineno}: expected 'relative/path label', got '{line[:80]}'")
         items.append(parts[0])
         tokens.append(parts[1])
-        where.append(f"{path}:{lineno}")
-    return _from_rows(path, root, items, tokens, where, class_names)
+        numbers.append(lineno)
+    return _from_rows(path, root, items, tokens, _Lines(path, numbers), class_names)
 
 
 @SOURCES.register("csv")
@@ -369,7 +379,7 @@ def open_csv(
             if col not in columns:
                 raise DataError(f"{path}: no column '{col}' (columns: {', '.join(columns)})")
         rows = [(r[path_column].strip(), (r[label_column] or "").strip()) for r in reader]
-    where = [f"{path}:{i + 2}" for i in range(len(rows))]
+    where = _Lines(path, np.arange(2, len(rows) + 2))
     return _from_rows(path, root, [r[0] for r in rows], [r[1] for r in rows], where, class_names)
 
 
