@@ -4,7 +4,7 @@
     handle = inject_adapter(clip, cfg, num_classes=100)   # a Backbone, or clip.model.vision_model
     optimizer = torch.optim.SGD(handle.trainable_parameters() + list(head.parameters()), lr=0.01)
 
-ViT-only (HF CLIP): adaptformer, sg-adapter, lora (peft), vpt-shallow, vpt-deep, ssf.
+ViT-only (HF CLIP, SigLIP, DINOv2, ViT: layouts.py): adaptformer, sg-adapter, lora (peft), vpt-shallow, vpt-deep, ssf.
 Any backbone (selective.py): none, bitfit, norm-tuning (= ln-tuning = bn-tuning), partial, full.
 """
 
