@@ -37,10 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longtail.models.openclip_convert import convert_openclip
+    from longtail.errors import ConfigError
+    from longtail.models.openclip_convert import ACTIVATION_MISSING, convert_openclip
 
-    summary = convert_openclip(args.checkpoint, args.out, config=args.config, tokenizer=args.tokenizer,
-                               activation=args.activation)
+    try:
+        summary = convert_openclip(args.checkpoint, args.out, config=args.config, tokenizer=args.tokenizer,
+                                   activation=args.activation)
+    except ConfigError as err:
+        if str(err) != ACTIVATION_MISSING:
+            raise
+        raise ConfigError(f"{err} (--config FILE or --activation NAME)") from None
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -123,6 +123,10 @@ def text_prefix(state: dict[str, torch.Tensor]) -> str:
     return "text." if "text.token_embedding.weight" in state else ""
 
 
+ACTIVATION_MISSING = ("the activation is not in the checkpoint: give open_clip's model config JSON or the "
+                      "activation, gelu or quick_gelu (quick_gelu for OpenAI-trained weights)")
+
+
 def openclip_dims(state: dict[str, torch.Tensor], model_cfg: dict[str, Any] | None = None,
                   activation: str | None = None) -> OpenCLIPDims:
     """Sizes from the tensor shapes; heads and activation from `model_cfg` / `activation`."""
@@ -132,8 +136,7 @@ def openclip_dims(state: dict[str, torch.Tensor], model_cfg: dict[str, Any] | No
         if bad is not None:
             raise ConfigError(f"checkpoint has {what} ('{bad}'), which transformers' CLIPModel cannot hold")
     if activation is None and "quick_gelu" not in model_cfg:
-        raise ConfigError("the activation is not in the checkpoint: give open_clip's model config JSON "
-                          "(--config) or --activation gelu|quick_gelu (quick_gelu for OpenAI-trained weights)")
+        raise ConfigError(ACTIVATION_MISSING)
     activation = activation or ("quick_gelu" if model_cfg.get("quick_gelu") else "gelu")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation '{activation}'; choose from: {', '.join(ACTIVATIONS)}")
