@@ -97,6 +97,7 @@ def run_row(shape: str, row: str, max_iter: int, memory: str) -> dict:
 
         model = LogisticRegression(C=1.0, max_iter=max_iter, tol=1e-4).fit(x, y)
         seconds, iterations = time.perf_counter() - start, int(np.max(model.n_iter_))
+        evaluations, train_seconds = None, seconds
         accuracy = balanced_accuracy(model.predict(xt), yt, counts.size)
     else:
         options = {**ROWS[row], "max_iter": max_iter}
@@ -105,13 +106,17 @@ def run_row(shape: str, row: str, max_iter: int, memory: str) -> dict:
         probe = fit_probe(train, ProbeConfig.from_dict(options))
         seconds = time.perf_counter() - start
         info = probe.info.get("train", {})
-        iterations = info.get("iterations")
+        iterations, evaluations = info.get("iterations"), info.get("evaluations")
+        train_seconds = info.get("train_seconds")
         accuracy = balanced_accuracy(probe.predict(xt), yt, counts.size)
     return {"shape": shape, "row": row, "rows": int(y.size), "classes": int(counts.size), "seconds": seconds,
-            "iterations": iterations, "seconds_per_iteration": seconds / iterations if iterations else None,
+            "iterations": iterations, "evaluations": evaluations, "train_seconds": train_seconds,
+            "seconds_per_iteration": train_seconds / iterations if iterations and train_seconds else None,
+            "seconds_per_evaluation": train_seconds / evaluations if evaluations and train_seconds else None,
             "balanced_accuracy": float(accuracy),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "chunk_rows": info.get("chunk_rows") if row != "sklearn" else None}
+            "chunk_rows": info.get("chunk_rows") if row != "sklearn" else None, "final_objective":
+            info.get("final_objective") if row != "sklearn" else None}
 
 
 def in_child(shape: str, row: str, max_iter: int, memory: str, code: Path) -> dict:
@@ -162,15 +167,17 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", f"{tmp}/before"],
                                capture_output=True)
     print(f"\nmax_iter = {args.max_iter}, memory = {args.memory}, {os.cpu_count()} CPUs, torch threads default\n")
-    print("| shape | row | code | rows x classes | s / iteration | iterations | peak RSS GB | balanced acc. |")
-    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| shape | row | code | rows x classes | chunk rows | fit s | iterations | evaluations | s / evaluation "
+          "| peak RSS GB | balanced acc. |")
+    print("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         if "error" in r:
-            print(f"| {r['shape']} | {r['row']} | {r['code']} | | failed: {r['error'][:80]} | | | |")
+            print(f"| {r['shape']} | {r['row']} | {r['code']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
         print(f"| {r['shape']} | {r['row']} | {r['code']} | {r['rows']:,} x {r['classes']:,} | "
-              f"{fmt(r['seconds_per_iteration'], '.2f')} | {fmt(r['iterations'], 'd')} | {r['peak_rss_gb']:.2f} | "
-              f"{r['balanced_accuracy']:.4f} |")
+              f"{fmt(r.get('chunk_rows'), ',')} | {fmt(r.get('train_seconds'), '.1f')} | {fmt(r['iterations'], 'd')} | "
+              f"{fmt(r.get('evaluations'), 'd')} | {fmt(r.get('seconds_per_evaluation'), '.2f')} | "
+              f"{r['peak_rss_gb']:.2f} | {r['balanced_accuracy']:.4f} |")
     if args.out:
         args.out.write_text(json.dumps({"max_iter": args.max_iter, "memory": args.memory, "rows": results},
                                        indent=1))
