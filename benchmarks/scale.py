@@ -21,7 +21,8 @@ Peers in the same run: `--before REV` runs the same rows with the code of git re
 `LogisticRegression(C=1, lbfgs)` at the sizes whose float64 N x C arrays fit (`sklearn` row).
 
     python benchmarks/scale.py [--shapes inat 80k] [--rows default linear-ce auto vmf-kde ncm]
-        [--max-iter 3] [--memory auto] [--before REV] [--out benchmarks/results/scale.json]
+        [--max-iter 3] [--memory auto] [--before REV [--before-rows default linear-ce]]
+        [--out benchmarks/results/scale.json]
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=3)
     parser.add_argument("--memory", default="auto")
     parser.add_argument("--before", default=None, help="git revision whose code runs the same rows")
+    parser.add_argument("--before-rows", nargs="+", default=None, help="only these rows under --before")
     parser.add_argument("--sklearn", nargs="*", default=["80k"], help="shapes with a scikit-learn row")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -156,7 +158,8 @@ def main() -> None:
             trees.append((f"before ({args.before})", Path(tmp) / "before"))
         try:
             for shape in args.shapes:
-                plan = [(label, code, row) for row in args.rows for label, code in trees]
+                plan = [(label, code, row) for row in args.rows for label, code in trees
+                        if label == "now" or args.before_rows is None or row in args.before_rows]
                 plan += [("now", ROOT, "sklearn")] if shape in args.sklearn else []
                 for label, code, row in plan:
                     result = {"code": label, **in_child(shape, row, args.max_iter, args.memory, code)}
