@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import importlib
 import platform
 import shutil
 import subprocess
@@ -19,7 +18,6 @@ from typing import Any
 
 from longtail.errors import ConfigError, DataError
 from longtail.io import PathClaim, atomic_path, read_json, read_yaml, write_json, write_yaml
-from longtail.registry import Registry
 
 DEFAULT_ROOT = Path("runs")
 FORMAT_VERSION = 2  # of config.yaml; bump with a migration in `load_run` when the layout changes
@@ -267,50 +265,21 @@ def write_per_class_csv(path: Path, per_class: list[dict[str, Any]],
         writer.writerows(rows)
 
 
-# ----------------------------------------------------------------------------- run kinds
+# ----------------------------------------------------------------------------- legacy
 
 
 @dataclass(frozen=True)
 class RunKind:
-    """What the package knows about one kind of run folder (probe, fit, soup, ...).
-
-    Writing is the pipeline's job (`create_run` ... `Run.finish`); a kind says how to turn
-    the saved config back into its validated config object and how to re-evaluate the saved
-    weights: `evaluate(run, test)` gets `load_run(folder)` and an optional other test set
-    and returns a metrics dict (`longtail.eval.metrics.evaluate`'s keys).
-    """
+    """Deprecated: what `register_kind` took. The run kinds are the explicit table
+    `longtail.methods.run_kinds.RUN_KINDS`; this class and `register_kind` stay only so that the
+    registration line in `methods/finetune/__init__.py` keeps importing until it is deleted."""
 
     name: str
     evaluate: Callable[[dict[str, Any], str | None], dict[str, Any]]
     load_config: Callable[[dict[str, Any]], Any] | None = None
-    description: str = ""  # one line for `longtail list run-kinds`: what writes such runs
-
-
-RUN_KINDS: Registry[RunKind] = Registry("run kind")
-# Modules whose import registers the built-in run kinds (imported on first lookup, so this
-# core module never imports the layers above it).
-_KIND_MODULES = (
-    "longtail.methods.probe",
-    "longtail.methods.finetune",
-    "longtail.soups",
-)
+    description: str = ""
 
 
 def register_kind(kind: RunKind) -> RunKind:
-    """Register a run kind (called at import time by the module that writes such runs)."""
-    RUN_KINDS.register(kind.name, kind)
+    """Deprecated no-op (see `RunKind`): nothing reads a registry of run kinds any more."""
     return kind
-
-
-def get_kind(name: str) -> RunKind:
-    """The registered run kind `name` (UnknownNameError listing the kinds otherwise)."""
-    if name not in RUN_KINDS:
-        for module in _KIND_MODULES:
-            importlib.import_module(module)
-    return RUN_KINDS.get(name)
-
-
-def evaluate_run(folder: str | Path, test: str | None = None) -> dict[str, Any]:
-    """Re-evaluate a finished run of any kind (on its own test data, or on `test`)."""
-    run = load_run(folder)
-    return get_kind(run["config"]["kind"]).evaluate(run, test)

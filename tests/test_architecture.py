@@ -5,8 +5,11 @@ own layer or the layers below, and no import cycle may exist between modules. Al
 `from ... import` nodes count, including those inside functions and `TYPE_CHECKING` blocks
 (relative imports are resolved). Importing `a.b.c` also runs the `__init__` of the packages
 `a.b` that the importer is not itself inside, so those count as edges too. Imports made by
-name at run time (`importlib.import_module`) are the sanctioned way for a lower layer to load
-plug-ins registered from above (e.g. the run kinds in `longtail.runs`) and are not edges.
+name at run time count as well (`importlib.import_module(...)`, `import_module(...)`,
+`__import__(...)`): a string literal naming a longtail module, given directly or through a
+module-level tuple / list of literals, is an edge like an `import` statement, so a run-time
+cycle or an upward import through `importlib` fails the same tests; a longtail module named
+by a computed string (an f-string, a concatenation) cannot be checked and is an error of its own.
 """
 
 from __future__ import annotations
@@ -90,9 +93,62 @@ def _targets(importer: str, node: ast.AST) -> list[str]:
         for alias in node.names:
             sub = f"{base}.{alias.name}"
             names.append(sub if sub in known else base)
+    elif _is_dynamic_import(node):
+        names = _literal_names(node.args[0], _module_literals(importer)) if node.args else []
     else:
         return []
     return [n for n in names if n == PACKAGE or n.startswith(PACKAGE + ".")]
+
+
+DYNAMIC = ("import_module", "__import__")  # importlib.import_module / import_module / __import__
+
+
+def _is_dynamic_import(node: ast.AST) -> bool:
+    """A call of importlib.import_module, a bare import_module or __import__."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return name in DYNAMIC
+
+
+@cache
+def _module_literals(module: str) -> dict[str, list[str]]:
+    """Names bound at module level (or anywhere, by a plain assignment) to a tuple / list of string
+    literals: `MODULES = ("longtail.a", "longtail.b")`, so `for m in MODULES: import_module(m)`
+    (or a loop variable over such a tuple) resolves to those modules."""
+    tree = ast.parse(modules()[module].read_text(encoding="utf-8"))
+    found: dict[str, list[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Tuple, ast.List)):
+            values = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            for target in node.targets:
+                if isinstance(target, ast.Name) and values:
+                    found[target.id] = values
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Name):
+            source = node.iter
+            if isinstance(source, ast.Name) and source.id in found:
+                found[node.target.id] = found[source.id]
+            elif isinstance(source, (ast.Tuple, ast.List)):
+                found[node.target.id] = [e.value for e in source.elts
+                                         if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    return found
+
+
+def _literal_names(arg: ast.AST, literals: dict[str, list[str]]) -> list[str]:
+    """The module names a dynamic import's argument can take: a literal, a name bound to a tuple
+    of literals, or, for a computed string that starts like a longtail module, a marker that
+    `dynamic_imports_unresolved` reports."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return [arg.value]
+    if isinstance(arg, ast.Name):
+        return list(literals.get(arg.id, []))
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        head = str(arg.values[0].value)
+        return [f"{head}<computed>"] if head.startswith(PACKAGE) else []
+    if isinstance(arg, ast.BinOp) and isinstance(arg.left, ast.Constant) and isinstance(arg.left.value, str):
+        return [f"{arg.left.value}<computed>"] if arg.left.value.startswith(PACKAGE) else []
+    return []
 
 
 @cache
@@ -246,3 +302,23 @@ def test_checker_sees_imports_inside_functions_and_relative_ones():
     assert found == ["longtail.nowhere", "longtail.methods.heads"]  # missing names kept, to report
     assert layer_of("longtail.maths.vmf") == "core" and layer_of("longtail") == "app"
     assert layer_of("longtail.commands.fit") == "app" and layer_of("longtail.data.presets") == "data"
+
+
+def test_checker_counts_dynamic_imports_as_edges(monkeypatch):
+    """importlib.import_module / __import__ with a literal, a tuple of literals (directly or as
+    a loop variable) are edges; a computed longtail name is kept as an unresolvable target."""
+    source = ("import importlib\nKINDS = ('longtail.soups.merge', 'numpy')\n"
+              "def f(x):\n    importlib.import_module('longtail.eval.report')\n"
+              "    for m in KINDS:\n        importlib.import_module(m)\n"
+              "    __import__('longtail.data.presets')\n"
+              "    importlib.import_module(f'longtail.commands.{x}')\n"
+              "    importlib.import_module(x)\n")
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: source)
+    _module_literals.cache_clear()
+    try:
+        tree = ast.parse(source)
+        found = [t for node in ast.walk(tree) for t in _targets("longtail.runs", node)]
+    finally:
+        _module_literals.cache_clear()
+    assert sorted(found) == ["longtail.commands.<computed>", "longtail.data.presets",
+                             "longtail.eval.report", "longtail.soups.merge"]

@@ -273,8 +273,9 @@ def test_post_hoc_options_need_val_and_record_their_choice(files, tmp_path, caps
 
 # ------------------------------------------------------------------ the probe run kind
 def test_probe_run_kind_reevaluates_exactly_and_refuses_a_mismatched_test(files, tmp_path, monkeypatch, capsys):
-    from longtail import runs
     from longtail.methods.probe import ProbeConfig
+    from longtail.methods.probe.run import load_probe_config
+    from longtail.methods.run_kinds import evaluate_run
 
     project = tmp_path / "project"
     project.mkdir()
@@ -288,15 +289,15 @@ def test_probe_run_kind_reevaluates_exactly_and_refuses_a_mismatched_test(files,
     config = yaml.safe_load((project / "run" / "config.yaml").read_text())
     assert config["test"] == "test.npz" and config["absolute_paths"]["test"] == str(project / "test.npz")
     monkeypatch.chdir(tmp_path)  # elsewhere: the recorded absolute path is used
-    again = runs.evaluate_run(project / "run")
+    again = evaluate_run(project / "run")
     assert again == {k: saved[k] for k in again}  # every metric, exactly
     assert set(saved) - set(again) == {"fit_seconds", "label", "post_hoc"}
-    assert runs.get_kind("probe").load_config(config) == ProbeConfig(loss="la", posthoc_tau="auto")
+    assert load_probe_config(config) == ProbeConfig(loss="la", posthoc_tau="auto")
 
     other_dim = FeatureSet(np.zeros((4, 3), np.float32), np.arange(4) % 2, source="x")
     save_features(other_dim, tmp_path / "other.npz")
     with pytest.raises(DataError, match="feature dimension 3 differs from the probe's") as err:
-        runs.evaluate_run(project / "run", str(tmp_path / "other.npz"))
+        evaluate_run(project / "run", str(tmp_path / "other.npz"))
     assert "\n" not in str(err.value)
     assert main(["eval", str(project / "run"), "--test", str(tmp_path / "other.npz")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1

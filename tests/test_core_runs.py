@@ -8,8 +8,9 @@ import pytest
 from longtail.config import apply_overrides, parse_overrides
 from longtail.errors import ConfigError, DataError, UnknownNameError
 from longtail.io import read_yaml, write_yaml
+from longtail.methods.run_kinds import evaluate_run
 from longtail.registry import Registry
-from longtail.runs import FORMAT_VERSION, create_run, evaluate_run, load_run
+from longtail.runs import FORMAT_VERSION, create_run, load_run
 
 
 @dataclass

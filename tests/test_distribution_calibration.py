@@ -138,7 +138,7 @@ def test_probe_method_end_to_end_cli(tmp_path, capsys):
     import argparse
 
     from longtail.commands import probe as command
-    from longtail.runs import evaluate_run
+    from longtail.methods.run_kinds import evaluate_run
 
     assert NAME in load_methods().names()
     bench = make_synthetic_benchmark(seed=1, num_classes=6, dim=16, n_max=60, imbalance_ratio=20,

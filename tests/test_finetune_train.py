@@ -84,7 +84,7 @@ def test_cli_fit_eval_and_reload(root, tmp_path, capsys):
     acc = float((logits.argmax(1) == np.asarray(test_set.labels)).mean())
     assert acc == pytest.approx(summary["all"])
     from longtail.eval.report import write_report
-    from longtail.runs import evaluate_run
+    from longtail.methods.run_kinds import evaluate_run
 
     assert evaluate_run(out)["all"] == pytest.approx(summary["all"])
     assert write_report(out).stat().st_size > 1000
@@ -168,7 +168,7 @@ def test_step_budget_ema_and_selection(root, tmp_path):
     assert result.metrics["optimizer_steps"] == 5
     assert [r["step"] for r in result.metrics["selection"]] == [2, 4]
     best = max(r["val_class_mean"] for r in result.metrics["selection"])
-    from longtail.runs import evaluate_run
+    from longtail.methods.run_kinds import evaluate_run
 
     assert evaluate_run(tmp_path / "sel")["all"] == pytest.approx(result.metrics["all"])
     assert best >= 0.0

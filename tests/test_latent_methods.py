@@ -108,7 +108,7 @@ def test_cli_probe_with_vmf_kde(bench, tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--no-report", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    from longtail.runs import evaluate_run
+    from longtail.methods.run_kinds import evaluate_run
 
     assert evaluate_run(tmp_path / "run")["all"] == pytest.approx(result["all"])  # the saved head reproduces it
     head = json.loads((tmp_path / "run" / "head" / "head.json").read_text())

@@ -8,7 +8,7 @@ import pytest
 
 from longtail import cli
 from longtail.commands.list import REGISTRIES, entries, first_sentence
-from longtail.runs import RunKind
+from longtail.methods.run_kinds import RunKind
 
 GENERIC = {first_sentence(RunKind.__doc__ or ""), first_sentence(dict.__doc__ or "")}
 

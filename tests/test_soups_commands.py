@@ -94,7 +94,8 @@ def test_soups_of_fit_runs_with_evaluation(tmp_path):
     assert (tmp_path / "g" / "adapter_config.json").exists()  # the soup folder loads like a fit run
     from longtail.eval.report import write_report
     from longtail.methods.finetune import RunModel
-    from longtail.runs import evaluate_run, load_run
+    from longtail.methods.run_kinds import evaluate_run
+    from longtail.runs import load_run
     from longtail.soups.merge import load_state_dict
 
     # `longtail eval` of the soup (whole test split, not only the non-held-out part) = the

@@ -86,7 +86,8 @@ def _args(root, folder, *extra):
 @pytest.mark.slow
 def test_pipeline_through_the_command(tmp_path, capsys):
     from longtail.eval.report import write_report
-    from longtail.runs import evaluate_run, load_run
+    from longtail.methods.run_kinds import evaluate_run
+    from longtail.runs import load_run
 
     folder = tmp_path / "lts"
     assert main(_args(tmp_path / "data", folder, "--job", "1")) == 0  # one array job alone: e1_b0

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from longtail.errors import ConfigError
     from longtail.eval.metrics import summary
     from longtail.io import check_writable, to_jsonable, write_json
-    from longtail.runs import evaluate_run
+    from longtail.methods.run_kinds import evaluate_run
 
     if args.out and Path(args.out).exists():
         raise ConfigError(f"{args.out} exists, not overwritten")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,22 +17,20 @@ examples:
   longtail list datasets
 """
 
-# kind -> (module, attribute, what the names are used for)
-REGISTRIES: dict[str, tuple[str, str, str]] = {
-    "probe-methods": ("longtail.methods.probe", "PROBE_METHODS", "longtail probe method=NAME"),
-    "probe-solvers": ("longtail.methods.probe", "SOLVERS", "longtail probe solver=NAME"),
-    "losses": ("longtail.methods.losses", "LOSSES", "probe / fit / lt-soups loss=NAME"),
-    "heads": ("longtail.methods.heads", "HEADS", "probe head (method=linear|cosine)"),
-    "oversamplers": ("longtail.methods.latent.oversample", "OVERSAMPLERS", "latent oversampling probe methods"),
-    "fit-methods": ("longtail.methods.finetune.presets", "METHOD_PRESETS", "longtail fit -m NAME"),
-    "adapters": ("longtail.models.adapters", "ADAPTERS", "fit adapter=NAME"),
-    "merges": ("longtail.soups.merge", "MERGE_METHODS", "longtail soup -m NAME (also greedy; LT-Soups: longtail lt-soups)"),
-    "datasets": ("longtail.data.presets", "DATASETS", "-d / --data / DATA NAME (or a folder, list file, CSV, zip, hf:ID)"),
-    "backbones": ("longtail.models.backbone", "BACKBONES", "-b / --backbone NAME (or a Hugging Face id or folder)"),
-    "run-kinds": ("longtail.runs", "RUN_KINDS", "what longtail eval / report read"),
+# kind -> what the names are used for; `tables()` holds the names themselves
+REGISTRIES: dict[str, str] = {
+    "probe-methods": "longtail probe method=NAME",
+    "probe-solvers": "longtail probe solver=NAME",
+    "losses": "probe / fit / lt-soups loss=NAME",
+    "heads": "probe head (method=linear|cosine)",
+    "oversamplers": "latent oversampling probe methods",
+    "fit-methods": "longtail fit -m NAME",
+    "adapters": "fit adapter=NAME",
+    "merges": "longtail soup -m NAME (also greedy; LT-Soups: longtail lt-soups)",
+    "datasets": "-d / --data / DATA NAME (or a folder, list file, CSV, zip, hf:ID)",
+    "backbones": "-b / --backbone NAME (or a Hugging Face id or folder)",
+    "run-kinds": "what longtail eval / report read",
 }
-# names a command accepts beyond its registry, with the module whose docstring describes them
-EXTRA_NAMES: dict[str, dict[str, str]] = {"merges": {"greedy": "longtail.soups.greedy"}}
 # entries whose registered object carries no description of its own: method presets are plain
 # dicts of FitConfig fields, and the EfficientNet-Lite variants share one constructor
 DESCRIPTIONS: dict[str, dict[str, str]] = {
@@ -84,23 +81,61 @@ def describe(obj: Any) -> str:
     return f"{text.rstrip('.')}: {', '.join(bound)}." if bound and text else text
 
 
+def table(kind: str) -> Any:
+    """The registry behind `kind` (for run kinds, the fixed table), imported explicitly and only
+    for the kind asked for: `longtail --help` loads no torch, `longtail list losses` no soups."""
+    if kind == "probe-methods":
+        from longtail.methods.probe import PROBE_METHODS
+        return PROBE_METHODS
+    if kind == "probe-solvers":
+        from longtail.methods.probe import SOLVERS
+        return SOLVERS
+    if kind == "losses":
+        from longtail.methods.losses import LOSSES
+        return LOSSES
+    if kind == "heads":
+        from longtail.methods.heads import HEADS
+        return HEADS
+    if kind == "oversamplers":
+        from longtail.methods.latent.oversample import OVERSAMPLERS
+        return OVERSAMPLERS
+    if kind == "fit-methods":
+        from longtail.methods.finetune.presets import METHOD_PRESETS
+        return METHOD_PRESETS
+    if kind == "adapters":
+        from longtail.models.adapters import ADAPTERS
+        return ADAPTERS
+    if kind == "merges":
+        from longtail.soups.merge import MERGE_METHODS
+        return MERGE_METHODS
+    if kind == "datasets":
+        from longtail.data.presets import DATASETS
+        return DATASETS
+    if kind == "backbones":
+        from longtail.models.backbone import BACKBONES
+        return BACKBONES
+    if kind == "run-kinds":
+        from longtail.methods.run_kinds import RUN_KINDS
+        return RUN_KINDS
+    raise KeyError(kind)  # argparse's choices keep users from getting here
+
+
+def extra_names(kind: str) -> dict[str, Any]:
+    """Names a command accepts beyond its registry, with the object whose docstring describes
+    them: `longtail soup -m greedy` is a procedure (`soups.greedy`), not a merge coefficient."""
+    if kind != "merges":
+        return {}
+    from longtail.soups import greedy
+
+    return {"greedy": greedy}
+
+
 def entries(kind: str) -> list[tuple[str, str]]:
     """(name, one-line description) of every name registered under `kind`."""
-    module_name, attribute, _ = REGISTRIES[kind]
-    module = importlib.import_module(module_name)
-    registry = getattr(module, attribute)
-    if kind == "run-kinds":
-        from longtail.runs import get_kind
-
-        get_kind("probe")  # imports the modules that register the built-in kinds
-    if kind == "backbones":
-        from longtail.models.backbone import backbone_names
-
-        backbone_names()  # imports the modules that register the presets
-    table = DESCRIPTIONS.get(kind, {})
-    out = [(name, table.get(name) or describe(registry.get(name))) for name in registry.names()]
-    return out + [(name, describe(importlib.import_module(module)))
-                  for name, module in EXTRA_NAMES.get(kind, {}).items()]
+    registry = table(kind)
+    written = DESCRIPTIONS.get(kind, {})
+    out = [(name, written.get(name) or describe(registry.get(name))) for name in sorted(registry)]
+    return out + [(name, describe(obj)) for name, obj in extra_names(kind).items()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     printer: Callable[[str], None] = print
     for kind in kinds:
         rows = entries(kind)
-        printer(f"{kind}  ({REGISTRIES[kind][2]})")
+        printer(f"{kind}  ({REGISTRIES[kind]})")
         width = max((len(n) for n, _ in rows), default=0)
         for name, text in rows:
             printer(f"  {name:<{width}}  {text}".rstrip())

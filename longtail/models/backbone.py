@@ -12,13 +12,13 @@ every depth d, which the frozen-prefix cache relies on.
 A backbone is found by name with `load_backbone`: a preset from `BACKBONES` (tiny_clip,
 clip_vit_b16, efficientnet_lite0, dinov2_b14, siglip_b16, convnext_t, vit_b16_in21k, ...), a Hugging Face hub id, or a local folder saved with
 `save_pretrained`; hub ids and folders are dispatched on their config's `model_type`
-through `HF_MODEL_TYPES`.
+through `HF_MODEL_TYPES`. The families (clip, efficientnet, hf_vit, hf_convnext) register into
+these when `longtail.models` is imported (its `__init__`), which any import of this module does.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -42,10 +42,6 @@ HF_MODEL_TYPES: Registry[Callable[..., Backbone]] = Registry("Hugging Face model
 
 PRESET_ARCH: dict[str, str] = {}
 """Preset name -> arch ("vit" | "cnn"), so configs can check adapters before loading weights."""
-
-# Modules whose import registers presets; imported lazily so `import longtail` stays light.
-BUILTIN_MODULES = ("longtail.models.clip", "longtail.models.efficientnet", "longtail.models.hf_vit",
-                   "longtail.models.hf_convnext")
 
 PrototypeResult = tuple[torch.Tensor, "torch.Tensor | None"]
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
@@ -309,26 +305,18 @@ def _legacy_fingerprints(states: dict[Any, dict[str, torch.Tensor]]) -> Iterator
             yield found
 
 
-def _import_builtins() -> None:
-    """Import the modules that register presets."""
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def preset_arch(name: str) -> str | None:
     """The architecture of a preset backbone without loading it (None: not a known preset)."""
-    _import_builtins()
     return PRESET_ARCH.get(name)
 
 
 def backbone_names() -> list[str]:
-    _import_builtins()
+    """Every preset name (the families register them when `longtail.models` is imported)."""
     return BACKBONES.names()
 
 
 def load_backbone(name: str, revision: str | None = None, **kw: Any) -> Backbone:
     """A preset name, a Hugging Face hub id ("owner/model"), or a local save_pretrained folder."""
-    _import_builtins()
     if name in BACKBONES:
         if revision is not None:
             kw["revision"] = revision

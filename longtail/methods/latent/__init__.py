@@ -1,9 +1,9 @@
-"""Latent-space synthetic features (arXiv 2509.15859): the oversamplers (`oversample`) and the
-`vmf-kde` / `gaussian-kde` / `smote` / `distribution-calibration` probe methods (`methods`,
-registered on import; distribution calibration's maths in `calibration`). The vMF maths lives
-in `longtail.maths.vmf`."""
+"""Latent-space synthetic features (arXiv 2509.15859): the oversamplers (`oversample`;
+distribution calibration's maths in `calibration`) and the same as imbalanced-learn samplers
+(`samplers`). The `vmf-kde` / `gaussian-kde` / `smote` / `distribution-calibration` probe
+methods built on them live in `longtail.methods.probe.oversampling`; the vMF maths lives in
+`longtail.maths.vmf`."""
 
-from longtail.methods.latent import methods  # noqa: F401  (registers the probe methods)
 from longtail.methods.latent.oversample import OVERSAMPLERS, make_oversampler
 
 __all__ = ["OVERSAMPLERS", "make_oversampler"]

@@ -10,10 +10,16 @@ Modules, one job each:
   prototypes class prototypes as a zero-shot head and as a head init
   methods    the built-in methods linear, cosine, zero-shot
   decoupling ncm, crt, tau-norm, lws (Kang et al. 2020; docs/methods.md §10)
+  oversampling vmf-kde, gaussian-kde, smote, distribution-calibration (the `latent` oversamplers)
+  auto       method=auto: selection on validation or k-fold CV, refit of the winner
   estimator  LongTailClassifier: the probe as a scikit-learn estimator
-  run        the probe run kind: write a run folder, re-evaluate it (registered on import)
+  run        a probe run: write a run folder, re-evaluate it
+
+Importing the package imports every method module below, which registers the methods.
 """
 
+# the built-in method modules: each registers its methods in PROBE_METHODS when imported
+from longtail.methods.probe import auto, decoupling, methods, oversampling  # noqa: F401
 from longtail.methods.probe.config import ProbeConfig
 from longtail.methods.probe.estimator import LongTailClassifier
 from longtail.methods.probe.model import Probe, log_prior
@@ -27,8 +33,6 @@ from longtail.methods.probe.select import (
 )
 from longtail.methods.probe.solvers import SOLVERS
 from longtail.methods.probe.train import fit_probe, train_head, train_head_with
-
-load_methods()  # register the built-in methods (by name: the latent ones import this package)
 
 __all__ = [
     "ALPHA_GRID", "PROBE_METHODS", "LongTailClassifier", "SOLVERS", "TAU_GRID", "Probe", "ProbeConfig", "calibrate_temperature",

@@ -1,5 +1,5 @@
 """The built-in probe methods `linear`, `cosine` and `zero-shot` (the oversampling methods
-`vmf-kde`, `gaussian-kde`, `smote` live in `longtail.methods.latent.methods`).
+`vmf-kde`, `gaussian-kde`, `smote` live in `longtail.methods.probe.oversampling`).
 
 A method is `fit(train, cfg, val) -> Probe`, registered with `@probe_method(NAME)`.
 """

@@ -1,23 +1,20 @@
 """The probe-method registry: `method=NAME` picks a `ProbeMethod` (how to fit, which options).
 
-Methods register themselves when their module is imported; `load_methods()` imports the
-built-in method modules by name (`importlib`), so this module sits below every method and the
-probe config can validate `method` / `method_options` without importing the methods' code.
+Methods register themselves when their module is imported, and the package `__init__`
+imports every built-in method module explicitly (`methods`, `decoupling`, `oversampling`,
+`auto`), as peft's and timm's package inits do. Importing any module of the probe package runs
+that `__init__` first, so the registry is full before a `ProbeConfig` is built; this module sits
+below every method so the config can validate `method` / `method_options` without a cycle.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from longtail.errors import ConfigError
 from longtail.registry import Registry
-
-# Modules whose import registers the built-in probe methods.
-BUILTIN_METHOD_MODULES = ("longtail.methods.probe.methods", "longtail.methods.probe.decoupling", "longtail.methods.latent",
-                          "longtail.methods.probe.auto")
 
 
 @dataclass(frozen=True)
@@ -75,12 +72,11 @@ def probe_method(
 
 
 def load_methods() -> Registry[ProbeMethod]:
-    """Import the built-in method modules (registering their methods); returns the registry."""
-    for module in BUILTIN_METHOD_MODULES:
-        importlib.import_module(module)
+    """The method registry (full once `longtail.methods.probe` is imported, which any import
+    of this module implies)."""
     return PROBE_METHODS
 
 
 def get_method(name: str) -> ProbeMethod:
     """The registered method `name` (UnknownNameError listing every method otherwise)."""
-    return load_methods().get(name)
+    return PROBE_METHODS.get(name)

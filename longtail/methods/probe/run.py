@@ -37,7 +37,7 @@ from longtail.methods.probe.config import ProbeConfig, upgrade_saved
 from longtail.methods.probe.model import Probe
 from longtail.methods.probe.train import fit_probe
 from longtail.methods.tracking import RunTracker, require_tracker
-from longtail.runs import RunKind, create_run, register_kind
+from longtail.runs import create_run
 
 KIND = "probe"
 SPLITS = ("train", "test", "val")
@@ -236,5 +236,3 @@ def load_probe_config(config: dict[str, Any]) -> ProbeConfig:
     """The validated ProbeConfig of a saved probe run (its config.yaml as a dict)."""
     return ProbeConfig.from_dict(upgrade_saved(config["probe"], config.get("format_version", 0)))
 
-
-register_kind(RunKind(KIND, evaluate=evaluate_probe_run, load_config=load_probe_config, description="A classifier head trained on frozen features (longtail probe): head/, metrics, report."))

@@ -1,5 +1,7 @@
 """Probe methods `vmf-kde`, `gaussian-kde`, `smote`, `distribution-calibration`: oversample the (normalised) training
 embeddings, then train the probe's head on real + synthetic rows (docs/methods.md §4.4 steps 3-5).
+The oversamplers themselves are the library `longtail.methods.latent` (which knows nothing of
+the probe); this module is where the probe package turns them into methods.
 
 Options come from `cfg.method_options` (e.g. `method_options.k_neighbors=3`,
 `method_options.sampling_strategy=median`): any field of the oversampler except seed / device /
