@@ -47,8 +47,8 @@ def test_437k_line_list_file_builds_within_a_memory_bound(tmp_path):
 
 
 def test_count_plot_of_8142_classes(tmp_path):
-    from longtail.commands.stats import save_count_plot
     from longtail.data.stats import class_stats
+    from longtail.eval.plots import save_count_plot
 
     counts = inat2018_counts()
     stats = class_stats(counts, [f"c{i}" for i in range(counts.size)])

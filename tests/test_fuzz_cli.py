@@ -64,10 +64,10 @@ def _fields(cls) -> list[str]:
 
 def _commands() -> dict[str, tuple[list[str], list[str]]]:
     """command -> (argv before the pairs, with {M} = missing data and {O} = output; config keys)."""
-    from longtail.commands.features import FeaturesConfig
-    from longtail.commands.stats import StatsConfig
+    from longtail.data.stats import StatsConfig
     from longtail.methods.finetune.config import FitConfig
     from longtail.methods.probe import ProbeConfig
+    from longtail.models.extract import FeaturesConfig
     from longtail.soups.lt_soups import LTSoupsConfig
 
     return {

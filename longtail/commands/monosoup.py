@@ -44,54 +44,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder to create (default runs/monosoup-TIMESTAMP)")
 
 
+def build_config(args: argparse.Namespace):
+    """MonoSoupConfig from the flags (sugar) and the KEY=VALUE overrides (which win)."""
+    from longtail.config import apply_overrides, command_overrides
+    from longtail.soups.monosoup import MonoSoupConfig
+
+    sugar = {k: getattr(args, k) for k in ("mode", "energy", "qkv", "precision", "device")}
+    return apply_overrides(MonoSoupConfig(), command_overrides(args.overrides, sugar))
+
+
 def run(args: argparse.Namespace) -> int:
-    from longtail.config import apply_overrides, parse_overrides
-    from longtail.errors import ConfigError
-    from longtail.io import check_writable
-    from longtail.methods.finetune import RunModel, is_fit_layout
-    from longtail.soups.merge import load_state_dict, weights_file
-    from longtail.soups.monosoup import (
-        MonoSoupConfig,
-        check_bases,
-        config_dict,
-        lora_dense_state,
-        monosoup,
-    )
-    from longtail.soups.soup_run import format_table, row, write_soup_run
+    from longtail.soups.monosoup import run_monosoup
+    from longtail.soups.soup_run import format_table
 
-    flags = {k: getattr(args, k) for k in ("mode", "energy", "qkv", "precision") if getattr(args, k) is not None}
-    cfg = apply_overrides(MonoSoupConfig(device=args.device), {**flags, **parse_overrides(args.overrides)})
-    if args.out:
-        check_writable(args.out)
-    w1_file = weights_file(args.w1)
-    fit_layout = is_fit_layout(args.w1)
-    if (args.eval or args.w0 == "zero-shot") and not fit_layout:
-        raise ConfigError(f"{args.w1}: --eval and --w0 zero-shot need a fit run folder")
-
-    def bases(w0: dict, w1: dict) -> tuple[dict, dict]:
-        """(W0, W1) with LoRA pairs folded in, checked to be one architecture."""
-        if args.lora_scaling is not None:
-            w1 = lora_dense_state(w0, w1, args.lora_scaling)
-        check_bases(w0, w1, f"--w0 {args.w0}, --w1 {args.w1}: ")
-        return w0, w1
-
-    w1 = load_state_dict(w1_file)
-    if args.w0 != "zero-shot":  # checked before the run's model and data are loaded
-        w0, w1 = bases(load_state_dict(args.w0), w1)
-    model = RunModel(args.w1, args.device) if fit_layout else None
-    if args.w0 == "zero-shot":
-        w0, w1 = bases(model.zero_shot(), w1)
-    edited, log = monosoup(w0, w1, cfg)
-    n_edit = sum(bool(e["edited"]) for e in log)
-    config = {"label": "MonoSoup", "method": "monosoup", "w0": args.w0, "w1": str(args.w1), **config_dict(cfg),
-              "lora_scaling": args.lora_scaling}
-    rows = []
-    if args.eval:
-        stats = model.info.get("data_stats")
-        rows = [row("W1 (fine-tuned)", model.metrics(w1), stats), row("MonoSoup", model.metrics(edited), stats)]
-        print(format_table(rows))
-    files = {"monosoup_log.json": log, **({"comparison.json": rows} if rows else {})}
-    folder = write_soup_run(args.out, edited, args.w1 if fit_layout else w1_file, config, args.device,
-                            kind="monosoup", extra={"comparison": rows} if rows else None, files=files)
-    print(f"MonoSoup edited {n_edit} of {len(log)} tensors/groups; written to {folder}")
+    result = run_monosoup(args.w1, args.w0, build_config(args), args.out, args.lora_scaling, args.eval)
+    if result.comparison:
+        print(format_table(result.comparison))
+    print(f"MonoSoup edited {result.edited} of {len(result.log)} tensors/groups; written to {result.folder}")
     return 0

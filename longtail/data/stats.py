@@ -1,8 +1,14 @@
-"""Class-count statistics of a long-tailed training set: imbalance, head-tail ratio, shot groups."""
+"""Class-count statistics of a long-tailed training set: imbalance, head-tail ratio, shot groups.
+
+`class_stats(counts, ...)` works on counts; `dataset_stats(StatsConfig(...))` opens a dataset
+spec or a feature file first (what `longtail stats` prints).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -169,3 +175,55 @@ def require_nonempty(counts: np.ndarray, class_names: list[str] | None = None) -
         raise DataError(
             f"class '{name}' has no training samples ({empty.size} empty classes in total)"
         )
+
+
+@dataclass
+class StatsConfig:
+    """What `dataset_stats` describes: a dataset (with options) or a feature file, which split or
+    validation part of it, and the group thresholds."""
+
+    data: str  # a dataset spec (preset, folder, list file, CSV, zip, hf:ID) or a feature file
+    root: str | None = None
+    split: str = "train"
+    data_options: dict[str, Any] = field(default_factory=dict)
+    val_split: float | None = None  # describe a validation part drawn from the training split...
+    val_per_class: int = 0  # ... or N per class (longtail.data.splits), with split train | val
+    seed: int = 0  # seed of that draw
+    many: int = MANY_THRESHOLD  # many-shot: more than this many training images
+    few: int = FEW_THRESHOLD  # few-shot: fewer than this many training images
+
+    def __post_init__(self) -> None:
+        from longtail.data.splits import check_part
+
+        check_thresholds(self.many, self.few)
+        check_part(self.split, self.val_rule())
+
+    def val_rule(self):
+        """The validation rule of val_split / val_per_class / seed (inactive when neither is set)."""
+        from longtail.data.splits import ValRule
+
+        return ValRule(self.val_split, self.val_per_class, self.seed)
+
+
+def dataset_stats(cfg: StatsConfig) -> tuple[str, ClassStats]:
+    """(name, class statistics) of the data `cfg` names: a feature file's labels (or the part of
+    it a validation rule draws), or a dataset split's counts read without decoding an image; the
+    groups follow reference counts when the data carries them (LIFT's CIFAR-100 rule)."""
+    from longtail.data.open_features import is_feature_spec, open_features
+    from longtail.data.splits import open_part, split_features
+
+    rule = cfg.val_rule()
+    if is_feature_spec(cfg.data):
+        if cfg.data_options:
+            raise ConfigError(f"{cfg.data} is a feature file: it takes no dataset options")
+        if cfg.split != "train" and not rule.active:
+            raise ConfigError(f"{cfg.data} is one feature file, it has no '{cfg.split}' split "
+                              f"(val_split=0.1 --split val describes a part drawn from it)")
+        fs = open_features(cfg.data)
+        if rule.active:
+            fs = split_features(fs, rule)[0 if cfg.split == "train" else 1]
+        name, names, counts, group_counts = Path(cfg.data).stem, fs.names(), fs.class_counts(), fs.meta.get("group_counts")
+    else:
+        ds, _ = open_part(cfg.data, cfg.split, cfg.root, rule, **cfg.data_options)
+        name, names, counts, group_counts = ds.name, ds.class_names, ds.class_counts(), ds.group_counts
+    return name, class_stats(counts, names, group_counts=group_counts, many_threshold=cfg.many, few_threshold=cfg.few)

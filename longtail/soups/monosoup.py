@@ -2,6 +2,8 @@
 
 Each layer's update Delta = W1 - W0 is split by a thin SVD into its top-k (high-energy)
 part and the remainder, which are re-weighted by coefficients computed from the spectrum.
+`monosoup(w0, w1, cfg)` edits state dicts; `run_monosoup(w1, w0, cfg, out)` is the whole
+pipeline of `longtail monosoup` (load, check, edit, evaluate, write a run folder).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -220,3 +224,69 @@ def lora_dense_state(
 
 def config_dict(cfg: MonoSoupConfig) -> dict:
     return asdict(cfg)
+
+
+@dataclass
+class MonoSoupRun:
+    """What `run_monosoup` made: the run folder, the per-tensor log, and (evaluate=True) the
+    comparison rows of W1 and the edit (`soup_run.row`: overall / class-mean / shot groups)."""
+
+    folder: Path
+    log: list[dict]
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def edited(self) -> int:
+        """How many tensors / q-k-v groups were edited (the rest are kept at W1)."""
+        return sum(bool(e["edited"]) for e in self.log)
+
+
+def run_monosoup(w1: str | Path, w0: str | Path = "zero-shot", cfg: MonoSoupConfig | None = None,
+                 out: str | Path | None = None, lora_scaling: float | None = None,
+                 evaluate: bool = False) -> MonoSoupRun:
+    """MonoSoup of one checkpoint into a new run folder (kind "monosoup"; `longtail monosoup`).
+
+    w1: a fine-tuned .safetensors file or run folder; w0: the pretrained .safetensors file, or
+    "zero-shot" to rebuild W0 (pretrained encoder + text-initialised head) from W1's fit run.
+    lora_scaling: W1 holds LoRA pairs, folded in as the dense update S * B A on W0. W0 and W1 are
+    checked to be one architecture before any model or data loads. An edit of a fit run is in
+    the fit layout and is evaluated into metrics.json / report.html; evaluate=True also scores W1
+    and returns both rows. Writes the edited weights, monosoup_log.json and comparison.json.
+    """
+    from longtail.io import check_writable
+    from longtail.methods.finetune import RunModel, is_fit_layout
+    from longtail.soups.merge import load_state_dict, weights_file
+    from longtail.soups.soup_run import read_data_stats, row, write_soup_run
+
+    cfg = cfg or MonoSoupConfig()
+    if out is not None:
+        check_writable(out)
+    w1_file = weights_file(w1)
+    fit_layout = is_fit_layout(w1)
+    if (evaluate or w0 == "zero-shot") and not fit_layout:
+        raise ConfigError(f"{w1}: evaluation and W0 = zero-shot need a fit run folder")
+
+    def bases(base: dict, tuned: dict) -> tuple[dict, dict]:
+        """(W0, W1) with LoRA pairs folded in, checked to be one architecture."""
+        if lora_scaling is not None:
+            tuned = lora_dense_state(base, tuned, lora_scaling)
+        check_bases(base, tuned, f"W0 {w0}, W1 {w1}: ")
+        return base, tuned
+
+    state1 = load_state_dict(w1_file)
+    if w0 != "zero-shot":  # checked before the run's model and data are loaded
+        state0, state1 = bases(load_state_dict(w0), state1)
+    model = RunModel(w1, cfg.device) if fit_layout else None
+    if w0 == "zero-shot":
+        state0, state1 = bases(model.zero_shot(), state1)
+    edited, log = monosoup(state0, state1, cfg)
+    config = {"label": "MonoSoup", "method": "monosoup", "w0": str(w0), "w1": str(w1), **config_dict(cfg),
+              "lora_scaling": lora_scaling}
+    rows = []
+    if evaluate:
+        stats = read_data_stats(w1)
+        rows = [row("W1 (fine-tuned)", model.metrics(state1), stats), row("MonoSoup", model.metrics(edited), stats)]
+    files = {"monosoup_log.json": log, **({"comparison.json": rows} if rows else {})}
+    folder = write_soup_run(out, edited, w1 if fit_layout else w1_file, config, cfg.device, kind="monosoup",
+                            extra={"comparison": rows} if rows else None, files=files)
+    return MonoSoupRun(Path(folder), log, rows)

@@ -138,7 +138,7 @@ def make_soup(recipe: SoupRecipe, out: str | Path | None, evaluate: bool = False
             soups.append((name, state, {"weights": list(coefs.ingredients), "base_weight": coefs.base, **extra}))
     rows: list[dict[str, Any]] = []
     if evaluate:
-        stats = _stats_of(first)
+        stats = read_data_stats(first)
         rows += [row(f"ingredient {Path(n).name}", model.metrics(load_state_dict(s)), stats)
                  for n, s in zip(names, ingredients)]
         if base is not None:
@@ -160,6 +160,7 @@ def make_soup(recipe: SoupRecipe, out: str | Path | None, evaluate: bool = False
                           files=files, sweep=[(n, s) for n, s, _ in soups if n != "soup"])
 
 
-def _stats_of(folder: str | Path) -> dict[str, Any] | None:
+def read_data_stats(folder: str | Path) -> dict[str, Any] | None:
+    """A run folder's data_stats.json (None: not a run folder, or a run without one)."""
     p = Path(folder) / "data_stats.json"
     return json.loads(p.read_text()) if p.is_file() else None
