@@ -42,6 +42,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "linear_probe": "Classifier only on the frozen backbone (text-initialised head, LA loss, 10 epochs).",
         "full_ft": "Full fine-tuning of every backbone weight (LIFT's heavy baseline), LA loss.",
         "partial_ft": "The last block and the top fine-tuned, LA loss; the frozen prefix is cached (2 flip views).",
+        "lt_soups": "LT-Soups' ingredient recipe: full fine-tuning, AdamW 3e-5, per-step cosine, EMA, best-of-5, LA loss.",
     },
     "backbones": {
         "efficientnet_lite0": "EfficientNet-Lite0 (ImageNet weights, 224 px native): 1280-d features, BatchNorm kept in eval.",
