@@ -34,9 +34,10 @@ _UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
-def available_memory(device: torch.device) -> int:
+def available_memory(device: torch.device | str) -> int:
     """Bytes free now: the GPU's free memory for a CUDA device, else the OS's MemAvailable
     (/proc/meminfo; the whole RAM size where that file does not exist)."""
+    device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     try:
@@ -73,7 +74,7 @@ def parse_memory(spec: str | int | float) -> int | None:
     return int(value)
 
 
-def memory_budget(spec: str | int | float, device: torch.device) -> int:
+def memory_budget(spec: str | int | float, device: torch.device | str) -> int:
     """Bytes a computation on `device` may use for its work arrays: the parsed `spec`, or
     AUTO_SHARE of the memory free now for 'auto'."""
     parsed = parse_memory(spec)

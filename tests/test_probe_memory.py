@@ -10,7 +10,11 @@ from longtail.data.features import FeatureSet
 from longtail.device import parse_memory
 from longtail.errors import ConfigError
 from longtail.methods.heads import CosineHead, LinearHead
-from longtail.methods.latent.oversample import cap_targets, make_oversampler, resolve_oversampling_targets
+from longtail.methods.latent.oversample import (
+    cap_targets,
+    make_oversampler,
+    resolve_oversampling_targets,
+)
 from longtail.methods.losses import make_loss
 from longtail.methods.probe import ProbeConfig
 from longtail.methods.probe.objective import autograd_objective, chunk_rows, closed_form_objective
@@ -159,3 +163,20 @@ def test_probe_predictions_over_row_chunks_are_the_same():
     probe.config["memory"] = "1KB"  # 1024 / (3 x 5 classes x 4 bytes) = 17 rows per chunk
     assert probe.chunk_rows(60, 120) == 17
     assert np.array_equal(probe.predict(x.numpy()), whole)
+
+
+def test_large_safetensors_features_stay_memory_mapped(tmp_path, monkeypatch):
+    """A feature file larger than the budget keeps `features` memory-mapped (same values)."""
+    import longtail.device
+    from longtail.data.features import load_features, save_features
+
+    x, y, _ = _problem(n=40, d=6, dtype=torch.float32)
+    path = save_features(FeatureSet(x.numpy(), y.numpy()), tmp_path / "f.safetensors")
+    assert load_features(path).features.flags.writeable  # small: read into memory
+    monkeypatch.setattr(longtail.device, "available_memory", lambda device: 100)  # budget 50 bytes
+    mapped = load_features(path)
+    # a read-only view of the file's pages (np.asarray of the np.memmap), not an in-memory copy
+    assert not mapped.features.flags.writeable and not mapped.features.flags.owndata
+    assert np.array_equal(mapped.features, x.numpy())
+    probe = fit_probe(mapped, ProbeConfig(max_iter=5))
+    assert probe.predict(mapped.features).shape == (40,)

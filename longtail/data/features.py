@@ -264,12 +264,40 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return arrays, meta
 
 
+_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def _mapped_features(path: Path) -> np.ndarray | None:
+    """The `features` array of a .safetensors file as a read-only np.memmap (the format is an
+    8-byte header length, a JSON header of dtypes / shapes / byte offsets, then the raw
+    little-endian bytes), or None when its dtype has no numpy twin here."""
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        entry = json.loads(handle.read(length))["features"]
+    dtype = _NUMPY_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        return None
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise DataError(f"{path}: the features' byte range does not match their shape {shape}")
+    return np.memmap(path, dtype=np.dtype(dtype).newbyteorder("<"), mode="r", offset=8 + length + begin, shape=shape)
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every array of the file; `features` stays memory-mapped when the file is larger than the
+    memory budget (half the free RAM), so the probe holds one in-memory copy (normalised), not two."""
     from safetensors import safe_open
 
+    from longtail.device import memory_budget
+
+    mapped = path.stat().st_size > memory_budget("auto", "cpu")
     with safe_open(str(path), framework="np") as handle:
-        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+        arrays = {k: handle.get_tensor(k) for k in handle.keys() if not (mapped and k == "features")}
         header = handle.metadata() or {}
+    if mapped:
+        features = _mapped_features(path)
+        arrays["features"] = features if features is not None else safe_open(str(path), "np").get_tensor("features")
     meta = json.loads(header.get("meta", "{}"))
     if "class_names" in header:
         meta["class_names"] = json.loads(header["class_names"])

@@ -19,3 +19,17 @@ def all_finite(x: Tensor) -> bool:
     if x.dtype == torch.float64:
         return bool(torch.isfinite(x).all())
     return bool(torch.isfinite(x.sum(dtype=torch.float64)))
+
+
+def as_tensor(values) -> Tensor:
+    """torch.as_tensor without a copy, also of read-only arrays (a memory-mapped feature file):
+    torch warns that writing to such a tensor is undefined; callers here only read it."""
+    if torch.is_tensor(values):
+        return values
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(values))

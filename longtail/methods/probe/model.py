@@ -20,6 +20,7 @@ from longtail.data.stats import require_nonempty
 from longtail.device import memory_budget
 from longtail.errors import DataError
 from longtail.io import load_weights_file, read_json, write_json
+from longtail.maths.finite import as_tensor
 from longtail.methods.heads import HEAD_FILE, load_head, save_head
 
 _CHUNK = 65536  # rows per inference chunk
@@ -82,7 +83,7 @@ class Probe:
     @torch.no_grad()
     def parts(self, features: np.ndarray | Tensor) -> tuple[Tensor, Tensor | None]:
         """(trained-head logits, zero-shot logits or None), before interpolation and post-hoc."""
-        x = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+        x = as_tensor(features)
         x = x.to(torch.float32).cpu()
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise DataError(f"features must have shape (N, {self.dim}), got {tuple(x.shape)}")

@@ -16,7 +16,7 @@ from longtail.data.features import FeatureSet, check_compatible, match_classes
 from longtail.data.stats import require_nonempty
 from longtail.device import resolve_device
 from longtail.errors import ConfigError, DataError
-from longtail.maths.finite import all_finite
+from longtail.maths.finite import all_finite, as_tensor
 from longtail.methods.heads import build_head
 from longtail.methods.losses import make_loss
 from longtail.methods.probe.config import ProbeConfig
@@ -58,7 +58,7 @@ def train_head(
     if l2_target == "init" and init is None:
         raise ConfigError("l2_target='init' (L2-SP) needs initial weights (init='prototypes')")
     run_on = resolve_device(device)
-    x = torch.as_tensor(np.asarray(features) if not torch.is_tensor(features) else features)
+    x = as_tensor(features)
     y = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long()
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise DataError(f"features (N, d) and labels (N,) expected, got {tuple(x.shape)} and {tuple(y.shape)}")
