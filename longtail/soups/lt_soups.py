@@ -24,93 +24,52 @@ F = 0..6) with K = 2 branches, |F| * K = 14 jobs::
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
+import typing
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from longtail.config import apply_overrides
 from longtail.errors import ConfigError, DataError
 from longtail.io import read_json, read_yaml, write_yaml
-from longtail.methods.finetune.config import INTERPOLATIONS, FitConfig
+from longtail.methods.finetune.config import RUNTIME_KEYS, FitConfig
 from longtail.methods.finetune.data import subset_counts
+from longtail.methods.finetune.presets import METHOD_PRESETS
 from longtail.soups.merge import Coefficients, merge_coefficients
 
-RUNTIME_ONLY = ("device", "precision", "save_every", "keep_checkpoints", "num_workers", "progress",
-                "eval_batch_size", "prefix_cache_dir", "log_with")  # may differ between the jobs of one pipeline
 STAGES = ("all", "prepare", "ingredients", "finish")
+# FitConfig keys the plan sets for each job (docs/methods.md §2.4), so they are no LT-Soups
+# settings: the step budget T_i and its warmup, the loss (CE on a balanced subset, else LA), the
+# subset, stage 2's start weights, provenance and the method name
+PER_JOB = ("method", "steps", "warmup_steps", "warmup_epochs", "loss", "loss_options", "balance_exponent",
+           "subset_seed", "init_from", "origin")
+PLAN_FORMAT = 2  # plan.yaml: 2 records every LTSoupsConfig key; 1 (no format_version) only the old class's
 
 
 @dataclass
-class LTSoupsConfig:
-    """LT-Soups hyperparameters (defaults: the authors' CIFAR-100-LT script, docs/methods.md §2.4)."""
+class Pipeline:
+    """LT-Soups' own settings (docs/methods.md §2.4-2.5); `LTSoupsConfig` adds the fine-tuning ones."""
 
-    OPTIONS_OF = {"adapter": "adapter_options", "sampler": "sampler_options"}  # see config.apply_overrides
-
-    dataset: str = "synthetic_images"  # data-layer dataset name (e.g. cifar100_ir100)
-    data_options: dict[str, Any] = field(default_factory=dict)
-    root: str | None = None
-    val_split: str | None = None  # a split name; None: first val_per_class test images per class
-    val_per_class: int = 10
-    test_split: str = "test"  # the evaluation split (a zip with train/ and val/ folders: val)
-    backbone: str = "tiny_clip"
-    backbone_options: dict[str, Any] = field(default_factory=dict)
-    adapter: str = "full"  # the ingredients' tuning mode (paper: full; CPU / CNN: partial + adapter_options)
-    adapter_options: dict[str, Any] = field(default_factory=dict)  # e.g. adapter_options.num_blocks=1
-    head_init: str = "text"  # theta_0's classifier (CLIP: text; EfficientNet: prototypes / auto)
-    prototype_options: dict[str, Any] = field(default_factory=dict)  # e.g. prototype_options.imagenet_map=FILE
-    templates: str = "lift"
-    scale: float = 30.0  # cosine classifier scale of the LT-Soups code
     exponents: list[int] | None = None  # F; None: 0..floor(log2 rho); -1 = whole training set
     branches: int = 2  # K (meta_bsz)
     merge: str = "recursive"  # recursive | uniform
     lam: float = 0.7  # merge_lm
-    lr: float = 3e-5
-    weight_decay: float = 0.01
-    batch_size: int = 128
-    epochs: int = 10
-    min_steps: int = 100
+    min_steps: int = 100  # T_i is at least this
     max_steps: int | None = None  # cap for smoke tests (not in the paper)
-    ema_decay: float | None = 0.99  # None: no EMA (short CPU runs, where 0.99 would keep them near theta_0)
-    n_evals: int = 5
-    augment: str = "rrc_flip"
-    interpolation: str = "bilinear"  # as the authors' torchvision transforms
-    test_resize_ratio: float = 256 / 224  # validation / test: resize 256, centre crop 224
-    decode_size: int | None = None  # CPU decode side of training images; None: input size * test_resize_ratio
     stage2: bool = True
     stage2_epochs: int = 10
     stage2_lr: float | None = None  # None: lr (the paper uses one); set it when lr was raised for short ingredient runs
-    # frozen-prefix cache (FitConfig fields of the same names): with prefix_cache=auto, partial
-    # ingredients share one entry (block L-k states of the whole training set) and stage 2
-    # (adapter none) trains the classifier from the soup's block-L states; off keeps the
-    # authors' fresh random-resized-crop augmentation
-    prefix_cache: str = "off"
-    prefix_views: int = 1
-    prefix_view_kind: str = "flip"
-    prefix_cache_dir: str | None = None
-    prefix_dtype: str = "fp16"
-    eval_batch_size: int = 256
-    num_workers: int = 4  # DataLoader workers decoding images (0: in the main process)
-    precision: str = "bf16"  # mixed precision on CUDA; CPU always fp32
-    device: str = "auto"
-    seed: int = 0
-    progress: bool = True
-    save_every: int = 0  # also checkpoint every N steps (always: at each validation and at the end)
-    keep_checkpoints: bool = False  # keep an ingredient's resume checkpoint once it finished
-    # FitConfig fields of the same names, passed through: the ingredients' sampler (stage 2 keeps
-    # random: its LA loss assumes the training prior) and each fit run's tracker
-    sampler: str = "random"
-    sampler_options: dict[str, Any] = field(default_factory=dict)
-    log_with: str | None = None
 
     def __post_init__(self) -> None:
         if self.merge not in ("recursive", "uniform"):
             raise ConfigError(f"LT-Soups merge must be 'recursive' or 'uniform', got '{self.merge}'")
         if self.branches < 1:
             raise ConfigError(f"branches (K) must be >= 1, got {self.branches}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"interpolation must be bilinear or bicubic, got '{self.interpolation}'")
         if self.exponents is not None and (not self.exponents or len(set(self.exponents)) != len(self.exponents)):
             raise ConfigError(f"exponents must be a non-empty list without repeats, got {self.exponents}")
         if self.stage2_lr is not None and not self.stage2_lr > 0:
@@ -118,6 +77,72 @@ class LTSoupsConfig:
         if self.min_steps < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ConfigError("min_steps and max_steps must be >= 1")
         fit_config(self, steps=1, seed=0, loss="ce")  # every name and range of the fit config
+
+
+def _recipe_fields() -> list[tuple[str, Any, Any]]:
+    """Every FitConfig field but PER_JOB, defaulting to the `lt_soups` method preset (the recipe)."""
+    recipe = apply_overrides(FitConfig(method="lt_soups"), METHOD_PRESETS.get("lt_soups"))
+    hints = typing.get_type_hints(FitConfig)
+    out = []
+    for f in dataclasses.fields(FitConfig):
+        if f.name not in PER_JOB:
+            value = getattr(recipe, f.name)
+            default = dataclasses.field(default_factory=lambda v=value: copy.deepcopy(v)) \
+                if isinstance(value, (dict, list)) else dataclasses.field(default=value)
+            out.append((f.name, hints[f.name], default))
+    return out
+
+
+# LTSoupsConfig: the `Pipeline` fields, then FitConfig's fields (but PER_JOB) with the lt_soups
+# preset's values as defaults. Derived, not copied: a new FitConfig field is an LT-Soups key at once,
+# and every default that differs from `fit`'s is stated once, in presets.METHOD_PRESETS["lt_soups"].
+LTSoupsConfig = dataclasses.make_dataclass("LTSoupsConfig", _recipe_fields(), bases=(Pipeline,), namespace={
+    "__module__": __name__,
+    "__doc__": "LT-Soups' settings: the Pipeline fields and the ingredients' fine-tuning recipe "
+               "(FitConfig's fields but PER_JOB, defaults: the lt_soups method preset).",
+    "OPTIONS_OF": {k: v for k, v in FitConfig.OPTIONS_OF.items() if k not in PER_JOB},  # config.apply_overrides
+})
+
+
+def valid_keys() -> list[str]:
+    """The KEY=VALUE keys of `longtail lt-soups`."""
+    return [f.name for f in dataclasses.fields(LTSoupsConfig)]
+
+
+def build_config(dataset: str, backbone: str, overrides: dict[str, Any] | None = None) -> LTSoupsConfig:
+    """LTSoupsConfig from -d/-b: the fine-tuning keys through the layers of `fit -m lt_soups`
+    (dataset settings, backbone preset, the lt_soups preset and its per-dataset entry, the
+    overrides), the pipeline keys beside them; checked before any data is read."""
+    from longtail.methods.finetune.presets import build_config as fit_build_config
+
+    overrides = dict(overrides or {})
+    heads = {k: k.split(".")[0] for k in overrides}
+    unknown = sorted(k for k, head in heads.items() if head not in valid_keys())
+    if unknown:
+        why = "set per job by the LT-Soups plan" if heads[unknown[0]] in PER_JOB else "unknown config key"
+        raise ConfigError(f"'{unknown[0]}': {why}; valid keys: {', '.join(valid_keys())}")
+    own = {f.name for f in dataclasses.fields(Pipeline)}
+    fit = fit_build_config(dataset, backbone, "lt_soups", {k: v for k, v in overrides.items() if heads[k] not in own})
+    recipe = {k: v for k, v in fit.to_dict().items() if k not in PER_JOB}
+    return apply_overrides(LTSoupsConfig(**recipe), {k: v for k, v in overrides.items() if heads[k] in own})
+
+
+def migrate_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """A plan.yaml dict of any format in the current one (a migration on read). Format 1 recorded
+    only the old LTSoupsConfig's fields; what it meant for the others: the values its
+    `fit_config` hard-coded, its own defaults where they differed from fit's, else fit's."""
+    version = plan.get("format_version", 1)
+    if not isinstance(version, int) or version > PLAN_FORMAT:
+        raise ConfigError(f"plan.yaml format {version!r} is newer than this longtail's ({PLAN_FORMAT})")
+    if version == PLAN_FORMAT:
+        return dict(plan)
+    implied = {"optimizer": "adamw", "lr_schedule": "cosine", "schedule_unit": "step", "warmup_start_factor": 1e-6,
+               "final_lr_fraction": 0.1, "val_per_class": 10, "adapter": "full", "scale": 30.0, "lr": 3e-5,
+               "weight_decay": 0.01, "ema_decay": 0.99, "n_evals": 5, "precision": "bf16", "keep_checkpoints": False}
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for cls in (FitConfig, Pipeline) for f in dataclasses.fields(cls)}
+    filled = {k: implied.get(k, defaults[k]) for k in valid_keys()}
+    return {**filled, **plan, "format_version": PLAN_FORMAT}
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -149,26 +174,12 @@ def soup_coefficients(cfg: LTSoupsConfig, n_exponents: int) -> Coefficients:
 
 
 def fit_config(cfg: LTSoupsConfig, steps: int, seed: int, loss: str, **fields: Any) -> FitConfig:
-    """The fine-tuning engine's config of one LT-Soups training (cfg.adapter: full fine-tuning by default;
-    the frozen-prefix cache settings pass through, so cached ingredients share one entry)."""
-    values: dict[str, Any] = dict(
-        dataset=cfg.dataset, data_options=dict(cfg.data_options), root=cfg.root, val_split=cfg.val_split,
-        test_split=cfg.test_split,
-        val_per_class=cfg.val_per_class, decode_size=cfg.decode_size, num_workers=cfg.num_workers,
-        backbone=cfg.backbone, backbone_options=dict(cfg.backbone_options), method="lt_soups", adapter=cfg.adapter,
-        adapter_options=dict(cfg.adapter_options), head_init=cfg.head_init,
-        prototype_options=dict(cfg.prototype_options), templates=cfg.templates, scale=cfg.scale, loss=loss,
-        loss_options={"tau": 1.0} if loss == "la" else {}, optimizer="adamw", lr=cfg.lr,
-        weight_decay=cfg.weight_decay, steps=steps, batch_size=cfg.batch_size, lr_schedule="cosine",
-        schedule_unit="step", warmup_steps=warmup_steps(steps), warmup_start_factor=1e-6,
-        final_lr_fraction=0.1, ema_decay=cfg.ema_decay, n_evals=cfg.n_evals, augment=cfg.augment,
-        interpolation=cfg.interpolation, test_resize_ratio=cfg.test_resize_ratio,
-        eval_batch_size=cfg.eval_batch_size, precision=cfg.precision, device=cfg.device, seed=seed,
-        save_every=cfg.save_every, keep_checkpoints=cfg.keep_checkpoints, progress=cfg.progress,
-        prefix_cache=cfg.prefix_cache, prefix_views=cfg.prefix_views, prefix_view_kind=cfg.prefix_view_kind,
-        prefix_cache_dir=cfg.prefix_cache_dir, prefix_dtype=cfg.prefix_dtype,
-        sampler=cfg.sampler, sampler_options=dict(cfg.sampler_options), log_with=cfg.log_with,
-    )
+    """The FitConfig of one LT-Soups training: the recipe `cfg` holds, plus what the plan sets per job
+    (`fields` override it: stage 2's adapter, lr, start weights)."""
+    values = {f.name: copy.deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(FitConfig)
+              if f.name not in PER_JOB}
+    values.update(method="lt_soups", steps=steps, warmup_steps=warmup_steps(steps), seed=seed, loss=loss,
+                  loss_options={"tau": 1.0} if loss == "la" else {})
     values.update(fields)
     return FitConfig(**values)
 
@@ -197,12 +208,12 @@ class LTSoups:
 
     def write_plan(self) -> None:
         """Create or check `plan.yaml`; a different existing plan is an error (no mixing)."""
-        plan = {"kind": "lt_soups", "exponents": self.exponents, **asdict(self.cfg)}
+        plan = {"kind": "lt_soups", "format_version": PLAN_FORMAT, "exponents": self.exponents, **asdict(self.cfg)}
         path = self.folder / "plan.yaml"
         if path.exists():
-            old = read_yaml(path)
+            old = migrate_plan(read_yaml(path))
             defaults = asdict(LTSoupsConfig(dataset=self.cfg.dataset, backbone=self.cfg.backbone))
-            diff = sorted(k for k in plan if old.get(k, defaults.get(k)) != plan[k] and k not in RUNTIME_ONLY)
+            diff = sorted(k for k in plan if old.get(k, defaults.get(k)) != plan[k] and k not in RUNTIME_KEYS)
             if diff:
                 raise ConfigError(f"{path} was written with other settings ({', '.join(diff)}); use another --out")
             return

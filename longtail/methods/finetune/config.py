@@ -20,6 +20,11 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 PREFIX_CACHE = ("off", "on", "auto")
 PREFIX_VIEW_KINDS = ("flip", "rrc_flip")
 VAL_FROM = ("test", "train")
+# How and where a run executes, not what it learns: the keys that may change on `--resume`
+# (runner.check_resumable) and between the jobs of one LT-Soups plan (soups/lt_soups.py).
+# device and precision change the numerics of the steps still to run, not the recipe.
+RUNTIME_KEYS = ("device", "precision", "num_workers", "progress", "eval_batch_size", "save_every",
+                "keep_checkpoints", "prefix_cache_dir", "log_with", "origin")
 
 
 @dataclass
