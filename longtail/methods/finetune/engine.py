@@ -1,17 +1,29 @@
-"""The one fine-tuning loop (Hugging Face accelerate: AMP, gradient accumulation, DDP).
+"""The one fine-tuning trainer, read top to bottom: build -> loop -> schedule -> validate -> checkpoint.
 
-Every trained model of the package goes through `train_loop`: `fit` runs (LIFT, LIFT+, Sage,
-baselines), LT-Soups ingredients and LT-Soups stage 2. Options (all in FitConfig): epochs or
-a step budget, warmup + cosine / constant LR, SGD / AdamW, a weight EMA, best-of-N
-selection on a balanced validation split, checkpoints that resume bit-identically.
+Every trained model of the package goes through here: `fit` runs (LIFT, LIFT+, Sage, baselines),
+LT-Soups ingredients and LT-Soups stage 2.
 
-`batch_size` is the global batch per optimizer step: accelerate splits each loaded batch
-across processes (split_batches=True), so 1 GPU and 8 GPUs see the same global batches.
-Batch b of epoch e depends only on (seed, e, b) (`data.EpochBatches` over the epoch's index list
-from `cfg.sampler`, `longtail.data.sampling`) and the augmentation of micro-batch m only on
-(seed, m, rank), so `--resume` continues exactly where a run stopped. With a `tracker`
-(`methods.tracking.RunTracker`) the loop logs the loss and lr of every optimizer step, the
-validation score at every selection point and the epoch summaries.
+1. `build(cfg, acc)` -> `Parts`: splits, backbone, model, loss, optimizer, LR scheduler, EMA and the
+   epoch loaders of one FitConfig, prepared by Hugging Face accelerate (AMP, gradient
+   accumulation, DDP). `runner.train` is `train_loop(build(cfg, acc))`.
+2. `train_loop(parts)` -> `FitResult`: micro-batches -> one optimizer step every `grad_accum`,
+   then the EMA, the selection points and the checkpoints of that step.
+3. `Schedule`: the run's length in optimizer steps, its epochs, its selection points (best-of-N)
+   and its checkpoint points; the LR curve itself is `optim.make_scheduler`.
+4. `_validate`: balanced accuracy of the current (EMA) weights on the validation split.
+5. `_save` / `_restore`: trainable, EMA and best weights + optimizer, scheduler, RNG and loop
+   position, so `--resume` continues bit-identically (files: `checkpoint.py`).
+
+`batch_size` is the global batch per optimizer step: accelerate splits each loaded batch across
+processes (split_batches=True), so 1 GPU and 8 GPUs see the same global batches. Batch b of
+epoch e depends only on (seed, e, b) (`data.EpochBatches` over the epoch's index list from
+`cfg.sampler`) and the augmentation of micro-batch m only on (seed, m, rank).
+
+Host syncs: the loss and the correct count are summed on the device (`Meter`); the host reads
+them once every `LOG_EVERY` optimizer steps, at a selection point, a checkpoint and an epoch's
+end (nanoGPT's log_interval), never per micro-batch. The tracker still gets every step's loss
+and lr (sent in order at those reads), the validation score at every selection point and the
+epoch summaries.
 """
 
 from __future__ import annotations
@@ -24,13 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from longtail.data.sampling import make_sampler
+from longtail.data.sampling import EpochSampler, make_sampler
 from longtail.errors import ConfigError, DataError
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.augment import DecodedImages, decode_transform, train_augmentation
-from longtail.methods.finetune.data import EpochBatches
+from longtail.methods.finetune.config import FitConfig
+from longtail.methods.finetune.data import EpochBatches, Splits
 from longtail.methods.finetune.optim import (
     OPTIMIZERS,
     WeightEMA,
@@ -40,16 +54,42 @@ from longtail.methods.finetune.optim import (
 )
 from longtail.methods.finetune.predict import evaluation_logits
 
+LOG_EVERY = 50  # optimizer steps between host reads of the running loss (progress bar, tracker)
+
 
 @dataclass
 class FitResult:
+    """What a training returns: the model with its kept weights and everything the run folder records."""
+
     model: Any  # FineTuneModel with the final (selected) weights
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any]  # {"throughput": ...} from the loop; the runner adds the test metrics
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
     run_dir: Path | None = None
     interrupted: bool = False
-    selection: list[dict[str, Any]] = field(default_factory=list)
-    splits: Any = None
+    selection: list[dict[str, Any]] = field(default_factory=list)  # one row per selection point
+    splits: Splits | None = None  # what was trained / validated on
+
+
+@dataclass
+class Parts:
+    """Everything one training run is made of; `train_loop` reads nothing else."""
+
+    cfg: FitConfig
+    acc: Any  # accelerate.Accelerator
+    model: nn.Module  # prepared by `acc` (DDP-wrapped when distributed); `acc.unwrap_model` is the FineTuneModel
+    criterion: nn.Module  # FitLoss
+    splits: Splits
+    schedule: Schedule
+    images: DecodedImages  # training images, decoded on the CPU (augmented on the device in the loop)
+    sampling: EpochSampler  # the epoch's index list from (seed, epoch)
+    optimizer: torch.optim.Optimizer | None  # None: nothing trainable (epochs=0 runs only evaluate)
+    scheduler: Any
+    ema: WeightEMA | None = None
+    prefix: Any = None  # prefix.PrefixSource: batches are cached frozen-prefix states, not pixels
+    run: Any = None  # runs.Run: checkpoint into it and resume from its latest checkpoint
+    tracker: Any = None  # tracking.RunTracker
+    stop_after_steps: int | None = None  # stop (as if interrupted) after that many optimizer steps
+    on_step: Callable[[int], None] | None = None  # after every optimizer step and its checkpoint
 
 
 @dataclass
@@ -66,7 +106,10 @@ class LoopState:
     selection: list[dict[str, Any]] = field(default_factory=list)
 
 
-def make_accelerator(cfg):
+# ----------------------------------------------------------------------------- 1. build
+
+
+def make_accelerator(cfg: FitConfig):
     """accelerate's Accelerator for `cfg` (mixed precision on CUDA only; CPU runs in fp32)."""
     from accelerate import Accelerator, DataLoaderConfiguration
 
@@ -83,167 +126,215 @@ def make_accelerator(cfg):
                        dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
-def train_loop(cfg, acc, model, criterion, train_set, val_set=None, run=None,
-               stop_after_steps: int | None = None,
-               on_step: Callable[[int], None] | None = None, prefix=None, tracker=None) -> FitResult:
-    """Train `model` (its trainable parameters) on `train_set` per `cfg`; with a `run`
-    (longtail.runs.Run) checkpoint into it and resume from its latest checkpoint.
+def build(cfg: FitConfig, acc, **hooks: Any) -> Parts:
+    """Data, backbone, model, loss, optimizer, schedule and EMA of `cfg`, prepared by `acc`.
+    `hooks`: the `Parts` fields run, tracker, stop_after_steps and on_step."""
+    from longtail.methods.finetune.data import open_splits
+    from longtail.methods.finetune.model import FitLoss, build_model
+    from longtail.methods.finetune.predict import frozen_features, input_spec
+    from longtail.methods.losses import make_loss
+    from longtail.models.backbone import load_backbone
 
-    stop_after_steps: stop (as if interrupted) after that many optimizer steps in total;
-    on_step(step) runs after every optimizer step and its checkpoint. prefix: a
-    `prefix.PrefixSource`: batches are cached frozen-prefix states of `train_set`'s images (one
-    cached view per image and epoch) fed to `model(states, from_depth=depth)`, not pixels.
-    tracker: a `methods.tracking.RunTracker` (or None) that receives the training curves.
-    """
     if cfg.micro_batch % acc.num_processes:
         raise ConfigError(f"batch_size/grad_accum = {cfg.micro_batch} must be divisible by the "
                           f"{acc.num_processes} processes")
-    spec = model.input_spec
-    drop_last = cfg.steps is not None
-    sampling = make_sampler(cfg.sampler, train_set.labels, cfg.seed, cfg.sampler_options)
-    n_epoch = sampling.epoch_length  # draws per epoch: len(train_set) unless the sampler repeats images
-    per_epoch = EpochBatches.per_epoch(n_epoch, cfg.micro_batch, drop_last)
-    steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
-    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
-    n_epochs = math.ceil(total / steps_per_epoch)
+    splits = open_splits(cfg, test=False)
+    backbone = load_backbone(cfg.backbone, **cfg.backbone_options)
+    model = build_model(cfg, backbone, splits.train.class_names,
+                        lambda: frozen_features(backbone, splits.train, cfg, acc.device))
+    if cfg.init_from:
+        model.load_weights(ckpt.load_weights(cfg.init_from)[0])
+    model.input_spec = spec = input_spec(backbone, cfg)
+    criterion = FitLoss(make_loss(cfg.loss, splits.train.class_counts(), **cfg.loss_options),
+                        (cfg.lambda1, cfg.lambda2, cfg.lambda3)).to(acc.device)
+    prefix = None
+    if cfg.uses_prefix_cache and (cfg.steps if cfg.steps is not None else cfg.epochs) > 0:
+        from longtail.methods.finetune.prefix import open_prefix_source
+
+        prefix = open_prefix_source(cfg, model, splits, acc)  # after init_from: the key sees loaded weights
+    sampling = make_sampler(cfg.sampler, splits.train.labels, cfg.seed, cfg.sampler_options)
+    schedule = make_schedule(cfg, sampling.epoch_length, splits.val is not None)
     params = [p for p in model.parameters() if p.requires_grad]
-    if not params and total > 0:
+    if not params and schedule.total > 0:
         raise ConfigError("nothing to train: the adapter and head are frozen (set epochs=0 to only evaluate)")
     optimizer = OPTIMIZERS.get(cfg.optimizer)(params, cfg) if params else None
-    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch, total) if optimizer else None
+    scheduler = make_scheduler(optimizer, cfg, schedule.steps_per_epoch, schedule.total) if optimizer else None
     if optimizer is not None:
         model, optimizer = acc.prepare(model, optimizer)
     else:
         model = model.to(acc.device)
-    net = acc.unwrap_model(model)
-    names = [n for n, p in net.named_parameters() if p.requires_grad]
-    stats = net.stat_buffers() if hasattr(net, "stat_buffers") else {}  # BN statistics that train
-    criterion = criterion.to(acc.device)
     ema = WeightEMA(params, cfg.ema_decay) if cfg.ema_decay is not None and params else None
-    checks = set(eval_points(total, cfg.n_evals)) if val_set is not None else set()
-    state, best_state = LoopState(), None
-    saved = ckpt.load_checkpoint(run.dir) if run is not None else None
+    decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
+                              spec["mean"], spec["std"], cfg.interpolation)
+    return Parts(cfg, acc, model, criterion, splits, schedule, DecodedImages(splits.train, decode), sampling,
+                 optimizer, scheduler, ema, prefix, **hooks)
+
+
+def _epoch_loader(p: Parts, epoch: int, start: int) -> DataLoader:
+    """Epoch `epoch`'s micro-batches from batch `start` on: decoded images, or cached prefix states
+    (memory-mapped: no workers needed)."""
+    cfg = p.cfg
+    batches = EpochBatches(p.sampling.epoch_length, cfg.micro_batch, cfg.seed, epoch, start,
+                           p.schedule.drop_last, p.sampling)
+    data = p.images if p.prefix is None else p.prefix.dataset(epoch)
+    return p.acc.prepare(DataLoader(data, batch_sampler=batches, num_workers=cfg.num_workers if p.prefix is None else 0,
+                                    pin_memory=p.acc.device.type == "cuda"))
+
+
+# ----------------------------------------------------------------------------- 2. the loop
+
+
+def train_loop(p: Parts) -> FitResult:
+    """Train `p.model`'s trainable parameters per `p.cfg`; with `p.run`, checkpoint into it and
+    resume from its latest checkpoint. Returns the model with its kept weights (best validated,
+    else EMA, else last), the epoch history, the selection rows, throughput and the splits."""
+    cfg, acc, sch, model, optimizer = p.cfg, p.acc, p.schedule, p.model, p.optimizer
+    net = acc.unwrap_model(model)
+    params = [q for q in net.parameters() if q.requires_grad]
+    names = [n for n, q in net.named_parameters() if q.requires_grad]
+    stats = net.stat_buffers() if hasattr(net, "stat_buffers") else {}  # BN statistics that train
+    state, best = LoopState(), None
+    saved = ckpt.load_checkpoint(p.run.dir) if p.run is not None else None
     if saved is not None:
-        best_state = _restore(saved, state, params, names, ema, optimizer, scheduler, stats)
+        best = _restore(saved, state, params, names, p.ema, optimizer, p.scheduler, stats)
         if acc.is_main_process:
             import sys
 
-            print(f"resuming {run.dir} from step {state.step} of {total}", file=sys.stderr)
-    decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
-                              spec["mean"], spec["std"], cfg.interpolation)
-    images = DecodedImages(train_set, decode)
-    rank, world = acc.process_index, acc.num_processes
+            print(f"resuming {p.run.dir} from step {state.step} of {sch.total}", file=sys.stderr)
+    spec, rank, world = net.input_spec, acc.process_index, acc.num_processes
     rng_devices = [acc.device] if acc.device.type == "cuda" else []
-    bar = _progress(cfg, acc, total, state.step)
+    bar = _progress(cfg, acc, sch.total, state.step)
     interrupted, images_seen, train_time = False, 0, 0.0
 
-    def save() -> None:
-        if run is not None:
-            _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state, stats)
+    def save(meter: Meter) -> None:
+        if p.run is not None:
+            state.partial = meter.flush(p.tracker, bar, world)
+            _save(acc, p.run, params, names, p.ema, best, optimizer, p.scheduler, state, stats)
 
-    while state.step < total and not interrupted:
+    while state.step < sch.total and not interrupted:
         epoch = state.epoch
         augment = train_augmentation(cfg.augment, spec["size"], spec["mean"], spec["std"],
                                      (cfg.crop_scale_min, cfg.crop_scale_max), cfg.crop_schedule,
-                                     epoch, n_epochs, cfg.interpolation)
-        sampler = EpochBatches(n_epoch, cfg.micro_batch, cfg.seed, epoch, state.batch, drop_last, sampling)
-        data = images if prefix is None else prefix.dataset(epoch)  # memory-mapped: no workers needed
-        loader = acc.prepare(DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers if prefix is None else 0,
-                                        pin_memory=acc.device.type == "cuda"))
+                                     epoch, sch.n_epochs, cfg.interpolation)
+        loader = _epoch_loader(p, epoch, state.batch)
         model.train()
         lr = optimizer.param_groups[0]["lr"]
-        loss_sum, correct, seen, spent = state.partial if state.batch else (0.0, 0, 0, 0.0)
-        start = time.perf_counter() - spent
-        step_from = (loss_sum, seen)  # the running sums when the current optimizer step began
-        for batch_images, labels in loader:
-            micro = epoch * per_epoch + state.batch
+        meter = Meter(acc.device, state.partial if state.batch else (0.0, 0, 0, 0.0))
+        for inputs, labels in loader:
+            micro = epoch * sch.per_epoch + state.batch
             with acc.accumulate(model):
-                if prefix is None:
+                if p.prefix is None:
                     with torch.random.fork_rng(devices=rng_devices):
                         torch.manual_seed(cfg.seed * 1_000_003 + (micro + 1) * world + rank)
-                        pixels = augment(batch_images)
+                        pixels = augment(inputs)
                     out = model(pixels)
                 else:
-                    out = model(batch_images, from_depth=prefix.depth)
-                real, scale = _real_share(state.batch, per_epoch, n_epoch, cfg.micro_batch, rank, world,
-                                          drop_last)
+                    out = model(inputs, from_depth=p.prefix.depth)
+                real, scale = _real_share(state.batch, sch.per_epoch, p.sampling.epoch_length, cfg.micro_batch,
+                                          rank, world, sch.drop_last)
                 if real == 0:  # only padding here: a zero loss through the same graph (DDP wants every grad)
-                    loss = criterion(out, labels) * 0.0
+                    loss = p.criterion(out, labels) * 0.0
                     out, labels = {k: v[:0] for k, v in out.items()}, labels[:0]
                 elif real is not None:  # the last batch, uneven across processes: drop accelerate's padding
                     out, labels = {k: v[:real] for k, v in out.items()}, labels[:real]
-                    loss = criterion(out, labels) * scale
+                    loss = p.criterion(out, labels) * scale
                 else:
-                    loss = criterion(out, labels)
+                    loss = p.criterion(out, labels)
                 acc.backward(loss)
                 optimizer.step()  # the package's one optimizer step
                 optimizer.zero_grad(set_to_none=True)
             state.batch += 1
-            loss_sum += loss.item() / scale * len(labels) if real != 0 else 0.0
-            correct += int((out["z_hat"].argmax(1) == labels).sum())
-            seen += len(labels)
+            meter.add(None if real == 0 else loss, scale, out["z_hat"], labels)  # on the device: no sync
             if not acc.sync_gradients:
                 continue
-            step_lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+            meter.step_done(state.step + 1, optimizer.param_groups[0]["lr"], p.tracker is not None)
+            p.scheduler.step()
             state.step += 1
-            if ema is not None:
-                ema.update()
-            elapsed = time.perf_counter() - start
-            state.partial = (loss_sum, correct, seen, elapsed)
+            if p.ema is not None:
+                p.ema.update()
             bar.update(1)
-            if tracker is not None:
-                step_loss = (loss_sum - step_from[0]) / max(seen - step_from[1], 1)
-                tracker.log({"train/loss": step_loss, "train/lr": step_lr}, state.step)
-                step_from = (loss_sum, seen)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen * world / max(elapsed, 1e-9):.1f}")
-            if state.step in checks:
-                score = _validate(cfg, acc, net, params, ema, val_set)
-                state.selection.append({"step": state.step, "loss": float(loss.detach()), "val_class_mean": score,
-                                        "lr": scheduler.get_last_lr()[0]})
-                if tracker is not None:
-                    tracker.log({"val/class_mean": score}, state.step)
-                if score > state.best or best_state is None:
-                    state.best = score
-                    best_state = [t.detach().cpu().clone() for t in (ema.state() if ema else params)]
+            if state.step % LOG_EVERY == 0:
+                meter.flush(p.tracker, bar, world)
+            if state.step in sch.checks:
+                best = _select(p, state, best, meter, bar, net, params, float(loss.detach()))
                 model.train()
-            due = (cfg.save_every and state.step % cfg.save_every == 0) or state.step == total
-            if due or (drop_last and state.step in checks):
-                save()
-            if on_step is not None:
-                on_step(state.step)
-            if stop_after_steps is not None and state.step >= stop_after_steps:
+            if sch.saves_at(state.step, cfg.save_every):
+                save(meter)
+            if p.on_step is not None:
+                p.on_step(state.step)
+            if p.stop_after_steps is not None and state.step >= p.stop_after_steps:
                 interrupted = True
                 break
-            if state.step >= total:
+            if state.step >= sch.total:
                 break
-        elapsed = time.perf_counter() - start
+        loss_sum, correct, seen, elapsed = meter.flush(p.tracker, bar, world)  # the epoch's host read
         images_seen += seen * world
         train_time += elapsed
-        epoch_done = state.batch >= per_epoch
+        epoch_done = state.batch >= sch.per_epoch
         if interrupted and not epoch_done:
-            save()
+            save(meter)
             break
         state.seconds += elapsed  # `elapsed` includes the time spent before a resume
         state.history.append({"epoch": epoch + 1, "step": state.step, "loss": loss_sum / max(seen, 1),
                               "train_acc": correct / max(seen, 1), "lr": lr,
                               "images_per_s": seen * world / max(elapsed, 1e-9)})
-        if tracker is not None:
-            tracker.log({f"epoch/{k}": state.history[-1][k] for k in ("loss", "train_acc", "images_per_s")}
-                        | {"epoch/epoch": epoch + 1}, state.step)
+        if p.tracker is not None:
+            p.tracker.log({f"epoch/{k}": state.history[-1][k] for k in ("loss", "train_acc", "images_per_s")}
+                          | {"epoch/epoch": epoch + 1}, state.step)
         if epoch_done:
             state.epoch, state.batch, state.partial = epoch + 1, 0, (0.0, 0, 0, 0.0)
-            if not drop_last and state.step < total:
-                save()
+            if not sch.drop_last and state.step < sch.total:
+                save(Meter(acc.device, state.partial))
     bar.close()
     if not interrupted:
-        _final_weights(params, ema, best_state)
+        _final_weights(params, p.ema, best)
     throughput = {"train_seconds": state.seconds,
                   "train_images_per_s": images_seen / train_time if train_time else None,
                   "max_gpu_memory_gb": _gpu_memory_gb(), "optimizer_steps": state.step,
                   "num_trainable": net.num_trainable(), "num_processes": world}
-    return FitResult(net, {"throughput": throughput}, state.history, run.dir if run else None,
-                     interrupted, state.selection)
+    return FitResult(net, {"throughput": throughput}, state.history, p.run.dir if p.run else None,
+                     interrupted, state.selection, p.splits)
+
+
+class Meter:
+    """One epoch's running sums on the device: loss x rows (float64, as the host sums were), correct
+    predictions; rows seen are known on the host. `flush` is the one host read: it sends the
+    buffered per-step losses to the tracker, updates the progress bar and returns the sums."""
+
+    def __init__(self, device: torch.device, partial: tuple = (0.0, 0, 0, 0.0)) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.sums = torch.tensor([float(partial[0]), float(partial[1])], dtype=dtype, device=device)
+        self.seen, self.start = int(partial[2]), time.perf_counter() - float(partial[3])
+        self.mark = (float(partial[0]), self.seen)  # loss sum and rows when the last logged step ended
+        self.steps: list[tuple[int, float, int, Tensor]] = []  # (step, lr, rows, loss sum) not yet logged
+
+    def add(self, loss: Tensor | None, scale: float, logits: Tensor, labels: Tensor) -> None:
+        """A micro-batch: `loss / scale` is its mean loss (None: padding only, nothing to add)."""
+        if loss is not None:
+            self.sums[0] += loss.detach().to(self.sums.dtype) / scale * len(labels)
+        self.sums[1] += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def step_done(self, step: int, lr: float, track: bool) -> None:
+        """An optimizer step ended (its loss is logged at the next flush when tracking)."""
+        if track:
+            self.steps.append((step, lr, self.seen, self.sums[0].clone()))
+
+    def flush(self, tracker, bar, world: int) -> tuple[float, int, int, float]:
+        """(loss sum, correct, seen, seconds) of the epoch so far: one host sync."""
+        values = torch.cat([self.sums, torch.stack([s[3] for s in self.steps])] if self.steps
+                           else [self.sums]).tolist()
+        elapsed = time.perf_counter() - self.start
+        if tracker is not None:
+            loss0, seen0 = self.mark
+            for (step, lr, seen, _), total in zip(self.steps, values[2:]):
+                tracker.log({"train/loss": (total - loss0) / max(seen - seen0, 1), "train/lr": lr}, step)
+                loss0, seen0 = total, seen
+            self.mark = (loss0, seen0)
+        self.steps.clear()
+        if self.seen:
+            bar.set_postfix(loss=f"{values[0] / self.seen:.4f}", img_s=f"{self.seen * world / max(elapsed, 1e-9):.1f}")
+        return values[0], int(values[1]), self.seen, elapsed
 
 
 def _real_share(batch: int, per_epoch: int, n: int, micro: int, rank: int, world: int,
@@ -261,15 +352,59 @@ def _real_share(batch: int, per_epoch: int, n: int, micro: int, rank: int, world
     return real, real * world / last
 
 
-def _final_weights(params, ema: WeightEMA | None, best_state) -> None:
-    """The weights a run keeps: the best validated ones, else the EMA, else the last ones."""
-    if best_state is not None:
-        swap_in(params, best_state)
-    elif ema is not None:
-        swap_in(params, ema.state())
+# ----------------------------------------------------------------------------- 3. schedule
 
 
-def _validate(cfg, acc, net, params, ema: WeightEMA | None, val_set) -> float:
+@dataclass(frozen=True)
+class Schedule:
+    """When things happen, in optimizer steps (the LR curve is `optim.make_scheduler`)."""
+
+    per_epoch: int  # micro-batches per epoch
+    steps_per_epoch: int
+    total: int  # optimizer steps of the run: `steps`, else `epochs` whole epochs
+    drop_last: bool  # a step budget drops the incomplete last batch (LT-Soups), epochs keep it (LIFT)
+    checks: frozenset[int]  # selection points: validate and keep the best weights (best-of-N)
+
+    @property
+    def n_epochs(self) -> int:
+        return math.ceil(self.total / self.steps_per_epoch)
+
+    def saves_at(self, step: int, save_every: int) -> bool:
+        """A checkpoint after this step: every `save_every`, the last step, and with a step budget
+        every selection point (those runs have no epoch-end checkpoints)."""
+        return bool(save_every and step % save_every == 0) or step == self.total or \
+            (self.drop_last and step in self.checks)
+
+
+def make_schedule(cfg: FitConfig, draws: int, validates: bool) -> Schedule:
+    """The schedule of `cfg` over epochs of `draws` images (the sampler's epoch length)."""
+    drop_last = cfg.steps is not None
+    per_epoch = EpochBatches.per_epoch(draws, cfg.micro_batch, drop_last)
+    steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * steps_per_epoch
+    checks = frozenset(eval_points(total, cfg.n_evals)) if validates else frozenset()
+    return Schedule(per_epoch, steps_per_epoch, total, drop_last, checks)
+
+
+
+# ----------------------------------------------------------------------------- 4. validate
+
+
+def _select(p: Parts, state: LoopState, best, meter: Meter, bar, net, params, loss: float):
+    """A selection point: validate the current (EMA) weights and keep them if they are the best."""
+    meter.flush(p.tracker, bar, p.acc.num_processes)  # the step curve reaches the tracker before the score
+    score = _validate(p.cfg, p.acc, net, params, p.ema, p.splits.val)
+    state.selection.append({"step": state.step, "loss": loss, "val_class_mean": score,
+                            "lr": p.scheduler.get_last_lr()[0]})
+    if p.tracker is not None:
+        p.tracker.log({"val/class_mean": score}, state.step)
+    if score > state.best or best is None:
+        state.best = score
+        best = [t.detach().cpu().clone() for t in (p.ema.state() if p.ema else params)]
+    return best
+
+
+def _validate(cfg: FitConfig, acc, net, params, ema: WeightEMA | None, val_set) -> float:
     """Balanced (mean per-class) accuracy of the current (EMA) weights on the validation split."""
     import numpy as np
 
@@ -284,16 +419,27 @@ def _validate(cfg, acc, net, params, ema: WeightEMA | None, val_set) -> float:
     return float(balanced_accuracy(logits, np.asarray(val_set.labels), logits.shape[1]))
 
 
-def _checkpoint(acc, run, params, names, ema, best_state, optimizer, scheduler, state: LoopState,
-                stats: dict) -> None:
+def _final_weights(params, ema: WeightEMA | None, best) -> None:
+    """The weights a run keeps: the best validated ones, else the EMA, else the last ones."""
+    if best is not None:
+        swap_in(params, best)
+    elif ema is not None:
+        swap_in(params, ema.state())
+
+
+# ----------------------------------------------------------------------------- 5. checkpoint
+
+
+def _save(acc, run, params, names, ema, best, optimizer, scheduler, state: LoopState, stats: dict) -> None:
+    """Trainable / BN / EMA / best tensors and the training state, published atomically (main process)."""
     acc.wait_for_everyone()
     if acc.is_main_process:
-        tensors = {f"model.{n}": p for n, p in zip(names, params)}
+        tensors = {f"model.{n}": q for n, q in zip(names, params)}
         tensors.update({f"stats.{n}": b for n, b in stats.items()})
         if ema is not None:
             tensors.update({f"ema.{n}": t for n, t in zip(names, ema.state())})
-        if best_state is not None:
-            tensors.update({f"best.{n}": t for n, t in zip(names, best_state)})
+        if best is not None:
+            tensors.update({f"best.{n}": t for n, t in zip(names, best)})
         training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": ckpt.rng_state(), "step": state.step, "epoch": state.epoch,
                     "batch_in_epoch": state.batch, "history": state.history,
@@ -316,8 +462,8 @@ def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler, 
     if set(tensors) != expected:
         raise DataError("the checkpoint does not match this run's trainable tensors (another config?)")
     with torch.no_grad():
-        for n, p in zip(names, params):
-            p.copy_(tensors[f"model.{n}"])
+        for n, q in zip(names, params):
+            q.copy_(tensors[f"model.{n}"])
         for n, b in stats.items():
             b.copy_(tensors[f"stats.{n}"])
         if ema is not None:
@@ -335,7 +481,7 @@ def _restore(saved, state: LoopState, params, names, ema, optimizer, scheduler, 
     return [tensors[f"best.{n}"] for n in names] if has_best else None
 
 
-def _progress(cfg, acc, total: int, initial: int):
+def _progress(cfg: FitConfig, acc, total: int, initial: int):
     from longtail.progress import progress_bar  # a bar on a terminal, a line every 30 s in a log
 
     return progress_bar(total=total, initial=initial, desc="fit", unit="step",

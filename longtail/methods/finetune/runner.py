@@ -17,13 +17,12 @@ from pathlib import Path
 
 from longtail.errors import ConfigError
 from longtail.methods.finetune import checkpoint as ckpt
-from longtail.methods.finetune.config import FitConfig, config_from_dict
-from longtail.methods.finetune.engine import FitResult, make_accelerator, train_loop
+from longtail.methods.finetune.config import RUNTIME_KEYS, FitConfig, config_from_dict
+from longtail.methods.finetune.engine import FitResult, build, make_accelerator, train_loop
 from longtail.methods.finetune.loading import CLASSES, evaluate_model
 
 KIND = "fit"
-RESUME_SAFE_KEYS = ("num_workers", "progress", "eval_batch_size", "device", "save_every", "keep_checkpoints", "origin",
-                    "prefix_cache_dir", "log_with")
+RESUME_SAFE_KEYS = RUNTIME_KEYS  # the name `commands/fit.py` imports
 
 
 def config_from_run(run_dir: str | Path) -> FitConfig:
@@ -40,40 +39,17 @@ def check_resumable(saved: FitConfig, cfg: FitConfig) -> None:
     """A resumed run must keep every setting but the runtime-only ones (one-line error naming it)."""
     new, old = cfg.to_dict(), saved.to_dict()
     for key in new:
-        if key not in RESUME_SAFE_KEYS and new[key] != old[key]:
+        if key not in RUNTIME_KEYS and new[key] != old[key]:
             raise ConfigError(f"--resume: '{key}' differs from the run's ({old[key]!r} -> {new[key]!r}); "
-                              f"only {', '.join(RESUME_SAFE_KEYS)} may change")
+                              f"only {', '.join(RUNTIME_KEYS)} may change")
 
 
 def train(cfg: FitConfig, run=None, stop_after_steps: int | None = None, accelerator=None,
           on_step: Callable[[int], None] | None = None, tracker=None) -> FitResult:
-    """Build data, backbone, model and loss per `cfg`, then run the engine (see engine.train_loop;
-    `tracker`, a `methods.tracking.RunTracker`, receives its curves)."""
-    from longtail.methods.finetune.data import open_splits
-    from longtail.methods.finetune.model import FitLoss, build_model
-    from longtail.methods.finetune.predict import frozen_features, input_spec
-    from longtail.methods.losses import make_loss
-    from longtail.models.backbone import load_backbone
-
+    """Build the parts of `cfg` and train them (engine.build, engine.train_loop); `tracker`, a
+    `methods.tracking.RunTracker`, receives the curves."""
     acc = accelerator or make_accelerator(cfg)
-    splits = open_splits(cfg, test=False)
-    backbone = load_backbone(cfg.backbone, **cfg.backbone_options)
-    model = build_model(cfg, backbone, splits.train.class_names,
-                        lambda: frozen_features(backbone, splits.train, cfg, acc.device))
-    if cfg.init_from:
-        model.load_weights(ckpt.load_weights(cfg.init_from)[0])
-    model.input_spec = input_spec(backbone, cfg)
-    base = make_loss(cfg.loss, splits.train.class_counts(), **cfg.loss_options)
-    criterion = FitLoss(base, (cfg.lambda1, cfg.lambda2, cfg.lambda3))
-    prefix = None
-    if cfg.uses_prefix_cache and (cfg.steps if cfg.steps is not None else cfg.epochs) > 0:
-        from longtail.methods.finetune.prefix import open_prefix_source
-
-        prefix = open_prefix_source(cfg, model, splits, acc)  # after init_from: the key sees loaded weights
-    result = train_loop(cfg, acc, model, criterion, splits.train, splits.val, run, stop_after_steps, on_step,
-                        prefix=prefix, tracker=tracker)
-    result.splits = splits
-    return result
+    return train_loop(build(cfg, acc, run=run, tracker=tracker, stop_after_steps=stop_after_steps, on_step=on_step))
 
 
 def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False,
