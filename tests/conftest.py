@@ -50,3 +50,73 @@ def write_random_images(root, counts: dict[str, int], sizes: tuple[int, int], se
             h, w = rng.integers(*sizes, size=2)
             Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+# ------------------------------------------------------------------ shared finished tiny runs
+
+TINY_FIT_DATA = ["data_options.num_classes=4", "data_options.n_max=16", "data_options.imbalance_ratio=4",
+                 "data_options.test_per_class=8", "data_options.size=16", "backbone_options.image_size=16",
+                 "backbone_options.patch_size=8", "batch_size=8", "epochs=2", "lr=0.01", "device=cpu",
+                 "progress=false"]
+
+
+def _build_tiny_runs(root):
+    """Two CLI fit runs (LIFT on tiny CLIP, seeds 0 and 1, 2 epochs, test-time ensembling on),
+    a greedy soup of them (3 held-out images per class, evaluated) and a MonoSoup of ft0 with
+    the zero-shot weights (evaluated): what the report, soup and fit-CLI tests read."""
+    import contextlib
+    import io
+    import json
+
+    from longtail.cli import main
+
+    info = {}
+    for seed in (0, 1):
+        args = ["fit", "-d", "synthetic_images", "-b", "tiny_clip", "-m", "lift", "--out", str(root / f"ft{seed}"),
+                "--json", f"seed={seed}", "tte=true", f"root={root / 'data'}", *TINY_FIT_DATA]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(args) == 0, args
+        info[f"ft{seed}"] = {"args": args, "summary": json.loads(out.getvalue().strip().splitlines()[-1])}
+    ft = [str(root / "ft0"), str(root / "ft1")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["soup", "-m", "greedy", *ft, "--val-per-class", "3", "--eval", "--device", "cpu",
+                     "--out", str(root / "soup")]) == 0
+        assert main(["monosoup", "--w1", ft[0], "--w0", "zero-shot", "--eval", "--device", "cpu",
+                     "--out", str(root / "mono")]) == 0
+    (root / "info.json").write_text(json.dumps(info))
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, worker_id):
+    """Finished tiny runs shared by the whole session, read-only (a test that changes one copies
+    it first, e.g. with `copy_runs`): {"root": folder, "ft0"/"ft1": {"args": the fit command,
+    "summary": what --json printed}}; folders root/ft0, root/ft1 (fit), root/soup (greedy
+    soup), root/mono (MonoSoup). Under pytest-xdist the first worker to ask builds them in the
+    session's shared temp folder and the other waits for it (one build per session)."""
+    import json
+
+    from filelock import FileLock
+
+    if worker_id == "master":
+        root = tmp_path_factory.mktemp("tiny_runs")
+    else:
+        root = tmp_path_factory.getbasetemp().parent / "tiny_runs"
+    with FileLock(str(root) + ".lock"):
+        if not (root / "info.json").is_file():
+            if root.exists():  # a build that failed half-way in another worker
+                import shutil
+
+                shutil.rmtree(root)
+            root.mkdir()
+            _build_tiny_runs(root)
+    return {"root": root, **json.loads((root / "info.json").read_text())}
+
+
+def copy_runs(tiny_runs, dest, *names):
+    """Copy the named shared runs into `dest` (side by side, so relative links keep working)."""
+    import shutil
+
+    for name in names:
+        shutil.copytree(tiny_runs["root"] / name, dest / name)
+    return [dest / name for name in names]

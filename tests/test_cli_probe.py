@@ -69,15 +69,6 @@ def test_runs_are_never_overwritten(files, tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.json").read_text() == before
 
 
-def test_comparison_report(files, tmp_path):
-    for loss in ("ce", "la"):
-        assert main(["probe", "--train", str(files["train"]), "--test", str(files["test"]),
-                     "--loss", loss, "--out", str(tmp_path / loss)]) == 0
-    assert main(["report", str(tmp_path / "ce"), str(tmp_path / "la"), "--out", str(tmp_path / "cmp.html")]) == 0
-    page = (tmp_path / "cmp.html").read_text()
-    assert "data:image/png;base64" in page and "ce" in page and "la" in page
-
-
 def _bad(tmp_path, name, **arrays):
     path = tmp_path / name
     np.savez(path, **arrays)

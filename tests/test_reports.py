@@ -5,6 +5,7 @@ for runs on different data, relative links; and progress lines when stderr is no
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import numpy as np
@@ -17,6 +18,7 @@ from longtail.data.synthetic_features import make_synthetic_benchmark
 from longtail.eval.compare import run_labels
 from longtail.progress import LineProgress, progress_bar
 from longtail.runs import load_run
+from tests.conftest import copy_runs
 
 
 def _text(page: str) -> str:
@@ -154,21 +156,11 @@ def test_runs_without_test_metrics_report(tmp_path):
                  "--out", str(tmp_path / "cmp.html")]) == 0
 
 
-@pytest.mark.slow
-def test_every_run_kind_reports(tmp_path, capsys):
-    """fit (with curves), soup and MonoSoup of fit runs: `longtail report RUN` works and shows
-    what each has (the LT-Soups ingredient / soup / final pages: test_soups_lt_soups)."""
-    data = ["device=cpu", "progress=false", "epochs=2", "lr=0.01", "data_options.num_classes=4",
-            "data_options.n_max=16", "data_options.imbalance_ratio=4", "data_options.test_per_class=4",
-            "data_options.size=16", "backbone_options.image_size=16", "backbone_options.patch_size=8",
-            "batch_size=8", f"root={tmp_path / 'data'}"]
-    for seed in (0, 1):
-        assert main(["fit", "-d", "synthetic_images", "-b", "tiny_clip", "-m", "lift", "--out",
-                     str(tmp_path / f"ft{seed}"), f"seed={seed}", *data]) == 0
-    ft = [str(tmp_path / "ft0"), str(tmp_path / "ft1")]
-    assert main(["soup", *ft, "--eval", "--device", "cpu", "--out", str(tmp_path / "soup")]) == 0
-    assert main(["monosoup", "--w1", ft[0], "--w0", "zero-shot", "--eval", "--device", "cpu",
-                 "--out", str(tmp_path / "mono")]) == 0
+def test_every_run_kind_reports(tiny_runs, tmp_path, capsys):
+    """fit (with curves), soup and MonoSoup of fit runs (the shared tiny runs, copied: `report`
+    rewrites report.html): `longtail report RUN` works and shows what each has (the LT-Soups
+    ingredient / soup / final pages: test_soups_lt_soups)."""
+    copy_runs(tiny_runs, tmp_path, "ft0", "soup", "mono")
     folders = {"fit": "ft0", "soup": "soup", "monosoup": "mono"}  # LT-Soups pages: test_soups_lt_soups
     pages = {}
     for what, sub in folders.items():
@@ -181,7 +173,9 @@ def test_every_run_kind_reports(tmp_path, capsys):
         assert "synthetic_images" in pages[what], what  # which test data
     assert "<h2>Training curves</h2>" in pages["fit"]
     assert "<h2>Training curves</h2>" not in pages["soup"]
-    assert "href='../ft0/report.html'" in pages["soup"]  # made-from links, relative
+    # made-from links, relative (the soup names the shared ft0, not the copy next to it)
+    made_from = os.path.relpath(tiny_runs["root"] / "ft0" / "report.html", tmp_path / "soup")
+    assert made_from.startswith("../") and f"href='{made_from}'" in pages["soup"]
     # fit curves come from metrics["history"] (an LT-Soups ingredient's validation log adds a
     # third panel: test_soups_lt_soups)
     from longtail.eval import plots
