@@ -170,23 +170,34 @@ def _check_head_config(cfg: ProbeConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- ncm
+_MEAN_ROWS = 65536  # rows per float64 chunk of the class-mean sums: memory O(rows x d), not O(N x d)
+
+
+def _class_sums(train: FeatureSet, transform) -> Tensor:
+    """(C, d) float64 sums over each class of transform(raw rows as float64), chunk by chunk."""
+    y = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
+    sums = torch.zeros(train.num_classes, train.dim, dtype=torch.float64)
+    for start in range(0, train.num_samples, _MEAN_ROWS):
+        raw = torch.as_tensor(np.asarray(train.features[start:start + _MEAN_ROWS]), dtype=torch.float64)
+        sums.index_add_(0, y[start:start + _MEAN_ROWS], transform(raw))
+    return sums
+
+
 def class_means(train: FeatureSet) -> Tensor:
     """(C, d) unit-norm means of the L2-normalised training features of each class."""
-    x = F.normalize(torch.as_tensor(np.asarray(train.features), dtype=torch.float64), dim=1)
-    y = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
-    sums = torch.zeros(train.num_classes, x.shape[1], dtype=torch.float64).index_add_(0, y, x)
+    sums = _class_sums(train, lambda raw: F.normalize(raw, dim=1))
     return F.normalize(sums, dim=1).to(torch.float32)  # the mean's direction: the 1/n_c cancels
 
 
 def centred_class_means(train: FeatureSet) -> tuple[Tensor, Tensor]:
     """(mu (d,), means (C, d)): mu the mean of the raw training features, means[c] the mean over
     class c of normalize(f - mu), not re-normalised (the authors' `cl2ncs`)."""
-    raw = torch.as_tensor(np.asarray(train.features), dtype=torch.float64)
-    mu = raw.mean(dim=0)
-    x = F.normalize(raw - mu, dim=1)
-    y = torch.as_tensor(np.asarray(train.labels), dtype=torch.long)
-    sums = torch.zeros(train.num_classes, x.shape[1], dtype=torch.float64).index_add_(0, y, x)
-    counts = torch.bincount(y, minlength=train.num_classes).to(torch.float64)
+    mu = torch.zeros(train.dim, dtype=torch.float64)
+    for start in range(0, train.num_samples, _MEAN_ROWS):
+        mu += torch.as_tensor(np.asarray(train.features[start:start + _MEAN_ROWS]), dtype=torch.float64).sum(0)
+    mu /= train.num_samples
+    sums = _class_sums(train, lambda raw: F.normalize(raw - mu, dim=1))
+    counts = torch.bincount(torch.as_tensor(np.asarray(train.labels)), minlength=train.num_classes).to(torch.float64)
     return mu.to(torch.float32), (sums / counts[:, None]).to(torch.float32)
 
 

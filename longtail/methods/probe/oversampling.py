@@ -78,12 +78,16 @@ def fit_oversampled(name: str, train: FeatureSet, cfg: ProbeConfig, val: Feature
     real_counts = train.class_counts()
     x, synth = oversample_features(train, name, cfg, params)
     device = synth.features.device  # stay on the oversampler's device (GPU) for training
+    tail = [int(c) for c in np.argsort(real_counts, kind="stable")[:PLOT_CLASSES]]
+    shown = np.isin(np.asarray(train.labels), tail)  # the figure's real rows: the rest is not kept
+    real_x, real_y = x[torch.as_tensor(shown)].numpy(), np.asarray(train.labels)[shown]
     features = torch.cat([x.to(device), synth.features.to(x.dtype)])
+    del x  # at iNat size each N x d copy is 1.3 GB: `features` is the one kept
     labels = torch.cat([torch.as_tensor(train.labels, device=device).long(), synth.labels])
     resampled_counts = np.bincount(labels.cpu().numpy(), minlength=train.num_classes)
     loss_counts = resampled_counts if loss_prior == "resampled" else real_counts
     probe = train_head_with(cfg, features, labels, loss_counts, init=initial_weights(train, cfg),
-                            class_names=train.names())
+                            class_names=train.names(), copy=False)
     probe.class_counts = np.asarray(real_counts, dtype=np.int64)
     probe.info["oversampling"] = {
         **synth.info, "loss_prior": loss_prior, "real_counts": real_counts.tolist(),
@@ -92,18 +96,17 @@ def fit_oversampled(name: str, train: FeatureSet, cfg: ProbeConfig, val: Feature
     probe = adjust(add_zero_shot(probe, train, cfg), cfg, val)
     # Not saved with the head: kept on the object for the run report's diagnostic figure.
     probe.synthetic = synth
-    probe.write_figures = _figure_writer(x.numpy(), np.asarray(train.labels), synth, real_counts, train.names())
+    probe.write_figures = _figure_writer(real_x, real_y, synth, tail, train.names())
     return probe
 
 
-def _figure_writer(real_x, real_y, synth: SyntheticSamples, counts, names) -> Callable[..., list[Path]]:
+def _figure_writer(real_x, real_y, synth: SyntheticSamples, tail: list[int], names) -> Callable[..., list[Path]]:
     def write_figures(folder: str | Path, test: FeatureSet | None = None) -> list[Path]:
         """Write latent_projection.png (real vs synthetic, PCA) for the smallest classes."""
         from longtail.methods.latent.plots import plot_latent_projection
 
         if synth.labels.numel() == 0:
             return []
-        tail = [int(c) for c in np.argsort(counts, kind="stable")[:PLOT_CLASSES]]
         path = Path(folder) / "latent_projection.png"
         plot_latent_projection(real_x, real_y, synth.features.cpu().numpy(), synth.labels.cpu().numpy(),
                                tail, path, class_names=names)

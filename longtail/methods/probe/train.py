@@ -43,6 +43,7 @@ def train_head(
     device: str = "auto",
     class_names: list[str] | None = None,
     config: dict[str, Any] | None = None,
+    copy: bool = True,
 ) -> Probe:
     """Train a head (spec `head`, default linear) on (features, labels) with loss `loss` (priors
     from class_counts) and solver `solver`; no post-hoc selection.
@@ -50,6 +51,8 @@ def train_head(
     `init` optionally holds starting "weight" (C, d) and "bias" (C,) (e.g. prototypes);
     l2_target "init" anchors the L2 penalty at those weights (L2-SP) instead of zero.
     `config` is recorded in the Probe (a ProbeConfig as a dict, when there is one).
+    copy=False: `features` is the caller's scratch tensor, normalised in place (one N x d copy
+    less at iNat size; the same values as a normalised copy).
     """
     counts = np.asarray(class_counts, dtype=np.int64)
     require_nonempty(counts, class_names)
@@ -68,7 +71,7 @@ def train_head(
         raise DataError(f"training label out of range for {counts.size} classes")
     x, y = x.to(device=run_on, dtype=torch.float32), y.to(run_on)
     if normalize:
-        x = F.normalize(x, dim=-1)
+        x = F.normalize(x, dim=-1, out=None if copy or not torch.is_tensor(features) else x)
 
     generator = torch.Generator().manual_seed(seed)
     init = init or {}
@@ -85,9 +88,10 @@ def train_head(
 
 def train_head_with(cfg: ProbeConfig, features: np.ndarray | Tensor, labels: np.ndarray | Tensor,
                     class_counts: np.ndarray, *, init: dict[str, Any] | None = None,
-                    class_names: list[str] | None = None) -> Probe:
+                    class_names: list[str] | None = None, copy: bool = True) -> Probe:
     """`train_head` with the head, loss, solver and options that `cfg` names."""
-    return train_head(features, labels, class_counts, **cfg.head_training(), init=init, class_names=class_names)
+    return train_head(features, labels, class_counts, **cfg.head_training(), init=init, class_names=class_names,
+                      copy=copy)
 
 
 def fit_probe(train: FeatureSet, cfg: ProbeConfig, val: FeatureSet | None = None) -> Probe:
