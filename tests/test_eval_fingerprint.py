@@ -158,10 +158,10 @@ def _status(folder):
 def test_stopped_fit_run_records_how_it_stopped(images, tmp_path, monkeypatch, stop, status):
     import longtail.methods.finetune.runner as runner
 
-    def stops_after_first_checkpoint(cfg, acc, model, criterion, train_set, val_set=None, run=None, *a, **kw):
-        assert _status(run.dir)["status"] == "running"
-        (run.dir / "checkpoints").mkdir()
-        (run.dir / "checkpoints" / "latest.json").write_text("{}")
+    def stops_after_first_checkpoint(parts):
+        assert _status(parts.run.dir)["status"] == "running"
+        (parts.run.dir / "checkpoints").mkdir()
+        (parts.run.dir / "checkpoints" / "latest.json").write_text("{}")
         raise stop
 
     monkeypatch.setattr(runner, "train_loop", stops_after_first_checkpoint)

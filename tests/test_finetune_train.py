@@ -151,7 +151,7 @@ def test_failed_new_run_leaves_no_folder_but_checkpointed_run_stays(root, tmp_pa
     import longtail.methods.finetune.runner as runner
     from longtail.errors import ConfigError
 
-    def fails(cfg, acc, model, criterion, train_set, val_set=None, run=None, *a, **kw):
+    def fails(parts):
         raise ConfigError("model cannot be built")
 
     monkeypatch.setattr(runner, "train_loop", fails)
@@ -159,9 +159,9 @@ def test_failed_new_run_leaves_no_folder_but_checkpointed_run_stays(root, tmp_pa
         fit(small_cfg(root), out=tmp_path / "a", report=False)
     assert not (tmp_path / "a").exists()  # nothing to resume: the same --out works again
 
-    def fails_after_checkpoint(cfg, acc, model, criterion, train_set, val_set=None, run=None, *a, **kw):
-        (run.dir / "checkpoints").mkdir()
-        (run.dir / "checkpoints" / "latest.json").write_text("{}")
+    def fails_after_checkpoint(parts):
+        (parts.run.dir / "checkpoints").mkdir()
+        (parts.run.dir / "checkpoints" / "latest.json").write_text("{}")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "train_loop", fails_after_checkpoint)

@@ -218,7 +218,7 @@ def dataset_stats(cfg: StatsConfig) -> tuple[str, ClassStats]:
             raise ConfigError(f"{cfg.data} is a feature file: it takes no dataset options")
         if cfg.split != "train" and not rule.active:
             raise ConfigError(f"{cfg.data} is one feature file, it has no '{cfg.split}' split "
-                              f"(val_split=0.1 --split val describes a part drawn from it)")
+                              f"(val_split=0.1 with split=val describes a part drawn from it)")
         fs = open_features(cfg.data)
         if rule.active:
             fs = split_features(fs, rule)[0 if cfg.split == "train" else 1]
