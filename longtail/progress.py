@@ -99,14 +99,16 @@ class LineProgress:
 
     def close(self) -> None:
         """Print the closing line ('done, N ... in t', or 'stopped at n/total ...' for a loop that
-        ended before its total: an interrupt) if the loop printed any progress line."""
+        ended before its total: an interrupt), with the last postfix, if the loop printed any
+        progress line."""
         if self.lines:
             now = self.clock()
             units, took = _plural(self.unit), _duration(now - self._start)
+            last = f", {self.postfix}" if self.postfix else ""  # e.g. the training loss read last
             if self.total and self.n < self.total:  # issue 22 item 18: an interrupt is not 'done'
-                self._write(f"{self.desc}: stopped at {self.n:,}/{self.total:,} {units} after {took}")
+                self._write(f"{self.desc}: stopped at {self.n:,}/{self.total:,} {units} after {took}{last}")
             else:
-                self._write(f"{self.desc}: done, {self.n:,} {units} in {took}")
+                self._write(f"{self.desc}: done, {self.n:,} {units} in {took}{last}")
             self.lines = 0
 
     def __iter__(self) -> Iterator[Any]:
