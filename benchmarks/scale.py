@@ -4,7 +4,7 @@ memory and balanced accuracy of each probe row, on iNat-shaped synthetic feature
 Shapes (--shapes):
   inat   8,142 classes with iNat-2018's count profile (`data.profiles.inat2018_counts`: 437,513
          images, 1,000 -> 2 per class, 842 / 4,076 / 3,224 many / medium / few), d = 768;
-  80k    80,000 rows, 2,000 classes (exponential profile, IR 100), d = 768: the size issue 19
+  80k    80,000 rows, 2,000 classes (exponential profile 188 -> 1), d = 768: the size issue 19
          measured before the change.
 Features: a unit mean direction per class plus Gaussian noise, L2-normalised (seeded); the test
 set has 3 images per class, as iNat-2018's validation set.
@@ -56,9 +56,15 @@ def shape_counts(shape: str) -> np.ndarray:
         from longtail.data.profiles import inat2018_counts
 
         return inat2018_counts()
-    if shape == "80k":
-        counts = np.floor(400 * 0.01 ** (np.arange(2000) / 1999)).astype(np.int64)
-        counts[: 80_000 - counts.sum()] += 1  # exactly 80,000 rows
+    if shape == "80k":  # exponential, IR 100, n_max chosen so the floors sum to 80,000 (the rest on the head)
+        def profile(n_max: float) -> np.ndarray:
+            return np.floor(n_max * 0.01 ** (np.arange(2000) / 1999)).astype(np.int64)
+
+        lo, hi = 1.0, 1000.0
+        for _ in range(60):
+            lo, hi = ((lo + hi) / 2, hi) if profile((lo + hi) / 2).sum() <= 80_000 else (lo, (lo + hi) / 2)
+        counts = profile(lo)
+        counts[: 80_000 - int(counts.sum())] += 1  # exactly 80,000 rows
         return counts
     if shape == "small":  # a smoke size for checking the script
         return np.floor(60 * 0.05 ** (np.arange(50) / 49)).astype(np.int64)
