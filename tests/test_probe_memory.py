@@ -180,3 +180,12 @@ def test_large_safetensors_features_stay_memory_mapped(tmp_path, monkeypatch):
     assert np.array_equal(mapped.features, x.numpy())
     probe = fit_probe(mapped, ProbeConfig(max_iter=5))
     assert probe.predict(mapped.features).shape == (40,)
+
+
+def test_lbfgs_warns_when_the_start_point_meets_tol():
+    """At thousands of classes the mean objective's gradient can be below tol at the start: say so."""
+    x, y, g = _problem(n=40, d=4)
+    head = _head("linear", {}, 4, g)
+    with pytest.warns(UserWarning, match="stopped at its start point"):
+        info = SOLVERS.get("lbfgs")(head, make_loss("ce", COUNTS), x, y, tol=1e3)
+    assert info["iterations"] == 0

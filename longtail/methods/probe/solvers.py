@@ -10,6 +10,7 @@ towards zero, or the frozen initial weights for L2-SP (Li et al. 2018).
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -129,6 +130,12 @@ def lbfgs(head: nn.Module, loss_fn: nn.Module, x: Tensor, y: Tensor, *, anchor: 
                                 tolerance_change=1e-9, history_size=history_size)
         set_flat(params, result.x)
         final = float(fun(None)[0] if closed is None else closed(grad=False)[0])
+    if result.iterations == 0 and result.stop == "gradient" and max_iter > 0:
+        # the mean objective's gradient entries shrink like n_c / N: at thousands of classes a
+        # start point can meet scikit-learn's absolute tol without any training
+        warnings.warn(f"L-BFGS stopped at its start point: max |gradient| {float(result.grad.abs().max()):.2g} "
+                      f"<= tol={tol:g} before any step ({head.weight.shape[0]:,} classes); set a smaller tol "
+                      "(e.g. tol=1e-6) to train", stacklevel=2)
     return {"iterations": result.iterations, "evaluations": result.evaluations, "stop": result.stop,
             "max_gradient": float(result.grad.abs().max()), "l2": float(l2), "final_objective": final,
             "gradient": "autograd" if closed is None else "closed-form", "chunk_rows": rows}
