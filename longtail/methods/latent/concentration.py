@@ -42,7 +42,7 @@ def in_class_knn(
     """
     if k < 1:
         raise DataError(f"number of neighbours k must be >= 1, got {k}")
-    x = torch.nn.functional.normalize(features, dim=1, eps=1e-12)
+    x = features  # normalised one class at a time below (row-wise: the same values, no N x d copy)
     n = x.shape[0]
     index = torch.full((n, k), -1, dtype=torch.long, device=x.device)
     sims = torch.full((n, k), float("nan"), dtype=x.dtype, device=x.device)
@@ -54,7 +54,7 @@ def in_class_knn(
         if kk < 1 or not want:
             continue
         members = order[start : start + count]
-        xc = x[members]
+        xc = torch.nn.functional.normalize(x[members], dim=1, eps=1e-12)
         rows_per_block = max(1, block_elements // count)
         for b0 in range(0, count, rows_per_block):
             b1 = min(count, b0 + rows_per_block)
