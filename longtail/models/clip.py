@@ -29,9 +29,9 @@ from longtail.models.hf_vision import (
     image_transform,
     load_model,
     load_tokenizer,
+    save_hf_folder,
     template_mean_embeddings,
     weights_source,
-    write_image_processor,
 )
 from longtail.models.preprocess import EvalTransform
 
@@ -125,12 +125,7 @@ class CLIPBackbone(Backbone):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write model, tokenizer and image-processor config; `load_backbone(folder)` reads it."""
-        folder = Path(folder)
-        self.model.save_pretrained(folder)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-        write_image_processor(self.transform, folder)
-        return folder
+        return save_hf_folder(self.model, self.tokenizer, self.transform, folder)
 
 
 def from_pretrained(

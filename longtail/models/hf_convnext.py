@@ -21,7 +21,6 @@ from longtail.models.backbone import HF_MODEL_TYPES
 from longtail.models.hf_vision import (
     POOLED,
     HFEncoderBackbone,
-    check_feature,
     image_transform,
     load_model,
     register_presets,
@@ -56,9 +55,7 @@ class ConvNextBackbone(HFEncoderBackbone):
 
     def __init__(self, model: Any, transform: EvalTransform, name: str, model_id: str,
                  revision: str | None = None, feature: str = POOLED) -> None:
-        check_feature(feature)
-        super().__init__(model, transform, name, model_id, revision)
-        self.feature = feature
+        super().__init__(model, transform, name, model_id, revision, feature=feature)
         self.feature_dim = int(model.config.hidden_sizes[-1])
         steps = [ConvNextStep(stage.downsampling_layer if j == 0 else None, layer)
                  for stage in model.encoder.stages for j, layer in enumerate(stage.layers)]

@@ -148,6 +148,17 @@ def write_image_processor(transform: EvalTransform, folder: Path) -> None:
     ).save_pretrained(folder)
 
 
+def save_hf_folder(model: Any, tokenizer: Any | None, transform: EvalTransform, folder: str | Path) -> Path:
+    """Write a transformers model (+ its tokenizer) and an image-processor config for `transform`:
+    the folder `load_backbone(folder)` reads back (every HF-backed backbone's `save_pretrained`)."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    write_image_processor(transform, folder)
+    return folder
+
+
 def run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """One encoder layer without a mask (every token valid); transformers 4.x returns a tuple."""
     out = layer(hidden, None)
@@ -163,8 +174,10 @@ class HFEncoderBackbone(Backbone):
     so the frozen-prefix cache equals the whole forward exactly."""
 
     def __init__(self, model: Any, transform: EvalTransform, name: str, model_id: str,
-                 revision: str | None = None, tokenizer: Any | None = None) -> None:
+                 revision: str | None = None, tokenizer: Any | None = None, feature: str = POOLED) -> None:
+        check_feature(feature)
         super().__init__()
+        self.feature = feature
         self.model = model
         self.tokenizer = tokenizer
         self.transform = transform
@@ -205,9 +218,4 @@ class HFEncoderBackbone(Backbone):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the model (+ tokenizer) and an image-processor config; `load_backbone(folder)` reads it."""
-        folder = Path(folder)
-        self.model.save_pretrained(folder)
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(folder)
-        write_image_processor(self.transform, folder)
-        return folder
+        return save_hf_folder(self.model, self.tokenizer, self.transform, folder)

@@ -29,7 +29,6 @@ from longtail.models.backbone import HF_MODEL_TYPES
 from longtail.models.hf_vision import (
     POOLED,
     HFEncoderBackbone,
-    check_feature,
     image_transform,
     load_model,
     load_tokenizer,
@@ -61,9 +60,7 @@ class _ClsTokenBackbone(HFEncoderBackbone):
 
     def __init__(self, model: Any, transform: EvalTransform, name: str, model_id: str,
                  revision: str | None = None, feature: str = POOLED) -> None:
-        check_feature(feature)
-        super().__init__(model, transform, name, model_id, revision)
-        self.feature = feature
+        super().__init__(model, transform, name, model_id, revision, feature=feature)
         self.feature_dim = int(model.config.hidden_size)
         self._frozen()
 
@@ -101,11 +98,9 @@ class SiglipBackbone(HFEncoderBackbone):
 
     def __init__(self, model: Any, tokenizer: Any | None, transform: EvalTransform, name: str,
                  model_id: str, revision: str | None = None, feature: str = POOLED) -> None:
-        check_feature(feature)
+        super().__init__(model, transform, name, model_id, revision, tokenizer, feature=feature)
         if not getattr(model.config.vision_config, "vision_use_head", True):
             raise ConfigError(f"'{model_id}' has no attention-pooling head (vision_use_head=false): no image embedding")
-        super().__init__(model, transform, name, model_id, revision, tokenizer)
-        self.feature = feature
         self.feature_dim = int(model.config.vision_config.hidden_size)
         self.naflex = type(model).__name__.startswith("Siglip2")
         self._frozen()
