@@ -72,18 +72,19 @@ def fit_rows(configs: list[tuple[str, ProbeConfig]], train, val, test_features: 
 
 
 def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_classes: int,
-               claims: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+               claims: tuple[tuple[str, ...], ...] = (), groups: list[str] | None = None) -> list[dict]:
     """Every row against the row labelled `reference` on the same test images: `vs_ref` (balanced
     accuracy of the row minus the reference's), `vs_ref_se` (paired SE over images within
     classes), `vs_ref_ci` (bootstrap 95 %) and `verdict` (`longtail.eval.paired.verdict`, 2 SE).
-    `claims`: further (A, B) label pairs (rows whose labels start with them) the text compares,
-    each paired the same way; returned as dicts (and printed). The per-image predictions are
-    dropped from the rows afterwards."""
+    `claims`: further (A, B) or (A, B, metric) label tuples (rows whose labels start with A, B;
+    metric "class_mean" by default, or a shot group of `groups`, the classes' many / medium /
+    few) the text compares, each paired the same way; returned as dicts (and printed). The
+    per-image predictions are dropped from the rows afterwards."""
     def find(label: str) -> dict:
         return next(r for r in results if r["method"].startswith(label))
 
-    def pair(a: dict, b: dict) -> dict:
-        return paired_difference(a[PRED], b[PRED], labels, num_classes=num_classes)["metrics"]["class_mean"]
+    def pair(a: dict, b: dict, metric: str = "class_mean") -> dict:
+        return paired_difference(a[PRED], b[PRED], labels, groups, num_classes=num_classes)["metrics"][metric]
 
     ref = find(reference)
     for r in results:
@@ -93,12 +94,13 @@ def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_clas
         m = pair(ref, r)
         r.update(vs_ref=m["diff"], vs_ref_se=m["se"], vs_ref_ci=m["ci"], verdict=m["verdict"])
     out = []
-    for a, b in claims:
-        m = pair(find(a), find(b))
-        out.append({"a": find(a)["method"], "b": find(b)["method"], "diff": m["diff"], "se": m["se"],
-                    "ci": m["ci"], "verdict": verdict(m["diff"], m["se"])})
-        print(f"  {out[-1]['b']} vs {out[-1]['a']}: {100 * m['diff']:+.2f} ± {100 * m['se']:.2f} points "
-              f"(paired SE): {out[-1]['verdict']}", flush=True)
+    for a, b, *metric in claims:
+        metric = metric[0] if metric else "class_mean"
+        m = pair(find(a), find(b), metric)
+        out.append({"a": find(a)["method"], "b": find(b)["method"], "metric": metric, "diff": m["diff"],
+                    "se": m["se"], "ci": m["ci"], "verdict": verdict(m["diff"], m["se"])})
+        print(f"  {out[-1]['b']} vs {out[-1]['a']} ({metric}): {100 * m['diff']:+.2f} ± {100 * m['se']:.2f} "
+              f"points (paired SE): {out[-1]['verdict']}", flush=True)
     for r in results:
         r.pop(PRED, None)
     return out

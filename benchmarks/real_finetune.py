@@ -74,6 +74,7 @@ from finetune_protocols import (  # noqa: E402  (the datasets' protocols)
     smoke_zip,
     tiny_protocol,
 )
+from probe_bench import PAIRED_COLUMNS, PRED, add_paired, format_columns  # noqa: E402
 
 from longtail.eval.tables import markdown_table  # noqa: E402
 from longtail.io import read_json  # noqa: E402
@@ -94,7 +95,20 @@ ROW_SETS = {"all": None, "sampling": ("la", "ce_balanced")}  # --rows: None = ev
 
 TABLE_COLUMNS = (("method", "method", "s"), ("all", "all", "pct"), ("balanced", "class_mean", "pct"),
                  ("many", "many", "pct"), ("medium", "medium", "pct"), ("few", "few", "pct"),
-                 ("ECE", "ece", "pct"), ("wall s", "seconds", ".0f"))
+                 ("ECE", "ece", "pct"), ("wall s", "seconds", ".0f"), *PAIRED_COLUMNS[1:])
+
+# Every row is paired with REFERENCE on the same test images (balanced accuracy, paired SE over
+# images within classes, verdict at 2 SE: `longtail.eval.paired`); CLAIMS are the further
+# (A, B[, metric]) pairs the README's text compares (metric: balanced accuracy or a shot group).
+REFERENCE = "partial FT + LA"
+CLAIMS = (("frozen probe", "partial FT + LA"), ("zero-shot", "partial FT + LA", "few"),
+          ("frozen probe", "partial FT + LA", "few"), ("partial FT + CE", "partial FT + LA"),
+          ("partial FT + CE", "partial FT + LA", "few"),
+          ("LT-Soups best single ingredient", "LT-Soups soup before stage 2"),
+          ("LT-Soups soup before stage 2", "LT-Soups (F"),
+          ("LT-Soups soup before stage 2", "LT-Soups (F", "few"),
+          ("partial FT + LA", "MonoSoup"), ("partial FT + LA", "WiSE-FT"),
+          ("partial FT + LA", "ceiling"))
 
 
 # ----------------------------------------------------------------------------- rows
@@ -138,10 +152,27 @@ def probe_rows(proto: Protocol, args) -> list[dict[str, Any]]:
                        ("zero-shot (ImageNet classifier rows)", ProbeConfig(method="zero-shot", device=args.device))):
         start = time.perf_counter()
         probe = fit_probe(lt, cfg, val)
-        m = evaluate(probe.logits(test.features), test.labels, proto.counts)
+        logits = probe.logits(test.features)
+        m = evaluate(logits, test.labels, proto.counts)
         out.append(row(label, m, time.perf_counter() - start, features_seconds=extract))
+        out[-1].update({PRED: np.asarray(logits).argmax(axis=1), "_labels": np.asarray(test.labels)})
         _say(out[-1])
     return out
+
+
+def with_predictions(r: dict[str, Any], args) -> dict[str, Any]:
+    """The row with its run's per-image test predictions (`Predictor.test`: scored as its metrics
+    were, from the frozen-prefix cache) and labels, for the paired columns."""
+    from longtail.methods.predictor import Predictor
+
+    logits, labels = Predictor.from_run(r["run"], args.device, args.batch_size, args.workers).test()
+    pred, labels = np.asarray(logits).argmax(axis=1), np.asarray(labels)
+    present = np.unique(labels)
+    recomputed = float(np.mean([np.mean(pred[labels == c] == c) for c in present]))
+    if abs(recomputed - r["class_mean"]) > 1e-6:  # the pairing must score what the table shows
+        raise RuntimeError(f"{r['run']}: its predictions give balanced accuracy {recomputed:.6f}, "
+                           f"its metrics {r['class_mean']:.6f}")
+    return {**r, PRED: pred, "_labels": labels}
 
 
 def _take(fs, idx):
@@ -173,7 +204,7 @@ def fit_row(label: str, proto: Protocol, args, out: Path, data_options=None, **o
     cfg = fit_config(proto, args, data_options, **overrides)
     start = time.perf_counter()
     result = fit(cfg, out=out, report=False)
-    r = row(label, result.metrics, time.perf_counter() - start, run=str(out))
+    r = with_predictions(row(label, result.metrics, time.perf_counter() - start, run=str(out)), args)
     _say(r)
     return r
 
@@ -205,6 +236,7 @@ def lt_soups_rows(proto: Protocol, args, out: Path) -> list[dict[str, Any]]:
             row("LT-Soups soup before stage 2", soup, float("nan"), run=str(out / "soup")),
             row(f"LT-Soups best single ingredient ({best_dir.name}, by test)", best,
                 best.get("wall_seconds", float("nan")), run=str(best_dir))]
+    rows = [with_predictions(r, args) for r in rows]
     for r in rows:
         _say(r)
     return rows
@@ -227,8 +259,9 @@ def soup_rows(proto: Protocol, args, ft_dir: Path, out: Path, ft_row: dict[str, 
     folder = write_soup_run(out / "monosoup", edited, ft_dir, {"label": "MonoSoup", "method": "monosoup",
                             "w0": "zero-shot", "w1": str(ft_dir), **config_dict(mono_cfg)}, args.device,
                             kind="monosoup", files={"monosoup_log.json": log})
-    rows = [row("MonoSoup of partial FT + LA", read_json(folder / "metrics.json"), time.perf_counter() - start,
-                run=str(folder), edited=sum(bool(e["edited"]) for e in log))]
+    rows = [with_predictions(row("MonoSoup of partial FT + LA", read_json(folder / "metrics.json"),
+                                 time.perf_counter() - start, run=str(folder),
+                                 edited=sum(bool(e["edited"]) for e in log)), args)]
     _say(rows[-1])
     start = time.perf_counter()
     val = proto.val_images()
@@ -245,8 +278,8 @@ def soup_rows(proto: Protocol, args, ft_dir: Path, out: Path, ft_row: dict[str, 
         state, coefs = merge("wise", [ft_dir], base=w0, alpha=alpha)
         folder = write_soup_run(out / "wise", state, ft_dir, {"label": label, "method": "wise", "alpha": alpha,
                                 "base": "zero-shot", "ingredients": [str(ft_dir)]}, args.device)
-        rows.append(row(label, read_json(folder / "metrics.json"), setup + time.perf_counter() - start,
-                        run=str(folder), **extra))
+        rows.append(with_predictions(row(label, read_json(folder / "metrics.json"),
+                                         setup + time.perf_counter() - start, run=str(folder), **extra), args))
     _say(rows[-1])
     return rows
 
@@ -272,9 +305,21 @@ def run_dataset(proto: Protocol, args, out: Path) -> dict[str, Any]:
 
 
 def _result(proto: Protocol, rows: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    """The dataset's rows paired with REFERENCE (and CLAIMS) on the same test images."""
+    from longtail.data.stats import class_stats
+    from longtail.eval.paired import check_same_images
+
+    labels = rows[0]["_labels"]
+    for r in rows:
+        check_same_images(labels, r.pop("_labels"), f"the row '{r['method']}' with '{rows[0]['method']}'")
+    names = [r["method"] for r in rows]
+    claims = add_paired(rows, labels, REFERENCE, len(proto.class_names),
+                        tuple(c for c in CLAIMS if all(any(n.startswith(x) for n in names) for x in c[:2])),
+                        class_stats(proto.counts, proto.class_names).groups)
+    format_columns(rows)
     return {"dataset": proto.name, "root": proto.root, "train_counts": proto.counts.tolist(),
             "val_images": len(proto.val_images()), "test_images": int(proto.val_test_idx[1].size),
-            "total_seconds": time.perf_counter() - t0, "rows": rows}
+            "total_seconds": time.perf_counter() - t0, "reference": REFERENCE, "claims": claims, "rows": rows}
 
 
 # ----------------------------------------------------------------------------- main

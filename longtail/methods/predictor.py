@@ -374,6 +374,7 @@ def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers
     from longtail.methods.finetune import load_finetuned, predict_logits
     from longtail.methods.finetune.data import open_splits
     from longtail.methods.finetune.loading import train_counts
+    from longtail.methods.finetune.predict import evaluation_logits
 
     folder = Path(record["folder"])
     model, info = load_finetuned(folder, device)
@@ -381,19 +382,22 @@ def _fit_predictor(record: dict[str, Any], device: str, batch_size: int, workers
     counts, group_counts = train_counts(info)
     names = list(info["class_names"])
     # the run's validation and test images as evaluation reads them (RunModel's splits), opened once
-    splits = functools.cache(lambda: open_splits(dataclasses.replace(cfg, device=device, progress=False), test=True))
+    own = dataclasses.replace(cfg, device=device, progress=False, eval_batch_size=batch_size, num_workers=workers)
+    splits = functools.cache(lambda: open_splits(own, test=True))
 
     def image_logits(images: ImageDataset, progress: bool) -> np.ndarray:
         return predict_logits(model, images, batch_size=batch_size, tte=cfg.tte, device=device,
                               num_workers=workers, precision=cfg.precision, progress=progress)
 
+    # the run's own validation / test images are scored as its metrics were (evaluation_logits:
+    # from the frozen-prefix cache where the run trained from one, test-time augmentation on test)
     def validation() -> tuple[np.ndarray, np.ndarray] | None:
         val = splits().val
-        return None if val is None else (image_logits(val, False), np.asarray(val.labels))
+        return None if val is None else (evaluation_logits(model, own, val, device, tte=False), np.asarray(val.labels))
 
     def test() -> tuple[np.ndarray, np.ndarray]:
         test_set = splits().test
-        return image_logits(test_set, False), np.asarray(test_set.labels)
+        return evaluation_logits(model, own, test_set, device), np.asarray(test_set.labels)
 
     trained_for = "train" if cfg.loss == "ce" else "balanced"
     scoring = {"group_counts": None if group_counts is None else np.asarray(group_counts)}
