@@ -183,7 +183,8 @@ def create_run(
 ) -> Run:
     """Create a new run folder at `out` (default runs/KIND-TIMESTAMP) with config.yaml and env.json.
 
-    An existing non-empty `out` is an error unless `resume=True` (and the run is unstaged). The
+    An existing non-empty `out` is an error unless `resume=True` (and the run is unstaged; its
+    config.yaml then records `config`, the resumed invocation's, which the caller checked). The
     process claims `out` first (`io.PathClaim`): a second process given the same `out` while this
     one runs fails at once with one line, and only the claim holder removes a dead run's staging
     leftovers. `claim=False`: the folder is already claimed by another rank of this job."""
@@ -195,14 +196,15 @@ def create_run(
             if staged:
                 raise ConfigError("resume needs an unstaged run")
             run = Run(folder, staged=False, claim=owner)
+            if owner is not None:  # the config of the latest invocation (the caller checked what may change)
+                write_config(run, kind, config)
             run.mark("running")
             return run
         run = Run(folder, staged=staged, claim=owner)
         if run.dir.exists():  # leftovers of an interrupted staged run (its process is gone: we hold the claim)
             shutil.rmtree(run.dir)
         run.dir.mkdir(parents=True, exist_ok=not staged)
-        cfg = config_dict(config)
-        run.write_yaml("config.yaml", {"kind": kind, "format_version": FORMAT_VERSION, **cfg})
+        write_config(run, kind, config)
         run.write_json("env.json", environment(seed=seed, device=device))
         if not staged:
             run.write_json("status.json", {"status": "running"})
@@ -211,6 +213,11 @@ def create_run(
         if owner is not None:
             owner.release()
         raise
+
+
+def write_config(run: Run, kind: str, config: Any) -> Path:
+    """config.yaml: the run's kind, the format version and its config (the one writer)."""
+    return run.write_yaml("config.yaml", {"kind": kind, "format_version": FORMAT_VERSION, **config_dict(config)})
 
 
 def _claimed_folder(out: str | Path | None, kind: str) -> tuple[Path, PathClaim]:

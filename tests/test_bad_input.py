@@ -70,13 +70,15 @@ def test_truncated_weights_given_to_soup_and_monosoup(tmp_path, capsys):
 
 
 def test_eval_of_a_run_with_truncated_weights(tmp_path, capsys):
-    """A fit-layout run (eval rebuilds the model from adapter_model.safetensors) and the
+    """A fit-layout run (eval rebuilds the model from model.safetensors) and the
     checkpoint reader used on resume."""
     from longtail.methods.finetune import checkpoint as ckpt
+    from longtail.models.preprocess import InputSpec
     from longtail.runs import create_run
 
     with create_run(tmp_path / "ft", "fit", {"method": "full_ft"}) as run:
-        ckpt.save_weights(run.dir, _state(0), {"config": {}})
+        ckpt.save_weights(run.dir, _state(0), InputSpec(size=16, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                                        test_resize_ratio=1.0))
         folder = run.finish({"all": 0.5})
     weights = folder / ckpt.WEIGHTS
     weights.write_bytes(weights.read_bytes()[:100])

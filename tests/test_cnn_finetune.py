@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from longtail.errors import ConfigError
 from longtail.methods.finetune import build_config, build_model, fit, load_finetuned, predict_logits
+from longtail.methods.finetune.checkpoint import WEIGHTS
 from longtail.methods.finetune.data import open_split
 from longtail.models.adapters import inject_adapter, make_adapter_config
 from longtail.models.backbone import load_backbone
@@ -133,7 +134,7 @@ def test_updated_bn_statistics_are_saved_and_reload_with_the_run(tmp_path):
                "adapter_options": {"num_blocks": 1, "update_bn_stats": True}}
     cfg = build_config("synthetic_images", "efficientnet_lite0", "partial_ft", options)
     result = fit(cfg, out=tmp_path / "run", report=False)
-    saved = load_file(tmp_path / "run" / "adapter_model.safetensors")
+    saved = load_file(tmp_path / "run" / WEIGHTS)
     key = "backbone.model._bn1.running_mean"
     assert key in saved and not torch.equal(saved[key], cnn().state_dict()["model._bn1.running_mean"])
     assert "backbone.model._blocks.0._bn1.running_mean" not in saved  # frozen blocks keep theirs

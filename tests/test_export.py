@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from longtail.cli import main
+from longtail.io import read_yaml, write_yaml
 from longtail.methods.finetune import augment, build_config, fit, load_finetuned
 from longtail.methods.finetune.export import ExportConfig, export_run
 from longtail.methods.finetune.predict import predict, predict_logits
@@ -160,9 +161,9 @@ def test_refusals_are_one_line_and_nothing_is_overwritten(runs, tmp_path, capsys
 
     adaptformer = tmp_path / "adaptformer"  # the checks read the config before any weights load
     shutil.copytree(runs["lora"], adaptformer)
-    meta = json.loads((adaptformer / "adapter_config.json").read_text())
-    meta["config"]["adapter"], meta["config"]["adapter_options"] = "adaptformer", {}
-    (adaptformer / "adapter_config.json").write_text(json.dumps(meta))
+    config = read_yaml(adaptformer / "config.yaml")  # a fit run's one config
+    config["adapter"], config["adapter_options"] = "adaptformer", {}
+    write_yaml(adaptformer / "config.yaml", config)
     err = refused(str(adaptformer), "--out", str(tmp_path / "a"))
     assert "adaptformer" in err and "ssf" in err and "--format longtail" in err
     assert "feature interchange" in refused(str(runs["sage"]), "--out", str(tmp_path / "f"))

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from longtail.cli import main
 from longtail.methods.finetune import build_config, fit, load_finetuned, predict_logits
+from longtail.methods.finetune.checkpoint import WEIGHTS, WEIGHTS_CONFIG
 from longtail.methods.finetune.data import open_split
 from longtail.methods.finetune.presets import METHOD_PRESETS
 from tests.conftest import copy_runs
@@ -52,8 +53,8 @@ def test_resume_equals_uninterrupted(root, tmp_path):
     t1 = time.perf_counter()
     resumed = fit(cfg, out=tmp_path / "resumed", resume=True, report=False)
     t2 = time.perf_counter()
-    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "full" / WEIGHTS)
+    b = load_file(tmp_path / "resumed" / WEIGHTS)
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
@@ -73,7 +74,7 @@ def test_cli_fit_eval_and_reload(tiny_runs, tmp_path, capsys):
     assert {"all", "many", "medium", "few", "ece"} <= set(summary)
     (out,) = copy_runs(tiny_runs, tmp_path, "ft0")
     for name in ("config.yaml", "env.json", "metrics.json", "per_class.csv", "report.html",
-                 "adapter_model.safetensors", "adapter_config.json", "data_stats.json"):
+                 WEIGHTS, WEIGHTS_CONFIG, "data_stats.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "metrics.json").read_text())["all"] == pytest.approx(summary["all"])
     before = (out / "metrics.json").read_text()

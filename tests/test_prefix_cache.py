@@ -11,11 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from longtail.methods.finetune import build_config, fit
+from longtail.methods.finetune.checkpoint import WEIGHTS
 from longtail.methods.finetune.data import open_split
 from longtail.methods.finetune.prefix import ViewRenderer, crop_params, epoch_views
 from longtail.models.backbone import load_backbone
 from longtail.models.prefix_cache import open_prefix_cache
-from longtail.models.preprocess import EvalTransform
+from longtail.models.preprocess import EvalTransform, InputSpec
 
 SMALL = {"num_classes": 4, "n_max": 12, "imbalance_ratio": 4, "test_per_class": 4, "size": 16}
 
@@ -34,7 +35,7 @@ def cnn_cfg(root, cache, **kw):
 
 
 def weights(run):
-    return load_file(run / "adapter_model.safetensors")
+    return load_file(run / WEIGHTS)
 
 
 def entries(cache):
@@ -97,7 +98,7 @@ def test_views_are_seeded_and_batch_independent():
     views = [epoch_views(0, e, 1000, 2) for e in range(3)]
     assert all(0.4 < v.mean() < 0.6 for v in views) and not np.array_equal(views[0], views[1])
     images = torch.randint(0, 256, (3, 20, 20, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    spec = {"size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
+    spec = InputSpec(size=16, mean=(0.5,) * 3, std=(0.25,) * 3, test_resize_ratio=1.0)
     flip = ViewRenderer(cnn_cfg("x", "y", prefix_views=2), spec)(images, torch.arange(3))
     assert flip.shape == (3, 2, 3, 16, 16) and torch.equal(flip[:, 1], flip[:, 0].flip(-1))
     cfg = cnn_cfg("x", "y", prefix_views=3, prefix_view_kind="rrc_flip")

@@ -445,12 +445,14 @@ def test_item14_longtail_cache_lists_sizes_and_prunes(tmp_path, capsys, monkeypa
 def test_item15_weight_files_follow_the_umask(tmp_path):
     """Item 15: safetensors' save_file creates 0600 files, so weights were 0600 whatever the umask."""
     from longtail.methods.finetune import checkpoint as ckpt
+    from longtail.models.preprocess import InputSpec
     from longtail.soups.merge import save_state_dict
 
     mask = os.umask(0o027)
     try:
         merged = save_state_dict({"w": torch.ones(2)}, tmp_path / "soup.safetensors")
-        fitted = ckpt.save_weights(tmp_path / "run", {"w": torch.ones(2)}, {"config": {}})
+        spec = InputSpec(size=16, mean=(0.5,) * 3, std=(0.5,) * 3, test_resize_ratio=1.0)
+        fitted = ckpt.save_weights(tmp_path / "run", {"w": torch.ones(2)}, spec)
     finally:
         os.umask(mask)
     for path in (merged, fitted):

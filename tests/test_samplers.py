@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from longtail.data.sampling import SAMPLERS, make_sampler, repeat_factors
 from longtail.errors import ConfigError, LongtailError
+from longtail.methods.finetune.checkpoint import WEIGHTS
 from longtail.methods.finetune.data import EpochBatches
 
 COUNTS = np.array([80, 15, 4, 1])  # N = 100: f = 0.8, 0.15, 0.04, 0.01
@@ -124,8 +125,8 @@ def test_resume_with_repeat_factor_sampling_equals_uninterrupted(tmp_path):
     assert full.metrics["optimizer_steps"] == 2 * 4  # counts 12, 7, 4, 3 -> 29 draws per epoch: 4 batches of 8
     assert fit(cfg, out=tmp_path / "resumed", stop_after_steps=3, report=False).interrupted
     resumed = fit(cfg, out=tmp_path / "resumed", resume=True, report=False)
-    a = load_file(tmp_path / "full" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "resumed" / "adapter_model.safetensors")
+    a = load_file(tmp_path / "full" / WEIGHTS)
+    b = load_file(tmp_path / "resumed" / WEIGHTS)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]

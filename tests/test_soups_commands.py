@@ -81,7 +81,7 @@ def test_soups_of_fit_runs_with_evaluation(tiny_runs, tmp_path):
     decisions = [json.loads(x) for x in (g / "greedy.jsonl").read_text().splitlines()]
     scores = [d["score"] for d in decisions if d["step"] == "score"]
     assert decisions[-1]["score"] >= max(scores)
-    assert (g / "adapter_config.json").exists()  # the soup folder loads like a fit run
+    assert (g / "model_config.json").exists()  # the soup folder loads like a fit run
     from longtail.eval.report import write_report
     from longtail.methods.finetune import RunModel
     from longtail.methods.run_kinds import evaluate_run

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from longtail.cli import main
 from longtail.errors import ConfigError, DataError
+from longtail.methods.finetune.checkpoint import WEIGHTS
 from longtail.methods.finetune.data import EpochBatches, subset_counts, subset_indices
 from longtail.soups.lt_soups import (
     LTSoups,
@@ -23,7 +24,6 @@ from longtail.soups.lt_soups import (
 
 COUNTS = np.array([40, 25, 12, 7, 5, 5, 3])
 DATA = dict(num_classes=4, n_max=16, imbalance_ratio=4, test_per_class=5, size=32)
-WEIGHTS = "adapter_model.safetensors"
 
 
 def test_subset_counts_and_default_exponents():
@@ -210,8 +210,9 @@ def test_ingredients_and_stage2_pass_tuning_mode_and_prefix_cache(tmp_path):
     own = LTSoups(dataclasses.replace(cfg, lr=1e-3, stage2_lr=3e-5), tmp_path / "other")
     assert (own.stage2_config().lr, own.ingredient_config(1, 0).lr) == (3e-5, 1e-3)
     from longtail.methods.finetune.prefix import ViewRenderer
+    from longtail.models.preprocess import InputSpec
 
-    spec = {"size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    spec = InputSpec(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, test_resize_ratio=1.0)
     first = pipe.ingredient_config(0, 0)
     assert first.seed != job.seed  # flip views are seed-free: every ingredient keys the same cache entry
     assert ViewRenderer(first, spec).to_dict() == ViewRenderer(job, spec).to_dict()

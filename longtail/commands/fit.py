@@ -13,7 +13,7 @@ layer), backbone (-b), method (-m), then KEY=VALUE overrides of any config field
 keys are an error listing the valid ones; dict fields take dotted keys, e.g.
 loss_options.gamma=0.06). Names are checked before any data is read. Writes a run folder with
 config.yaml, env.json, data_stats.json, resumable checkpoints, the trained weights
-(adapter_model.safetensors + adapter_config.json), metrics.json (all/many/medium/few/ECE,
+(model.safetensors + model_config.json), metrics.json (all/many/medium/few/ECE,
 images/s, GPU memory), per_class.csv and report.html.
 
 CNNs (efficientnet_lite0/2) take the tuning modes none, bitfit, norm-tuning, partial and full;

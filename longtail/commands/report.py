@@ -90,7 +90,6 @@ def _test_image(folder: Path):
     The test split is reopened as the run evaluated it (`open_splits`); the recorded gallery
     entries must still carry the same labels at the same indices, else the images changed."""
     from longtail.errors import LongtailError
-    from longtail.io import read_json
     from longtail.runs import load_run
 
     metrics = load_run(folder)["metrics"] or {}
@@ -103,12 +102,11 @@ def _test_image(folder: Path):
         return "this run was evaluated on feature files, not images"
     import dataclasses
 
-    from longtail.methods.finetune.checkpoint import WEIGHTS_CONFIG
-    from longtail.methods.finetune.config import config_from_dict
     from longtail.methods.finetune.data import open_splits
+    from longtail.methods.finetune.loading import fit_config_of
 
     try:
-        cfg = config_from_dict(read_json(folder / WEIGHTS_CONFIG)["config"], str(folder / WEIGHTS_CONFIG))
+        cfg = fit_config_of(folder)
         test_set = open_splits(dataclasses.replace(cfg, device="cpu", progress=False), test=True).test
     except (LongtailError, OSError, KeyError) as error:
         return f"the test images could not be reopened ({str(error).splitlines()[0] if str(error) else error!r})"

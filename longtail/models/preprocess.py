@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from longtail.errors import ConfigError
+from longtail.errors import ConfigError, DataError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -123,3 +123,58 @@ class EvalTransform:
         if not isinstance(resample, str):
             resample = Image.Resampling(int(resample)).name.lower()
         return cls(size=size, crop_size=crop, mean=mean, std=std, resample=resample)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a fine-tuned model's test images go through: centre crop `size` after resizing the
+    shorter side to round(size * test_resize_ratio) with `interpolation`, then mean / std.
+
+    Saved with the weights as a plain dict (`to_dict`); `from_dict` reads it back, checking the
+    keys (a dict saved before `interpolation` existed reads as bicubic, what those runs used).
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    test_resize_ratio: float
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.size < 1 or self.test_resize_ratio <= 0:
+            raise DataError(f"input spec: size must be >= 1 and test_resize_ratio > 0, "
+                            f"got {self.size}, {self.test_resize_ratio}")
+        EvalTransform(size=self.size, crop_size=(self.size, self.size), mean=self.mean, std=self.std,
+                      resample=self.interpolation)  # the same checks of mean, std and resample
+
+    @property
+    def resize(self) -> int:
+        """The shorter side before the centre crop."""
+        return round(self.size * self.test_resize_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std),
+                "test_resize_ratio": self.test_resize_ratio, "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, values: Any, where: str = "input spec") -> InputSpec:
+        """An InputSpec from its saved dict; one-line DataError on a missing or unknown key or a bad value."""
+        if isinstance(values, InputSpec):
+            return values
+        if not isinstance(values, dict):
+            raise DataError(f"{where}: the input spec is not a mapping (got {type(values).__name__})")
+        known = ("size", "mean", "std", "test_resize_ratio", "interpolation")
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise DataError(f"{where}: unknown input spec key '{unknown[0]}' (known: {', '.join(known)})")
+        missing = [k for k in known[:4] if k not in values]
+        if missing:
+            raise DataError(f"{where}: the input spec has no '{missing[0]}'")
+        try:
+            return cls(size=int(values["size"]), mean=tuple(values["mean"]), std=tuple(values["std"]),
+                       test_resize_ratio=float(values["test_resize_ratio"]),
+                       interpolation=str(values.get("interpolation", "bicubic")))
+        except (TypeError, ValueError, ConfigError) as err:
+            raise DataError(f"{where}: bad input spec ({str(err).splitlines()[0]})") from err

@@ -258,7 +258,7 @@ class LTSoups:
     def soup(self):
         """Merge the finished ingredients with theta_0 (streamed from disk)."""
         from longtail.methods.finetune import zero_shot_weights
-        from longtail.methods.finetune.checkpoint import WEIGHTS
+        from longtail.methods.finetune.checkpoint import weights_path
         from longtail.soups.merge import linear_merge
 
         missing = [f"e{i}_b{k}" for i, k in self.jobs() if not _finished(self.job_dir(i, k))]
@@ -267,7 +267,7 @@ class LTSoups:
         coefs = soup_coefficients(self.cfg, len(self.exponents))
         first = self.ingredient_config(*self.jobs()[0])
         base = zero_shot_weights(first, _class_names(self.job_dir(*self.jobs()[0]))) if coefs.base else None
-        return linear_merge([self.job_dir(i, k) / WEIGHTS for i, k in self.jobs()], coefs, base), coefs
+        return linear_merge([weights_path(self.job_dir(i, k)) for i, k in self.jobs()], coefs, base), coefs
 
 
 def _class_names(run_dir: Path) -> list[str]:

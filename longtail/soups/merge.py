@@ -22,15 +22,16 @@ from safetensors.torch import save_file
 from longtail.config import coerce_field
 from longtail.errors import ConfigError, DataError
 from longtail.io import atomic_write, open_weights_file
+from longtail.methods.finetune import checkpoint as ckpt
 from longtail.registry import Registry
 
 StateDict = dict[str, torch.Tensor]
 # An ingredient: a .safetensors file, a folder holding one, or an in-memory state dict.
 Source = str | Path | Mapping[str, torch.Tensor]
 
-# Names tried, in order, when a source is a run folder (the finetune trainer's checkpoint
-# and this package's soups); any single *.safetensors file is accepted otherwise.
-WEIGHT_FILE_NAMES = ("model.safetensors", "adapter_model.safetensors", "weights.safetensors")
+# Names tried, in order, when a source is a run folder (the fit layout's weights, new and old
+# name, also those of soups of bare files); any single *.safetensors file is accepted otherwise.
+WEIGHT_FILE_NAMES = (ckpt.WEIGHTS, ckpt.LEGACY_WEIGHTS, "weights.safetensors")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """`longtail soup` as a library call: merge per a recipe into a new run folder (kind "soup").
 
-A soup of fit runs is itself in the fit layout (adapter_model.safetensors, adapter_config.json,
-classes.json): `longtail eval`, `longtail report`, `load_finetuned` and further soups read it
+A soup of fit runs is itself in the fit layout (model.safetensors, model_config.json with the
+ingredients' FitConfig, classes.json): `longtail eval`, `longtail report`, `load_finetuned` and further soups read it
 like a fit run. Such soups are always evaluated (metrics.json, per_class.csv, report.html);
 with --eval each ingredient is evaluated too and compared side by side.
 """
@@ -20,7 +20,7 @@ from longtail.soups.recipe import SoupRecipe
 
 ROW_KEYS = ("all", "class_mean", "many", "medium", "few", "head_tail_ratio")
 SOUP_METHODS = (*MERGE_METHODS.names(), "greedy")
-SIDE_FILES = ("adapter_config.json", "classes.json", "data_stats.json")
+SIDE_FILES = ("classes.json", "data_stats.json")  # copied; model_config.json is written (save_weights_like)
 
 
 def row(name: str, metrics: dict[str, Any], stats: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -47,17 +47,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def save_weights_like(state, out_dir: Path, source: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Save merged/edited weights into `out_dir` in `source`'s layout (a fit-layout folder gets
-    its side files too, so `out_dir` loads like it); bare weights go to model.safetensors."""
+    its side files and a model_config.json holding the source's FitConfig and input spec, so
+    `out_dir` loads like it, its config.yaml being the soup's); bare weights go to model.safetensors."""
+    from longtail.methods.finetune import checkpoint as ckpt
     from longtail.methods.finetune import is_fit_layout
-    from longtail.methods.finetune.checkpoint import WEIGHTS
+    from longtail.methods.finetune.loading import model_config_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not is_fit_layout(source):
-        return save_state_dict(state, out_dir / "model.safetensors", metadata)
+        return save_state_dict(state, out_dir / ckpt.WEIGHTS, metadata)
     for name in SIDE_FILES:
         if (Path(source) / name).exists():
             shutil.copy2(Path(source) / name, out_dir / name)
-    return save_state_dict(state, out_dir / WEIGHTS, metadata)
+    cfg, spec = model_config_of(source)
+    return ckpt.save_weights(out_dir, state, spec, cfg.to_dict(), {k: str(v) for k, v in (metadata or {}).items()})
 
 
 def write_soup_run(out: str | Path | None, state, first: str | Path, config: dict[str, Any], device: str = "auto",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from longtail.models.preprocess import EvalTransform
+from longtail.models.preprocess import EvalTransform, InputSpec
 from longtail.registry import Registry
 
 AUGMENTATIONS: Registry[Callable[..., nn.Module]] = Registry("augmentation")
@@ -51,13 +51,11 @@ def decode_transform(side: int, mean, std, interpolation: str = "bilinear") -> E
                          resample=interpolation)
 
 
-def test_transform(spec: dict) -> EvalTransform:
+def test_transform(spec: InputSpec) -> EvalTransform:
     """The test/validation transform of a model's input spec: shorter side -> round(size * ratio),
     centre crop size (ratio 256/224: LIFT's and the LT-Soups authors' resize 256 + crop 224)."""
-    size = spec["size"]
-    return EvalTransform(size=round(size * spec["test_resize_ratio"]), crop_size=(size, size),
-                         mean=tuple(spec["mean"]), std=tuple(spec["std"]),
-                         resample=spec.get("interpolation", "bicubic"))  # runs saved before the option
+    return EvalTransform(size=spec.resize, crop_size=(spec.size, spec.size), mean=spec.mean, std=spec.std,
+                         resample=spec.interpolation)
 
 
 class Normalize(nn.Module):

@@ -1,6 +1,11 @@
-"""Checkpoints: trainable weights as safetensors + JSON (peft-style), resume state via torch.save.
+"""Checkpoints: trainable weights as safetensors + JSON, resume state via torch.save.
 
-Final weights: RUN/adapter_model.safetensors + RUN/adapter_config.json. Resume state:
+Final weights (the fit layout): RUN/model.safetensors (`FineTuneModel.weights()`) + RUN/model_config.json
+({"kind": "fit", "input_spec": InputSpec.to_dict()}, plus "config", the FitConfig that rebuilds the
+model, only in folders whose config.yaml is not a fit run's: soups, MonoSoup edits, exports). A fit
+run's FitConfig is its config.yaml, the one copy resume and evaluation both read. Folders written
+before the rename hold adapter_model.safetensors + adapter_config.json (then with the config in
+both files); they are read as they are (`weights_path`, `config_path`). Resume state:
 RUN/checkpoints/step-XXXXXXXX/{trainable.safetensors, training_state.pt}, published by an
 atomic write of RUN/checkpoints/latest.json after both files are complete, so a crash at any
 moment leaves the previous checkpoint usable. training_state.pt holds only tensors and plain
@@ -22,9 +27,14 @@ from safetensors.torch import save_file
 
 from longtail.errors import DataError
 from longtail.io import atomic_path, atomic_write, load_weights_file, read_json, write_json
+from longtail.models.preprocess import InputSpec
 
-WEIGHTS = "adapter_model.safetensors"
-WEIGHTS_CONFIG = "adapter_config.json"
+WEIGHTS = "model.safetensors"
+WEIGHTS_CONFIG = "model_config.json"
+# the names of the fit layout before they were changed to not look like peft files (a peft loader
+# reading adapter_config.json found no peft config); read, never written (`longtail export
+# --format peft` writes real peft files of those names)
+LEGACY_WEIGHTS, LEGACY_WEIGHTS_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 
@@ -34,21 +44,53 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
 
 
-def save_weights(folder: str | Path, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Path:
-    """The trained weights of a run (adapter + head + s1/s2 + W_zs) and the config that rebuilds it."""
+def weights_path(folder: str | Path) -> Path:
+    """The weights file of a fit-layout folder (the old name in a folder written before the rename)."""
     folder = Path(folder)
-    _save_tensors(state, folder / WEIGHTS, {"format": "pt", "library": "longtail"})
-    write_json(folder / WEIGHTS_CONFIG, config)
+    return folder / LEGACY_WEIGHTS if not (folder / WEIGHTS).is_file() and (folder / LEGACY_WEIGHTS).is_file() \
+        else folder / WEIGHTS
+
+
+def config_path(folder: str | Path) -> Path:
+    """The weights' config file of a fit-layout folder (the old name in a folder written before the rename)."""
+    folder = Path(folder)
+    old = folder / LEGACY_WEIGHTS_CONFIG
+    return old if not (folder / WEIGHTS_CONFIG).is_file() and old.is_file() else folder / WEIGHTS_CONFIG
+
+
+def model_config(input_spec: InputSpec, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """model_config.json's content: the input spec, and the FitConfig dict where the folder's
+    config.yaml is not a fit run's (see the module docstring)."""
+    return {"kind": "fit", "input_spec": input_spec.to_dict(), **({} if config is None else {"config": config})}
+
+
+def save_weights(folder: str | Path, state: dict[str, torch.Tensor], input_spec: InputSpec,
+                 config: dict[str, Any] | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """The trained weights of a model (adapter + head + s1/s2 + W_zs) and model_config.json."""
+    folder = Path(folder)
+    _save_tensors(state, folder / WEIGHTS, {"format": "pt", "library": "longtail", **(metadata or {})})
+    write_json(folder / WEIGHTS_CONFIG, model_config(input_spec, config))
     return folder / WEIGHTS
 
 
-def load_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    folder = Path(folder)
-    if not (folder / WEIGHTS).is_file():
-        raise DataError(f"{folder} has no {WEIGHTS} (not a finished fine-tuning run)")
-    if not (folder / WEIGHTS_CONFIG).is_file():
+def read_model_config(folder: str | Path) -> dict[str, Any]:
+    """model_config.json (or adapter_config.json) of a fit-layout folder, as saved."""
+    config = config_path(folder)
+    if not config.is_file():
         raise DataError(f"{folder} has no {WEIGHTS_CONFIG} (not a finished fine-tuning run)")
-    return load_weights_file(folder / WEIGHTS), read_json(folder / WEIGHTS_CONFIG)
+    meta = read_json(config)
+    if not isinstance(meta, dict) or "input_spec" not in meta:
+        raise DataError(f"{config}: not a fit-layout weights config (no input_spec)")
+    return meta
+
+
+def load_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, model_config.json as saved) of a fit-layout folder, new or old file names."""
+    weights = weights_path(folder)
+    if not weights.is_file():
+        raise DataError(f"{folder} has no {WEIGHTS} (not a finished fine-tuning run)")
+    meta = read_model_config(folder)
+    return load_weights_file(weights), meta
 
 
 def rng_state() -> dict[str, Any]:

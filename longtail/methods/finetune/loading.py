@@ -1,7 +1,8 @@
 """Reloading and evaluating fit runs (and anything saved in their layout: soups, MonoSoup edits).
 
-`load_finetuned(folder)` rebuilds the model from adapter_model.safetensors +
-adapter_config.json + classes.json; `RunModel` evaluates any state dict of that layout on
+`load_finetuned(folder)` rebuilds the model from model.safetensors + model_config.json (or
+their old names) + classes.json and the FitConfig `fit_config_of` finds (a fit run's
+config.yaml, else model_config.json's copy); `RunModel` evaluates any state dict of that layout on
 the run's test (or validation) images and rebuilds its zero-shot weights theta_0 (what soups
 and MonoSoup need); `evaluate_fit_run` is the "fit" run kind's `evaluate`.
 """
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 
 from longtail.errors import DataError
-from longtail.io import read_json
+from longtail.io import read_json, read_yaml
 from longtail.methods.finetune import checkpoint as ckpt
 from longtail.methods.finetune.config import FitConfig, config_from_dict
 from longtail.methods.finetune.predict import evaluation_logits
+from longtail.models.preprocess import InputSpec
 
 CLASSES = "classes.json"  # class names, full training counts and group counts of a fit run
 
@@ -32,8 +34,27 @@ def train_counts(info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
 
 def is_fit_layout(folder: str | Path) -> bool:
     """Whether a folder holds weights in the fit layout (a fit run, or a soup / edit of fit runs)."""
+    return ckpt.weights_path(folder).is_file() and ckpt.config_path(folder).is_file()
+
+
+def fit_config_of(folder: str | Path) -> FitConfig:
+    """The FitConfig of a fit-layout folder: a fit run's config.yaml (the copy `--resume` reads
+    too), else the copy in model_config.json of a folder whose config.yaml is about something else
+    (a soup, a MonoSoup edit) or that has none (a `longtail export --format longtail` folder)."""
     folder = Path(folder)
-    return (folder / ckpt.WEIGHTS).is_file() and (folder / ckpt.WEIGHTS_CONFIG).is_file()
+    run_config = read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else None
+    if isinstance(run_config, dict) and run_config.get("kind") == "fit":
+        return config_from_dict(run_config, str(folder / "config.yaml"))
+    meta = ckpt.read_model_config(folder)
+    if not isinstance(meta.get("config"), dict):
+        raise DataError(f"{ckpt.config_path(folder)}: records no fit config, and {folder} is not a fit run")
+    return config_from_dict(meta["config"], str(ckpt.config_path(folder)))
+
+
+def model_config_of(folder: str | Path) -> tuple[FitConfig, InputSpec]:
+    """(FitConfig, input spec) of a fit-layout folder, in the new or the old file names."""
+    meta = ckpt.read_model_config(folder)
+    return fit_config_of(folder), InputSpec.from_dict(meta["input_spec"], str(ckpt.config_path(folder)))
 
 
 def test_data_record(test_set) -> dict[str, Any]:
@@ -64,15 +85,15 @@ def load_finetuned(run_dir: str | Path, device: str = "auto"):
     from longtail.models.backbone import load_backbone
 
     run_dir = Path(run_dir)
-    state, meta = ckpt.load_weights(run_dir)
-    cfg = config_from_dict(meta["config"], f"{run_dir / ckpt.WEIGHTS_CONFIG}")
+    cfg, spec = model_config_of(run_dir)
+    state = ckpt.load_weights(run_dir)[0]
     if not (run_dir / CLASSES).is_file():
         raise DataError(f"{run_dir} has no {CLASSES}; not a fit run (or a soup of fit runs)")
     info = read_json(run_dir / CLASSES)
     backbone = load_backbone(cfg.backbone, **cfg.backbone_options)
     model = build_model(cfg, backbone, info["class_names"], init=False)
     model.load_weights(state)
-    model.input_spec = meta["input_spec"]
+    model.input_spec = spec
     return model.to(resolve_device(device)).eval(), {**info, "config": cfg}
 
 
@@ -86,7 +107,9 @@ class RunModel:
         self.model, self.info = load_finetuned(folder, device)
         cfg: FitConfig = dataclasses.replace(self.info["config"], device=device, progress=False)
         if val_per_class is not None:
-            cfg = dataclasses.replace(cfg, val_per_class=val_per_class, val_split=None, val_from="test", n_evals=0)
+            # the soups' --val-per-class protocol: the first N test images of each class (val_rule=first)
+            cfg = dataclasses.replace(cfg, val_per_class=val_per_class, val_rule="first", val_split=None,
+                                      val_from="test", n_evals=0)
         self.cfg = cfg
         splits = open_splits(cfg, test=True)
         self.val, self.test = splits.val, splits.test

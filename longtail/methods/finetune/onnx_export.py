@@ -45,6 +45,7 @@ from torch import nn
 
 from longtail.errors import ConfigError, DataError
 from longtail.io import check_writable, read_yaml, staged_folder, write_json
+from longtail.models.preprocess import InputSpec
 
 MODEL, INT8_MODEL, CLASS_NAMES, MANIFEST = "model.onnx", "model.int8.onnx", "class_names.json", "export.json"
 INPUT, OUTPUT = "pixel_values", "logits"
@@ -117,7 +118,7 @@ class PostHoc(nn.Module):
 # --- what a run exports ---------------------------------------------------------------------------------
 
 
-def preprocessing(transform, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+def preprocessing(transform, spec: InputSpec | None = None) -> dict[str, Any]:
     """An EvalTransform in words a reader can reimplement (+ the fit run's size and resize ratio)."""
     size = transform.size
     crop = None if transform.crop_size is None else [int(v) for v in transform.crop_size]
@@ -127,7 +128,7 @@ def preprocessing(transform, spec: dict[str, Any] | None = None) -> dict[str, An
            "mean": [float(v) for v in transform.mean], "std": [float(v) for v in transform.std],
            "input_size": [int(v) for v in transform.output_size]}
     if spec is not None:
-        out.update(size=int(spec["size"]), test_resize_ratio=float(spec["test_resize_ratio"]))
+        out.update(size=spec.size, test_resize_ratio=spec.test_resize_ratio)
     return out
 
 

@@ -23,19 +23,19 @@ from longtail.methods.finetune.augment import (
     five_crops,
     test_transform,
 )
+from longtail.models.preprocess import InputSpec
 
 
-def input_spec(backbone: nn.Module, cfg: Any) -> dict[str, Any]:
+def input_spec(backbone: nn.Module, cfg: Any) -> InputSpec:
     """The model's input size and normalisation (from its eval transform), test resize ratio and
     interpolation: what `predict_logits` needs, saved with the weights."""
     transform = backbone.transform
-    return {"size": int(transform.output_size[0]), "mean": list(transform.mean),
-            "std": list(transform.std), "test_resize_ratio": float(cfg.test_resize_ratio),
-            "interpolation": cfg.interpolation}
+    return InputSpec(size=int(transform.output_size[0]), mean=tuple(transform.mean), std=tuple(transform.std),
+                     test_resize_ratio=float(cfg.test_resize_ratio), interpolation=cfg.interpolation)
 
 
 @torch.no_grad()
-def predict(forward: Callable[[Tensor], Tensor], dataset, spec: dict[str, Any], batch_size: int = 256,
+def predict(forward: Callable[[Tensor], Tensor], dataset, spec: InputSpec, batch_size: int = 256,
             device: str | torch.device = "auto", num_workers: int = 0, precision: str = "auto",
             tte: bool = False, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(outputs (N, K) float32, labels (N,)) of `forward` over a dataset's test-transformed images.
@@ -46,10 +46,9 @@ def predict(forward: Callable[[Tensor], Tensor], dataset, spec: dict[str, Any], 
     from longtail.progress import progress_bar
 
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    size = spec["size"]
-    transform = (decode_transform(size + 24, spec["mean"], spec["std"], spec.get("interpolation", "bicubic"))
-                 if tte else test_transform(spec))
-    norm = Normalize(spec["mean"], spec["std"]).to(device)
+    size = spec.size
+    transform = decode_transform(size + 24, spec.mean, spec.std, spec.interpolation) if tte else test_transform(spec)
+    norm = Normalize(spec.mean, spec.std).to(device)
     loader = DataLoader(DecodedImages(dataset, transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     out: list[Tensor] = []

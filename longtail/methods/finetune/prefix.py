@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from longtail.errors import ConfigError
 from longtail.methods.finetune.augment import Normalize, ResizeOnly, decode_transform
+from longtail.models.preprocess import InputSpec
 
 VIEW_SALT = 7_919  # keeps the view draws apart from the shuffles seeded by the same cfg.seed
 
@@ -34,11 +35,11 @@ VIEW_SALT = 7_919  # keeps the view draws apart from the shuffles seeded by the 
 class ViewRenderer:
     """(uint8 (B, S, S, 3), dataset indices (B,)) -> (B, V, 3, size, size) normalised views."""
 
-    def __init__(self, cfg, spec: dict) -> None:
+    def __init__(self, cfg, spec: InputSpec) -> None:
         self.kind, self.views, self.seed = cfg.prefix_view_kind, cfg.prefix_views, cfg.seed
         self.scale = (cfg.crop_scale_min, cfg.crop_scale_max)
-        self.size, self.interpolation = int(spec["size"]), cfg.interpolation
-        self.base = ResizeOnly(self.size, spec["mean"], spec["std"], interpolation=cfg.interpolation)
+        self.size, self.interpolation = spec.size, cfg.interpolation
+        self.base = ResizeOnly(self.size, spec.mean, spec.std, interpolation=cfg.interpolation)
 
     def to_dict(self) -> dict:
         seed = None if self.kind == "flip" else self.seed  # flip views do not depend on the seed: runs share
@@ -169,8 +170,8 @@ def open_entry(cfg, model, dataset, render, decode, device, progress: bool):
     from longtail.models.prefix_cache import open_prefix_cache
 
     spec = model.input_spec
-    key_spec = {"decode": decode.to_dict(), "views": render.to_dict(), "mean": list(spec["mean"]),
-                "std": list(spec["std"])}
+    key_spec = {"decode": decode.to_dict(), "views": render.to_dict(), "mean": list(spec.mean),
+                "std": list(spec.std)}
     backbone = model.backbone
     return open_prefix_cache(backbone, dataset, frozen_depth(cfg, backbone), render.views, render, decode,
                              key_spec, device, cfg.prefix_cache_dir, cfg.eval_batch_size, cfg.num_workers,
@@ -180,8 +181,7 @@ def open_entry(cfg, model, dataset, render, decode, device, progress: bool):
 def open_prefix_source(cfg, model, splits, acc) -> PrefixSource:
     """Build or open the prefix cache of the run's training images and return the source."""
     spec = model.input_spec
-    decode = decode_transform(cfg.decode_size or round(spec["size"] * cfg.test_resize_ratio),
-                              spec["mean"], spec["std"], cfg.interpolation)
+    decode = decode_transform(cfg.decode_size or spec.resize, spec.mean, spec.std, cfg.interpolation)
     data, positions = positions_in(splits.full_train, splits.train)
     was_training = model.backbone.training
     # Under DDP every process calls this: they build the entry together (each its share of the
@@ -197,8 +197,8 @@ class TestView:
 
     views = 1
 
-    def __init__(self, spec: dict) -> None:
-        self.norm = Normalize(spec["mean"], spec["std"])
+    def __init__(self, spec: InputSpec) -> None:
+        self.norm = Normalize(spec.mean, spec.std)
 
     def to_dict(self) -> dict:
         return {"kind": "test", "views": 1}

@@ -1,8 +1,9 @@
 """A whole fine-tuning run: run folder, training (resumable), final weights, metrics, report.
 
 Files of a fit run: config.yaml, env.json, status.json, data_stats.json (what was trained
-on), classes.json (class names, full training counts, groups), adapter_model.safetensors +
-adapter_config.json (`FineTuneModel.weights()` and the config that rebuilds the model),
+on), classes.json (class names, full training counts, groups), model.safetensors +
+model_config.json (`FineTuneModel.weights()` and the input spec; the FitConfig that rebuilds the
+model is config.yaml, read by --resume and by evaluation alike),
 metrics.json, per_class.csv, report.html, and checkpoints/ while (or, with
 keep_checkpoints, after) it runs; with log_with, tracking/ (the tracker's logs) and tracking.json
 (where they went).
@@ -189,8 +190,7 @@ def finish_run(run, cfg: FitConfig, result: FitResult, report: bool = True,
     counts = full.class_counts()
     run.write_json(CLASSES, {"class_names": full.class_names, "train_counts": counts,
                              "group_counts": full.group_counts})
-    ckpt.save_weights(run.dir, result.model.weights(),
-                      {"kind": KIND, "config": cfg.to_dict(), "input_spec": result.model.input_spec})
+    ckpt.save_weights(run.dir, result.model.weights(), result.model.input_spec)
     test_set = splits.test if splits.test is not None else open_split(cfg, cfg.test_split, full.class_names)
     metrics = evaluate_model(result.model, cfg, test_set, counts, full.group_counts, full.class_names)
     metrics.update(result.metrics["throughput"])
