@@ -183,6 +183,7 @@ def fit_overrides(proto: Protocol, args, data_options: dict[str, Any]) -> dict[s
     """The FitConfig overrides every partial-FT row shares (one prefix-cache entry for the LT set)."""
     out = {"data_options": data_options, "backbone_options": {"image_size": args.image_size},
            "test_split": proto.test_split, "test_resize_ratio": 1.0, "val_per_class": proto.val_per_class,
+           "val_rule": "first",
            "prototype_options": proto.prototype_options,
            "epochs": args.epochs, "batch_size": args.fit_batch, "num_workers": args.workers,
            "eval_batch_size": args.batch_size, "device": args.device, "progress": False,
@@ -214,7 +215,7 @@ def lt_soups_rows(proto: Protocol, args, out: Path) -> list[dict[str, Any]]:
     from longtail.soups.lt_soups import LTSoups, LTSoupsConfig, run_lt_soups
 
     cfg = LTSoupsConfig(
-        dataset=proto.root, data_options=dict(proto.lt_options), val_per_class=proto.val_per_class,
+        dataset=proto.root, data_options=dict(proto.lt_options), val_per_class=proto.val_per_class, val_rule="first",
         test_split=proto.test_split, backbone=args.backbone, backbone_options={"image_size": args.image_size},
         adapter="partial", adapter_options={"num_blocks": 1}, head_init="auto",
         prototype_options=dict(proto.prototype_options), scale=25.0, lr=1e-3,

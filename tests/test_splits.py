@@ -299,3 +299,84 @@ def test_empty_class_folder_replayed_on_the_command_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "class folder 'zebra' has no images" in err
     assert main(["stats", str(data), "--no-plot", "--json", "--option", "empty_classes=drop"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"] == [2, 1]
+
+
+# ------------------------------------------------------------------ one validation vocabulary
+
+
+def test_val_rule_first_takes_the_first_of_each_class_in_file_order_and_stratified_a_seeded_draw():
+    labels = np.random.default_rng(4).permutation(LABELS)
+    train, val, record = ValRule(per_class=3, order="first").draw(labels)
+    for c, n in enumerate(COUNTS):
+        want = np.flatnonzero(labels == c)[:min(3, n - 1)]  # each class keeps one sample
+        np.testing.assert_array_equal(val[labels[val] == c], want)
+    assert record["rule"] == "val_per_class=3, val_rule=first" and record["seed"] is None
+    assert np.union1d(train, val).size == labels.size and np.intersect1d(train, val).size == 0
+    # the same sizes by the seeded rule: a different choice for the head class, the same per seed
+    _, drawn, rec = ValRule(per_class=3, seed=1).draw(labels)
+    assert np.bincount(labels[drawn]).tolist() == np.bincount(labels[val]).tolist()
+    assert not np.array_equal(drawn, val) and rec["rule"] == "val_per_class=3" and rec["seed"] == 1
+    np.testing.assert_array_equal(drawn, ValRule(per_class=3, seed=1).draw(labels)[1])
+    # a fraction by file order too
+    _, first_frac, _ = ValRule(fraction=0.5, order="first").draw(labels)
+    np.testing.assert_array_equal(first_frac[labels[first_frac] == 0], np.flatnonzero(labels == 0)[:50])
+    with pytest.raises(ConfigError, match="val_rule must be one of stratified, first, got 'random'"):
+        ValRule(per_class=1, order="random")
+
+
+def test_every_config_that_draws_validation_takes_val_rule(tmp_path):
+    from longtail.data.features import FeatureSet
+    from longtail.data.stats import StatsConfig
+    from longtail.methods.finetune import build_config
+    from longtail.methods.probe import ProbeConfig
+    from longtail.models.extract import FeaturesConfig
+
+    feats = FeatureSet(features=np.random.default_rng(0).normal(size=(LABELS.size, 4)).astype(np.float32),
+                       labels=LABELS.copy(), class_names=[f"c{i}" for i in range(5)], source="mem")
+    rule = ProbeConfig(val_per_class=2, val_rule="first").validation_rule()
+    _, val, _ = split_features(feats, rule)
+    assert val.labels.tolist() == [0, 0, 1, 1, 2, 2, 3]  # the first two of each class (class 3 keeps one)
+    assert FeaturesConfig("d", "b", str(tmp_path / "f.npz"), val_per_class=2, val_rule="first",
+                          split="val").validation_rule() == rule
+    assert StatsConfig("d", val_per_class=2, val_rule="first", split="val").validation_rule() == rule
+    for make in (lambda: ProbeConfig(val_per_class=2, val_rule="last"),
+                 lambda: FeaturesConfig("d", "b", str(tmp_path / "f.npz"), val_per_class=2, val_rule="last"),
+                 lambda: StatsConfig("d", val_per_class=2, val_rule="last"),
+                 lambda: build_config("synthetic_images", "tiny_clip", "linear_probe",
+                                      {"val_per_class": 2, "val_rule": "last"})):
+        with pytest.raises(ConfigError, match="val_rule must be one of stratified, first"):
+            make()
+
+
+def test_fit_val_rule_first_holds_out_the_first_test_images_and_stratified_a_seeded_draw(tmp_path):
+    from longtail.methods.finetune import build_config
+    from longtail.methods.finetune.data import open_splits
+
+    _classes(tmp_path / "data" / "train", (4, 2, 1))
+    _classes(tmp_path / "data" / "test", (5, 5, 5))
+    opts = {"backbone_options": {"image_size": 16, "patch_size": 8}, "progress": False, "val_per_class": 2}
+    spec = str(tmp_path / "data")
+    test_items = open_images(spec, split="test").items.tolist()
+    first = open_splits(build_config(spec, "tiny_clip", "linear_probe", {**opts, "val_rule": "first"}))
+    assert first.val.items.tolist() == [test_items[i] for i in (0, 1, 5, 6, 10, 11)]
+    assert first.validation["rule"] == "val_per_class=2, val_rule=first" and first.validation["from"] == "test"
+    drawn = [open_splits(build_config(spec, "tiny_clip", "linear_probe", {**opts, "seed": s})) for s in range(4)]
+    assert all(d.val.class_counts().tolist() == [2, 2, 2] for d in drawn)
+    assert len({tuple(d.val.items.tolist()) for d in drawn}) > 1  # the seed decides which
+    assert drawn[0].validation["rule"] == "val_per_class=2" and drawn[0].validation["seed"] == 0
+    # the LT-Soups preset asks for the first-N protocol by name
+    assert build_config(spec, "tiny_clip", "lt_soups", {}).val_rule == "first"
+
+
+def test_saved_fit_configs_and_plans_from_before_val_rule_keep_their_meaning():
+    from longtail.methods.finetune.config import FitConfig, config_from_dict
+    from longtail.soups.lt_soups import PLAN_FORMAT, migrate_plan
+
+    old = {k: v for k, v in FitConfig(val_per_class=10).to_dict().items() if k != "val_rule"}
+    assert config_from_dict(old).val_rule == "first"  # val_per_class from test meant the first N
+    assert config_from_dict({**old, "val_from": "train"}).val_rule == "stratified"
+    assert config_from_dict({**old, "val_per_class": 0}).val_rule == "stratified"
+    assert config_from_dict({**old, "val_rule": "stratified"}).val_rule == "stratified"  # today's, kept
+    plan2 = {**old, "format_version": 2}
+    assert migrate_plan(plan2)["val_rule"] == "first" and migrate_plan(plan2)["format_version"] == PLAN_FORMAT
+    assert migrate_plan({"dataset": "synthetic_images"})["val_rule"] == "first"  # format 1: val_per_class 10

@@ -28,7 +28,8 @@ split, train, and --split test or val on it is an error. A class folder with no 
 error too (--option empty_classes=drop leaves it out, =keep keeps it as an empty class).
 
 Validation drawn from the training split: val_split=0.1 (about 10 % of each class) or
-val_per_class=N, stratified and seeded (seed=0); each class keeps at least one training
+val_per_class=N, stratified and seeded (seed=0), or the first N in file order with
+val_rule=first; each class keeps at least one training
 image (a class of one image gets no validation image). Then --split val writes the drawn
 part and --split train the rest (same rule and seed, so the two never overlap); the rule,
 seed and per-class counts are stored in the file's meta (val_split).

@@ -20,7 +20,7 @@ an unknown key, name or option fails at once and lists the valid ones.
 
 Choices made on a validation set (--posthoc-tau auto, --interpolate auto, --calibrate) use
 --val FILE, or without it val_split=0.1 / val_per_class=N: that part of the training
-features, drawn per class with seed=, is held out of training (each class keeps at least one
+features, drawn per class with seed= (or val_rule=first: the first in file order), is held out of training (each class keeps at least one
 sample); the draw is recorded in the run's config.yaml (val_split).
 
 Feature files are .npz or .safetensors with `features` (N x d), `labels` (N) and optionally
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     check_thresholds(args.many, args.few)
     if args.out:
         check_writable(args.out)
-    rule = cfg.val_rule()
+    rule = cfg.validation_rule()
     if rule.active and args.val:
         raise ConfigError(f"--val {args.val} and {rule.describe()} both give a validation set: use one")
     if cfg.needs_validation() and not (args.val or rule.active):

@@ -21,7 +21,7 @@ a .csv (path,label), a zip of class folders, hf:<hub id> or a datasets.save_to_d
 or a feature file (.npz / .safetensors).
 
 --split picks a split of a preset or of a folder with train/ and test/ subfolders (a plain
-folder of classes is one split, train). val_split=0.1 or val_per_class=N (seed=) describe the
+folder of classes is one split, train). val_split=0.1 or val_per_class=N (seed=, val_rule=) describe the
 part of the training split that `features` / `probe` would hold out with the same keys
 (--split val) or the rest (--split train).
 

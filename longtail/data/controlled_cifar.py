@@ -65,12 +65,9 @@ def build_controlled(dataset, num_head: int, rho: float, seed: int = 0, selectio
 
 
 def validation_split(labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(val, test) indices: the first `per_class` test images of each class in file order."""
-    labels = np.asarray(labels)
-    order = np.argsort(labels, kind="stable")
-    sorted_labels = labels[order]
-    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
-    rank = np.arange(labels.size) - starts  # position of each image within its class
-    is_val = np.zeros(labels.size, dtype=bool)
-    is_val[order] = rank < per_class
-    return np.flatnonzero(is_val), np.flatnonzero(~is_val)
+    """(val, test) indices: the first `per_class` test images of each class in file order (each
+    class keeps one test image): `data.splits.ValRule` with val_rule=first."""
+    from longtail.data.splits import ValRule
+
+    test_idx, val_idx, _ = ValRule(per_class=per_class, order="first").draw(labels)
+    return val_idx, test_idx

@@ -1,14 +1,17 @@
-"""Validation splits drawn from a training set: stratified, seeded, never emptying a class.
+"""Validation splits drawn per class from a split (training, or a test split): one vocabulary.
 
-A rule is `val_split=FRACTION` (0 < f < 1: about f of each class) or `val_per_class=N` (N
-images of each class). Either way a class always keeps at least one training sample: a class
-of n samples gives min(k, n - 1) to validation, so a class with a single sample stays in
-training and has no validation sample. With a fraction, every class of two or more samples
-gives at least one (k = max(1, round(f n))), so the tail is represented in validation.
+How many: `val_split=FRACTION` (0 < f < 1: about f of each class) or `val_per_class=N` (N
+images of each class). Either way a class always keeps at least one sample in the rest: a
+class of n samples gives min(k, n - 1) to validation, so a class with a single sample has no
+validation sample. With a fraction, every class of two or more samples gives at least one
+(k = max(1, round(f n))), so the tail is represented in validation.
 
-The draw is one sort by (label, random key) from `numpy.random.default_rng(seed)`: the first
-k_c samples of class c in that order are validation. The same labels and rule give the same
-split; the record (`ValRule.record`) is what a run or feature file stores to say so.
+Which: `val_rule=stratified` (the default) is a seeded draw: one sort by (label, random key)
+from `numpy.random.default_rng(seed)`, the first k_c samples of class c in that order are
+validation. `val_rule=first` takes the first k_c samples of each class in file order, no seed:
+the protocol of LT-Soups and of CIFAR benchmarks that hold out the first test images of each
+class. The same labels and rule give the same split; the record (`ValRule.record`) is what a
+run or feature file stores to say so.
 
 `stratified_folds` makes k cross-validation folds by the same kind of draw, every class in
 every training part (method=auto without a validation set).
@@ -26,18 +29,21 @@ import numpy as np
 from longtail.errors import ConfigError, DataError
 
 TRAIN_PARTS = ("train", "val")  # the parts of a training split a rule divides it into
+VAL_RULES = ("stratified", "first")  # val_rule: a seeded stratified draw | the first of each class in file order
 
 
 @dataclass(frozen=True)
 class ValRule:
-    """How to draw validation from training: `fraction` (val_split) or `per_class` (val_per_class)."""
+    """How many validation samples per class (`fraction` = val_split or `per_class` =
+    val_per_class) and which (`order` = val_rule: stratified with `seed`, or first in file order)."""
 
     fraction: float | None = None
     per_class: int = 0
     seed: int = 0
+    order: str = "stratified"
 
     def __post_init__(self) -> None:
-        check_val_options(self.fraction, self.per_class)
+        check_val_options(self.fraction, self.per_class, order=self.order)
 
     @property
     def active(self) -> bool:
@@ -45,10 +51,11 @@ class ValRule:
         return self.fraction is not None or self.per_class > 0
 
     def describe(self) -> str:
-        """'val_split=0.1' or 'val_per_class=5' (or 'none')."""
-        if self.fraction is not None:
-            return f"val_split={self.fraction:g}"
-        return f"val_per_class={self.per_class}" if self.per_class else "none"
+        """'val_split=0.1' or 'val_per_class=5' (or 'none'), plus ', val_rule=first' for that rule."""
+        if not self.active:
+            return "none"
+        size = f"val_split={self.fraction:g}" if self.fraction is not None else f"val_per_class={self.per_class}"
+        return size if self.order == "stratified" else f"{size}, val_rule={self.order}"
 
     def val_counts(self, counts: np.ndarray) -> np.ndarray:
         """Validation samples per class for class sizes `counts` (each class keeps >= 1)."""
@@ -69,8 +76,11 @@ class ValRule:
             raise DataError("cannot draw a validation split from an empty training set")
         counts = np.bincount(labels, minlength=num_classes or 0)
         k = self.val_counts(counts)
-        key = np.random.default_rng(self.seed).random(labels.size)
-        order = np.lexsort((key, labels))  # by label, then by the random key
+        if self.order == "first":
+            order = np.argsort(labels, kind="stable")  # by label, then file order
+        else:
+            key = np.random.default_rng(self.seed).random(labels.size)
+            order = np.lexsort((key, labels))  # by label, then by the random key
         starts = np.cumsum(counts) - counts
         rank = np.arange(labels.size) - starts[labels[order]]  # position within its class
         is_val = np.zeros(labels.size, dtype=bool)
@@ -81,7 +91,7 @@ class ValRule:
     def record(self, val_counts: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
         """What a run stores: rule, seed, per-class validation counts and a hash of the indices."""
         digest = hashlib.sha256(np.asarray(val_idx, dtype=np.int64).tobytes()).hexdigest()[:16]
-        return {"rule": self.describe(), "from": "train", "seed": self.seed,
+        return {"rule": self.describe(), "from": "train", "seed": self.seed if self.order == "stratified" else None,
                 "num_val": int(val_counts.sum()), "val_counts": val_counts.tolist(),
                 "val_index_sha256": digest}
 
@@ -122,9 +132,12 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0, num_classes: int
     return out
 
 
-def check_val_options(fraction: float | None, per_class: int, what: str = "") -> None:
-    """One-line ConfigError unless at most one of val_split (0 < f < 1) / val_per_class (>= 0) is set."""
+def check_val_options(fraction: float | None, per_class: int, what: str = "", order: str = "stratified") -> None:
+    """One-line ConfigError unless at most one of val_split (0 < f < 1) / val_per_class (>= 0) is
+    set and val_rule is one of VAL_RULES."""
     prefix = f"{what}: " if what else ""
+    if order not in VAL_RULES:
+        raise ConfigError(f"{prefix}val_rule must be one of {', '.join(VAL_RULES)}, got {order!r}")
     if fraction is not None and not (isinstance(fraction, (int, float)) and math.isfinite(fraction)
                                      and 0 < fraction < 1):
         raise ConfigError(f"{prefix}val_split must be a fraction between 0 and 1 (e.g. 0.1), got {fraction!r}")

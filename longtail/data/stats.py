@@ -188,6 +188,7 @@ class StatsConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     val_split: float | None = None  # describe a validation part drawn from the training split...
     val_per_class: int = 0  # ... or N per class (longtail.data.splits), with split train | val
+    val_rule: str = "stratified"  # which: stratified (seeded by `seed`) | first (file order)
     seed: int = 0  # seed of that draw
     many: int = MANY_THRESHOLD  # many-shot: more than this many training images
     few: int = FEW_THRESHOLD  # few-shot: fewer than this many training images
@@ -196,13 +197,13 @@ class StatsConfig:
         from longtail.data.splits import check_part
 
         check_thresholds(self.many, self.few)
-        check_part(self.split, self.val_rule())
+        check_part(self.split, self.validation_rule())
 
-    def val_rule(self):
-        """The validation rule of val_split / val_per_class / seed (inactive when neither is set)."""
+    def validation_rule(self):
+        """The validation rule of val_split / val_per_class / val_rule / seed (inactive when neither size is set)."""
         from longtail.data.splits import ValRule
 
-        return ValRule(self.val_split, self.val_per_class, self.seed)
+        return ValRule(self.val_split, self.val_per_class, self.seed, self.val_rule)
 
 
 def dataset_stats(cfg: StatsConfig) -> tuple[str, ClassStats]:
@@ -212,7 +213,7 @@ def dataset_stats(cfg: StatsConfig) -> tuple[str, ClassStats]:
     from longtail.data.open_features import is_feature_spec, open_features
     from longtail.data.splits import open_part, split_features
 
-    rule = cfg.val_rule()
+    rule = cfg.validation_rule()
     if is_feature_spec(cfg.data):
         if cfg.data_options:
             raise ConfigError(f"{cfg.data} is a feature file: it takes no dataset options")

@@ -33,6 +33,7 @@ class FeaturesConfig:
     data_options: dict[str, Any] = field(default_factory=dict)
     val_split: float | None = None  # draw this fraction of each class of the training split as val
     val_per_class: int = 0  # or N images of each class (0: off); either way each class keeps one
+    val_rule: str = "stratified"  # which: stratified (seeded by `seed`) | first (file order)
     seed: int = 0  # seed of that draw
     revision: str | None = None
     backbone_options: dict[str, Any] = field(default_factory=dict)
@@ -54,11 +55,11 @@ class FeaturesConfig:
             raise ConfigError("batch_size must be >= 1 and workers >= 0")
         resolve_device(self.device)  # a misspelt device, or cuda without a GPU, fails here
         TEMPLATES.get(self.templates)
-        check_part(self.split, self.val_rule())
+        check_part(self.split, self.validation_rule())
 
-    def val_rule(self) -> ValRule:
-        """The validation rule of val_split / val_per_class / seed (inactive when neither is set)."""
-        return ValRule(self.val_split, self.val_per_class, self.seed)
+    def validation_rule(self) -> ValRule:
+        """The validation rule of val_split / val_per_class / val_rule / seed (inactive when neither size is set)."""
+        return ValRule(self.val_split, self.val_per_class, self.seed, self.val_rule)
 
 
 def prototype_request(cfg: FeaturesConfig) -> tuple[str | None, dict[str, Any]]:
@@ -100,7 +101,7 @@ def extract_to_file(cfg: FeaturesConfig) -> FeatureSet | None:
     if launched and not cfg.cache:
         raise ConfigError("cache=false: processes started by torchrun / accelerate launch share the work "
                           "through the feature cache; keep the cache or run one process")
-    dataset, drawn = open_part(cfg.data, cfg.split, cfg.root, cfg.val_rule(), **cfg.data_options)
+    dataset, drawn = open_part(cfg.data, cfg.split, cfg.root, cfg.validation_rule(), **cfg.data_options)
     backbone = load_backbone(cfg.backbone, revision=cfg.revision, **cfg.backbone_options)
     device, owned = cfg.device, launched and not torch.distributed.is_initialized()
     if launched:

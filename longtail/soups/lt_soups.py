@@ -37,7 +37,7 @@ import numpy as np
 from longtail.config import apply_overrides
 from longtail.errors import ConfigError, DataError
 from longtail.io import read_json, read_yaml, write_yaml
-from longtail.methods.finetune.config import RUNTIME_KEYS, FitConfig
+from longtail.methods.finetune.config import RUNTIME_KEYS, FitConfig, migrate_saved
 from longtail.methods.finetune.data import subset_counts
 from longtail.methods.finetune.presets import METHOD_PRESETS
 from longtail.soups.merge import Coefficients, merge_coefficients
@@ -48,7 +48,7 @@ STAGES = ("all", "prepare", "ingredients", "finish")
 # subset, stage 2's start weights, provenance and the method name
 PER_JOB = ("method", "steps", "warmup_steps", "warmup_epochs", "loss", "loss_options", "balance_exponent",
            "subset_seed", "init_from", "origin")
-PLAN_FORMAT = 2  # plan.yaml: 2 records every LTSoupsConfig key; 1 (no format_version) only the old class's
+PLAN_FORMAT = 3  # plan.yaml: 3 adds val_rule; 2 records every LTSoupsConfig key; 1 (no format_version) only the old class's
 
 
 @dataclass
@@ -130,19 +130,22 @@ def build_config(dataset: str, backbone: str, overrides: dict[str, Any] | None =
 def migrate_plan(plan: dict[str, Any]) -> dict[str, Any]:
     """A plan.yaml dict of any format in the current one (a migration on read). Format 1 recorded
     only the old LTSoupsConfig's fields; what it meant for the others: the values its
-    `fit_config` hard-coded, its own defaults where they differed from fit's, else fit's."""
+    `fit_config` hard-coded, its own defaults where they differed from fit's, else fit's.
+    Formats 1 and 2 predate val_rule (`finetune.config.migrate_saved`)."""
     version = plan.get("format_version", 1)
     if not isinstance(version, int) or version > PLAN_FORMAT:
         raise ConfigError(f"plan.yaml format {version!r} is newer than this longtail's ({PLAN_FORMAT})")
     if version == PLAN_FORMAT:
         return dict(plan)
+    if version == 2:
+        return {**migrate_saved(plan), "format_version": PLAN_FORMAT}
     implied = {"optimizer": "adamw", "lr_schedule": "cosine", "schedule_unit": "step", "warmup_start_factor": 1e-6,
                "final_lr_fraction": 0.1, "val_per_class": 10, "adapter": "full", "scale": 30.0, "lr": 3e-5,
                "weight_decay": 0.01, "ema_decay": 0.99, "n_evals": 5, "precision": "bf16", "keep_checkpoints": False}
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                 for cls in (FitConfig, Pipeline) for f in dataclasses.fields(cls)}
-    filled = {k: implied.get(k, defaults[k]) for k in valid_keys()}
-    return {**filled, **plan, "format_version": PLAN_FORMAT}
+    filled = {k: implied.get(k, defaults[k]) for k in valid_keys() if k != "val_rule"}
+    return {"val_rule": defaults["val_rule"], **migrate_saved({**filled, **plan}), "format_version": PLAN_FORMAT}
 
 
 # ----------------------------------------------------------------------------- the recipe

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from longtail.data.splits import VAL_RULES
 from longtail.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "no")
@@ -43,6 +44,7 @@ class FitConfig:
     test_split: str = "test"
     val_split: str | None = None  # selection split name, or a fraction (0.1) drawn from val_from; None: val_per_class
     val_per_class: int = 0  # > 0: hold out that many images per class of val_from for selection
+    val_rule: str = "stratified"  # which: stratified (seeded by `seed`) | first (file order; LT-Soups) (data.splits)
     val_from: str = "test"  # test: held-out test images, not tested on (LT-Soups) | train: removed from training
     balance_exponent: int | None = None  # train on n'_c = min(n_c, n_min 2^i) (LT-Soups); None: all
     subset_seed: int = 0  # seed of that per-class draw (LT-Soups: the exponent's position in F)
@@ -133,6 +135,7 @@ class FitConfig:
             (self.n_evals >= 0, f"n_evals must be >= 0, got {self.n_evals}"),
             (self.val_per_class >= 0, f"val_per_class must be >= 0, got {self.val_per_class}"),
             (self.val_from in VAL_FROM, f"val_from must be one of {', '.join(VAL_FROM)}, got {self.val_from!r}"),
+            (self.val_rule in VAL_RULES, f"val_rule must be one of {', '.join(VAL_RULES)}, got {self.val_rule!r}"),
             (self.val_fraction is None or not self.val_per_class, "set val_split=FRACTION or val_per_class, not both"),
             (self.val_from == "test" or self.val_drawn,
              "val_from=train draws validation from the training images: set val_split=FRACTION or val_per_class=N"),
@@ -252,9 +255,20 @@ def valid_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(FitConfig)]
 
 
+def migrate_saved(values: dict[str, Any]) -> dict[str, Any]:
+    """A saved fit config (or LT-Soups plan) of an older longtail in today's vocabulary (a
+    migration on read): before `val_rule`, val_per_class with val_from=test meant the first N
+    test images of each class in file order, now `val_rule=first`."""
+    values = dict(values)
+    if "val_rule" not in values and values.get("val_from", "test") == "test" and values.get("val_per_class"):
+        values["val_rule"] = "first"
+    return values
+
+
 def config_from_dict(values: dict[str, Any], where: str = "config") -> FitConfig:
-    """A FitConfig from a saved dict (config.yaml / adapter_config.json); unknown keys are errors."""
-    values = {k: v for k, v in values.items() if k not in ("kind", "format_version")}
+    """A FitConfig from a saved dict (config.yaml / adapter_config.json); unknown keys are
+    errors, older vocabularies are migrated (`migrate_saved`)."""
+    values = {k: v for k, v in migrate_saved(values).items() if k not in ("kind", "format_version")}
     unknown = sorted(set(values) - set(valid_keys()))
     if unknown:
         raise ConfigError(f"{where}: unknown fit config key '{unknown[0]}' (written by another longtail version?)")

@@ -111,10 +111,10 @@ class Splits:
 def open_splits(cfg, test: bool = True) -> Splits:
     """The run's splits; the test split is opened only with `test` (or to carve val out of it).
 
-    Validation (docs/finetune.md): a split name (val_split=val), or drawn per class from
-    val_from: 'test' holds out test images that are then not tested on (LT-Soups: the first
-    val_per_class of each class in file order; a fraction: a seeded stratified draw), 'train'
-    removes a seeded stratified draw (`longtail.data.splits`) from the training images.
+    Validation (docs/finetune.md): a split name (val_split=val), or drawn per class
+    (val_split=FRACTION or val_per_class=N, val_rule=stratified | first: `longtail.data.splits`)
+    from val_from: 'test' holds out test images that are then not tested on, 'train' removes
+    them from the training images.
     """
     from longtail.data.splits import ValRule
 
@@ -123,8 +123,9 @@ def open_splits(cfg, test: bool = True) -> Splits:
     full = open_split(cfg, "train")
     val = test_set = record = None
     fraction = cfg.val_fraction
+    rule = ValRule(fraction, cfg.val_per_class, cfg.seed, cfg.val_rule)
     if cfg.val_from == "train" and cfg.val_drawn:
-        rest, val_idx, record = ValRule(fraction, cfg.val_per_class, cfg.seed).draw(full.labels, full.num_classes)
+        rest, val_idx, record = rule.draw(full.labels, full.num_classes)
         if val_idx.size == 0:
             raise DataError(f"{cfg.dataset}: val_from=train leaves no validation image (every class has one)")
         val, full = full.subset(val_idx), full.subset(rest)
@@ -136,13 +137,9 @@ def open_splits(cfg, test: bool = True) -> Splits:
         test_set = open_split(cfg, cfg.test_split, full.class_names)
     if cfg.val_split is not None and fraction is None:
         val = open_split(cfg, cfg.val_split, full.class_names)
-    elif carve and fraction is not None:
-        rest, val_idx, record = ValRule(fraction, 0, cfg.seed).draw(test_set.labels, test_set.num_classes)
-        val, test_set = test_set.subset(val_idx), test_set.subset(rest)
     elif carve:
-        val, test_set = held_out(test_set, cfg.val_per_class)
-        record = {"rule": f"val_per_class={cfg.val_per_class}", "seed": None,
-                  "val_counts": np.bincount(val.labels, minlength=val.num_classes).tolist()}
+        rest, val_idx, record = rule.draw(test_set.labels, test_set.num_classes)
+        val, test_set = test_set.subset(val_idx), test_set.subset(rest)
     if record is not None:
         record = {**record, "from": cfg.val_from, "num_val": len(val)}
     return Splits(train, full, val, test_set, record)
@@ -163,9 +160,3 @@ def check_test_split(cfg) -> None:
     raise DataError(f"fit evaluates on the '{cfg.test_split}' split: {err}")
 
 
-def held_out(dataset, per_class: int):
-    """(val, rest): the first `per_class` images of each class in file order, and the others."""
-    from longtail.data.controlled_cifar import validation_split
-
-    val_idx, rest_idx = validation_split(dataset.labels, per_class)
-    return dataset.subset(val_idx), dataset.subset(rest_idx)

@@ -85,14 +85,15 @@ METHOD_PRESETS.register("partial_ft", {  # the last block(s) + top; the frozen p
 # budget, warmup, seed, loss and subset); `fit -m lt_soups` is the same recipe on all the data.
 # Where it differs from fit's defaults, the authors' script decides: AdamW at 3e-5 with weight
 # decay 0.01; warmup + cosine per optimizer step (LinearLR from 1e-6 x lr, down to 0.1 x lr);
-# EMA 0.99 and best-of-5 on 10 held-out test images per class; cosine scale 30; full
+# EMA 0.99 and best-of-5 on the first 10 test images of each class (val_rule=first); cosine scale 30; full
 # fine-tuning; bf16 on CUDA. keep_checkpoints=false: a pipeline has |F| x K ingredients and each
 # resume checkpoint holds the whole model and its AdamW state. The backbone preset's head_init /
 # input settings are kept (no head_init here); batch_size and scale here win over it.
 METHOD_PRESETS.register("lt_soups", {
     "optimizer": "adamw", "lr": 3e-5, "weight_decay": 0.01, "batch_size": 128, "epochs": 10,
     "lr_schedule": "cosine", "schedule_unit": "step", "warmup_start_factor": 1e-6, "final_lr_fraction": 0.1,
-    "ema_decay": 0.99, "n_evals": 5, "val_per_class": 10, "scale": 30.0, "adapter": "full",
+    "ema_decay": 0.99, "n_evals": 5, "val_per_class": 10, "val_rule": "first", "scale": 30.0,
+    "adapter": "full",
     "loss": "la", "loss_options": {"tau": 1.0}, "feature_interchange": False, "templates": "lift",
     "augment": "rrc_flip", "interpolation": "bilinear", "crop_schedule": "none",
     "precision": "bf16", "keep_checkpoints": False,

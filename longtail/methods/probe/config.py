@@ -73,10 +73,11 @@ class ProbeConfig:
     posthoc_tau: float | str | None = None  # None | "auto" (val) | float: z - tau * log pi
     calibrate: str | None = None  # None | "temperature": fit T on val by NLL (Guo et al. 2017)
     interpolate: float | str | None = None  # None | "auto" (val) | alpha in [0, 1]
-    # Without a validation file: draw it from the training features (stratified, seeded by
-    # `seed`, each class keeps >= 1 training sample; longtail.data.splits).
+    # Without a validation file: draw it from the training features (each class keeps >= 1
+    # training sample; longtail.data.splits, the one validation vocabulary).
     val_split: float | None = None  # fraction of each class, 0 < f < 1
     val_per_class: int = 0  # or N samples of each class (0: off)
+    val_rule: str = "stratified"  # which: stratified (seeded by `seed`) | first (file order)
     seed: int = 0
     device: str = "auto"
     log_with: str | None = None  # experiment tracker: tensorboard | mlflow | wandb (logs in RUN/tracking)
@@ -86,7 +87,7 @@ class ProbeConfig:
         for f in dataclasses.fields(self):  # types first: every later check can trust them
             setattr(self, f.name, coerce_field(f.name, getattr(self, f.name), hints[f.name]))
         self._check_ranges()
-        self.val_rule()  # val_split / val_per_class: ranges, not both
+        self.validation_rule()  # val_split / val_per_class / val_rule: ranges, not both
         self._check_choices()
         method = get_method(self.method)
         method.validate(self)
@@ -166,9 +167,9 @@ class ProbeConfig:
         """Every field as plain data (what config.yaml stores under `probe`; `from_dict` reads it)."""
         return asdict(self)
 
-    def val_rule(self) -> ValRule:
+    def validation_rule(self) -> ValRule:
         """The rule drawing validation from the training features (inactive unless set)."""
-        return ValRule(self.val_split, self.val_per_class, self.seed)
+        return ValRule(self.val_split, self.val_per_class, self.seed, self.val_rule)
 
     def needs_validation(self) -> list[str]:
         """The options set here that choose something on a validation set."""

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 CONFIG_PARAMS = (
     "method", "loss", "loss_options", "method_options", "head", "scale", "solver", "max_iter", "tol",
     "l2", "epochs", "lr", "batch_size", "normalize", "init", "l2_target", "posthoc_tau", "calibrate",
-    "interpolate", "val_split", "val_per_class", "seed", "device",
+    "interpolate", "val_split", "val_per_class", "val_rule", "seed", "device",
 )
 
 
@@ -48,7 +48,7 @@ class LongTailClassifier(ClassifierMixin, BaseEstimator):
     adjusted loss; `method="linear", loss="ce"` is LogisticRegression(C=1)). Dict options
     (`loss_options`, `method_options`) default to None (= {}). Methods that choose on
     validation (`posthoc_tau="auto"`, `interpolate="auto"`, `calibrate="temperature"`, ...)
-    draw it from the training rows: set `val_split` or `val_per_class`.
+    draw it from the training rows: set `val_split` or `val_per_class` (and `val_rule`).
     `prototypes` (C, d) and `prototype_bias` (C,), rows in the order of the sorted labels
     (`classes_`), feed `init="prototypes"`, `interpolate` and `method="zero-shot"`; give them
     to the constructor or to `fit` (fit's win).
@@ -66,7 +66,7 @@ class LongTailClassifier(ClassifierMixin, BaseEstimator):
         lr: float | None = None, batch_size: int = 256, normalize: bool = True, init: str = "random",
         l2_target: str = "zero", posthoc_tau: float | str | None = None, calibrate: str | None = None,
         interpolate: float | str | None = None, val_split: float | None = None, val_per_class: int = 0,
-        seed: int = 0, device: str = "auto", prototypes: np.ndarray | None = None,
+        val_rule: str = "stratified", seed: int = 0, device: str = "auto", prototypes: np.ndarray | None = None,
         prototype_bias: np.ndarray | None = None,
     ) -> None:
         self.method = method
@@ -90,6 +90,7 @@ class LongTailClassifier(ClassifierMixin, BaseEstimator):
         self.interpolate = interpolate
         self.val_split = val_split
         self.val_per_class = val_per_class
+        self.val_rule = val_rule
         self.seed = seed
         self.device = device
         self.prototypes = prototypes
@@ -119,10 +120,10 @@ class LongTailClassifier(ClassifierMixin, BaseEstimator):
         )
         val = None
         if cfg.needs_validation():
-            if not cfg.val_rule().active:
+            if not cfg.validation_rule().active:
                 raise DataError(f"{', '.join(cfg.needs_validation())} needs validation rows: set val_split "
                                 f"or val_per_class")
-            train, val, _ = split_features(train, cfg.val_rule())
+            train, val, _ = split_features(train, cfg.validation_rule())
         self.config_ = cfg
         self.probe_: Probe = fit_probe(train, cfg, val)
         train_info = self.probe_.info.get("train", {})
