@@ -9,7 +9,11 @@ import torch
 from longtail.data.features import FeatureSet
 from longtail.device import parse_memory
 from longtail.errors import ConfigError
+from longtail.maths import vmf
+from longtail.maths.finite import all_finite
 from longtail.methods.heads import CosineHead, LinearHead
+from longtail.methods.latent import concentration
+from longtail.methods.latent.concentration import in_class_knn
 from longtail.methods.latent.oversample import (
     cap_targets,
     make_oversampler,
@@ -189,3 +193,83 @@ def test_lbfgs_warns_when_the_start_point_meets_tol():
     with pytest.warns(UserWarning, match="stopped at its start point"):
         info = SOLVERS.get("lbfgs")(head, make_loss("ce", COUNTS), x, y, tol=1e3)
     assert info["iterations"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_all_finite_in_chunks_finds_every_bad_entry(dtype):
+    """all_finite sums (or tests) one chunk of rows at a time, never a float64 copy of x."""
+    x = torch.randn(37, 5, generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert all_finite(x, chunk=6) and all_finite(x) and all_finite(x.T, chunk=6) and all_finite(x[:, 1:], chunk=1)
+    for row in (0, 1, 18, 36):  # the first, second, a middle and the last chunk (6 // 5 = 1 row each)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = x.clone()
+            y[row, 4] = bad
+            assert not all_finite(y, chunk=6) and not all_finite(y) and not all_finite(y.T, chunk=12)
+    assert all_finite(torch.tensor(1.0, dtype=dtype)) and not all_finite(torch.tensor(float("nan"), dtype=dtype))
+    assert all_finite(torch.ones(3, dtype=torch.long)) and all_finite(x[:0], chunk=6)
+
+
+def _reference_sample_vmf(mu, kappa, generator):
+    """sample_vmf as it was before it worked in place per row block: whole n x d temporaries."""
+    n, d = mu.shape
+    one_minus_w = vmf._sample_w(kappa, d, generator)
+    y = torch.randn(n, d, dtype=mu.dtype, generator=generator)
+    radial = torch.sqrt(one_minus_w * (2.0 - one_minus_w))
+    y[:, :-1] *= (radial / y[:, :-1].norm(dim=1).double().clamp_min(1e-30)).to(mu.dtype)[:, None]
+    y[:, -1] = (1.0 - one_minus_w).to(mu.dtype)
+    mu_norm = mu.norm(dim=1).double().clamp_min(1e-30)
+    m_d = mu[:, -1].double() / mu_norm
+    y_dot_m = (y * mu).sum(1).double() / mu_norm
+    gap = 1.0 - m_d
+    c = torch.where(gap > 1e-12, (y[:, -1].double() - y_dot_m) / gap.clamp_min(1e-12), torch.zeros_like(gap))
+    x = torch.addcmul(y, mu, (c / mu_norm).to(mu.dtype)[:, None])
+    x[:, -1] -= c.to(mu.dtype)
+    return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-30))
+
+
+def _reference_kappa(x, y, k):
+    """local_concentration's r and kappa over all rows at once (no row chunks)."""
+    index, _ = in_class_knn(x, y, k)
+    valid = index >= 0
+    unit = torch.nn.functional.normalize(x.double(), dim=1, eps=1e-12)
+    total = unit.clone()
+    for j in range(k):
+        total += torch.where(valid[:, j, None], unit[index[:, j].clamp_min(0)], 0.0)
+    r = (total.norm(dim=1) / (valid.sum(1) + 1).double()).clamp(0.0, 1.0)
+    kappa = vmf.banerjee_kappa(r, x.shape[1]).clamp_min(1e-3)
+    lonely = valid.sum(1) == 0
+    kappa[lonely] = kappa[~lonely].median()
+    return kappa
+
+
+def test_vmf_kde_rows_equal_the_unchunked_formulas(monkeypatch):
+    """The vMF sampler's reflection step and local_concentration work per row block (no n x d
+    temporaries): the same bits as the whole-matrix formulas, for any block size."""
+    g = torch.Generator().manual_seed(2)
+    counts = torch.tensor([40, 17, 6, 3, 2, 1])
+    y = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+    x = torch.nn.functional.normalize(torch.randn(y.numel(), 12, generator=g) + 1.5 * torch.eye(12)[y], dim=1)
+    mu = torch.randn(50, 12, generator=g)
+    kappa = torch.rand(50, generator=g, dtype=torch.float64) * 200
+    whole = _reference_sample_vmf(mu, kappa, torch.Generator().manual_seed(4))
+    whole_k = {k: _reference_kappa(x, y, k) for k in (1, 2)}
+    sampler = make_oversampler("vmf-kde", seed=3, k_neighbors=2)
+    today = sampler.sample(x, y)  # every block is one block at this size
+    monkeypatch.setattr(vmf, "_BLOCK_ELEMENTS", 12 * 7)  # 7 rows per block: the last of 1 row
+    monkeypatch.setattr(concentration, "ROW_CHUNK", 5)
+    assert torch.equal(vmf.sample_vmf(mu, kappa, torch.Generator().manual_seed(4)), whole)
+    assert torch.equal(vmf.sample_vmf(mu.double(), kappa, torch.Generator().manual_seed(4)),
+                       _reference_sample_vmf(mu.double(), kappa, torch.Generator().manual_seed(4)))
+    for k in (1, 2):
+        assert torch.equal(concentration.local_concentration(x, y, k), whole_k[k])
+    chunked = sampler.sample(x, y)
+    assert torch.equal(chunked.features, today.features) and torch.equal(chunked.seeds, today.seeds)
+    assert torch.equal(today.features, _reference_sample_vmf(
+        x[today.seeds], _reference_kappa(x, y, 2)[today.seeds], _generator_after_seeds(3, today.labels.numel())))
+
+
+def _generator_after_seeds(seed, n):
+    """The oversampler's generator after it drew its n seed picks (one float64 uniform each)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.rand(n, generator=generator, dtype=torch.float64)
+    return generator

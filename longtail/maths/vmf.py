@@ -23,6 +23,8 @@ from longtail.errors import DataError
 _IVE_TINY = 1e-280
 # Largest number of rejection rounds before we call the sampler stuck (acceptance is > 0.5).
 _MAX_ROUNDS = 1000
+# Entries per row block of sample_vmf's reflection step (its only temporaries: 16 MiB in float32).
+_BLOCK_ELEMENTS = 1 << 22
 
 
 def _as_f64(x: Tensor | float, device: torch.device | None = None) -> Tensor:
@@ -174,11 +176,16 @@ def sample_vmf(mu: Tensor, kappa: Tensor | float, generator: torch.Generator | N
     y[:, -1] = (1.0 - one_minus_w).to(dtype)
     # Step 7: Householder reflection H = I - 2 h h^T, h = (e_d - m) / ||e_d - m||, m = mu/||mu||,
     # without forming h: H y = y + c (m - e_d), c = (y_d - y.m) / (1 - m_d); identity at m = e_d.
+    # In place on y, row block by row block: no n x d temporaries besides y (the output) itself.
     mu_norm = mu.norm(dim=1).double().clamp_min(1e-30)
     m_d = mu[:, -1].double() / mu_norm
-    y_dot_m = (y * mu).sum(1).double() / mu_norm
-    gap = 1.0 - m_d
-    c = torch.where(gap > 1e-12, (y[:, -1].double() - y_dot_m) / gap.clamp_min(1e-12), torch.zeros_like(gap))
-    x = torch.addcmul(y, mu, (c / mu_norm).to(dtype)[:, None])
-    x[:, -1] -= c.to(dtype)
-    return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-30))
+    rows = max(1, _BLOCK_ELEMENTS // d)
+    for r0 in range(0, n, rows):
+        yb, mb, nb = y[r0 : r0 + rows], mu[r0 : r0 + rows], mu_norm[r0 : r0 + rows]
+        y_dot_m = (yb * mb).sum(1).double() / nb
+        gap = 1.0 - m_d[r0 : r0 + rows]
+        c = torch.where(gap > 1e-12, (yb[:, -1].double() - y_dot_m) / gap.clamp_min(1e-12), torch.zeros_like(gap))
+        yb.addcmul_(mb, (c / nb).to(dtype)[:, None])
+        yb[:, -1] -= c.to(dtype)
+        yb.div_(yb.norm(dim=1, keepdim=True).clamp_min(1e-30))
+    return y

@@ -12,7 +12,7 @@ from longtail.maths.vmf import banerjee_kappa
 
 # Similarity entries per block (rows x class size): 2^24 floats = 64 MiB in float32.
 BLOCK_ELEMENTS = 1 << 24
-ROW_CHUNK = 16384  # rows per float64 chunk when turning neighbours into kappa
+ROW_CHUNK = 4096  # rows per float64 chunk when turning neighbours into kappa (~4 x 25 MiB at d = 768)
 
 
 def _unit64(x: Tensor) -> Tensor:
