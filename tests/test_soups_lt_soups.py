@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from longtail.cli import main
 from longtail.errors import ConfigError, DataError
+from longtail.eval.metrics import COMPARISON_KEYS
 from longtail.methods.finetune.checkpoint import WEIGHTS
 from longtail.methods.finetune.data import EpochBatches, subset_counts, subset_indices
 from longtail.soups.lt_soups import (
@@ -98,6 +99,7 @@ def test_pipeline_through_the_command(tmp_path, capsys):
     assert "soup" in capsys.readouterr().out
     table = json.loads((folder / "comparison.json").read_text())
     assert [r["name"] for r in table] == ["ingredient e0_b0", "ingredient e1_b0", "soup", "final"]
+    assert all(list(r) == ["name", *COMPARISON_KEYS] for r in table)  # the rows of `longtail soup --eval`
     assert (folder / "comparison.html").exists()
     stats = json.loads((folder / "ingredients" / "e0_b0" / "data_stats.json").read_text())
     assert len(set(stats["counts"])) == 1  # b = 1 subset is balanced

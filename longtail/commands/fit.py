@@ -76,6 +76,8 @@ def resume_config(args: argparse.Namespace, overrides: dict):
 def run(args: argparse.Namespace) -> int:
     from longtail.config import command_overrides
     from longtail.errors import ConfigError
+    from longtail.eval.metrics import summary
+    from longtail.io import to_jsonable
     from longtail.methods.finetune import config as fc
     from longtail.methods.finetune import presets
     from longtail.methods.finetune.runner import fit
@@ -101,22 +103,29 @@ def run(args: argparse.Namespace) -> int:
     result = fit(cfg, out=args.out, resume=args.resume, report=not args.no_report)
     if result.run_dir is None or "all" not in result.metrics:  # a non-main DDP process
         return 0
-    keys = ("all", "many", "medium", "few", "ece", "train_images_per_s", "max_gpu_memory_gb", "num_trainable")
-    summary = {k: result.metrics.get(k) for k in keys}
-    if args.json:
-        print(json.dumps(summary))
+    extra = {k: result.metrics.get(k) for k in TRAINING_KEYS}
+    if args.json:  # every command's --json contract (eval.metrics.summary), + how training went
+        print(json.dumps(to_jsonable(summary(result.metrics) | extra)))
     else:
         print(f"run folder: {result.run_dir}")
-        print("  ".join(_shown(k, v) for k, v in summary.items()))
+        line = {k: result.metrics.get(k) for k in percent_keys()} | extra
+        print("  ".join(_shown(k, v) for k, v in line.items()))
     return 0
 
 
-PERCENT_KEYS = ("all", "many", "medium", "few", "ece")
+TRAINING_KEYS = ("train_images_per_s", "max_gpu_memory_gb", "num_trainable")
+
+
+def percent_keys() -> tuple[str, ...]:
+    """The summary line's accuracies (`eval.metrics.SHOT_GROUPS`) and ECE, shown in %."""
+    from longtail.eval.metrics import SHOT_GROUPS
+
+    return (*SHOT_GROUPS, "ece")
 
 
 def _shown(key: str, value) -> str:
     """key=value for the summary line: accuracies and ECE in % as `probe` prints them (issue 22
     item 18; --json keeps fractions), n/a for an empty group, other numbers to 4 digits."""
-    if key in PERCENT_KEYS:
+    if key in percent_keys():
         return f"{key}={'n/a' if value is None else f'{100 * value:.1f}%'}"
     return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"

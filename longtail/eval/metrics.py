@@ -168,8 +168,15 @@ def evaluate(
     }
 
 
-SUMMARY_KEYS = ("all", "class_mean", "many", "medium", "few", "worst_class", "hmean", "gmean", "macro_f1",
-                "ece", "aurc", "fit_seconds")
+# The one list of what a run is summarised by; the others derive from it.
+# SHOT_GROUPS: accuracy overall, balanced (class mean) and per shot group: the columns of every
+# comparison table, the bars of the report's group plot and the first fields of every summary line.
+SHOT_GROUPS = ("all", "class_mean", "many", "medium", "few")
+# a row of a comparison table (soup --eval, MonoSoup, LT-Soups' comparison.json): + the training
+# set's head-tail ratio, the LT-Soups axis along which ingredients differ
+COMPARISON_KEYS = (*SHOT_GROUPS, "head_tail_ratio")
+# the `--json` contract of every command (`summary`)
+SUMMARY_KEYS = (*SHOT_GROUPS, "worst_class", "hmean", "gmean", "macro_f1", "ece", "aurc", "fit_seconds")
 
 
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:

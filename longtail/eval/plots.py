@@ -15,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from longtail.eval.metrics import SHOT_GROUPS  # noqa: E402
+
 if TYPE_CHECKING:
     from longtail.data.stats import ClassStats
 
@@ -74,8 +76,8 @@ def per_class_accuracy(metrics: dict[str, Any], title: str = "") -> plt.Figure:
 
 def group_bars(runs: Sequence[tuple[str, dict[str, Any]]]) -> plt.Figure:
     """Grouped bars of all / many / medium / few accuracy for one or several runs."""
-    keys = ("all", "class_mean", "many", "medium", "few")
-    labels = ("all", "class mean", "many", "medium", "few")
+    keys = SHOT_GROUPS
+    labels = tuple(k.replace("_", " ") for k in keys)
     n = max(1, len(runs))
     fig, ax = plt.subplots(figsize=(min(12.0, 5.0 + 0.6 * n), 4.2 + 0.22 * (n // 2 if n > 1 else 0)))
     width = 0.84 / n

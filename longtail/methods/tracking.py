@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from longtail.errors import ConfigError
+from longtail.eval.metrics import COMPARISON_KEYS
 from longtail.registry import Registry
 
 FOLDER = "tracking"
 RECORD = "tracking.json"
-SHOT_GROUPS = ("all", "class_mean", "many", "medium", "few", "head_tail_ratio", "ece")
+LOGGED_METRICS = (*COMPARISON_KEYS, "ece")  # the final test metrics a tracker receives (test/all, ...)
 
 # tracker name -> the package it needs (import name, pip name); descriptions for `longtail list`
 TRACKERS: Registry[tuple[str, str, str]] = Registry("tracker")
@@ -71,7 +72,7 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def final_scalars(metrics: dict[str, Any], prefix: str = "test/") -> dict[str, float]:
     """The shot-group metrics of an `eval.metrics.evaluate` dict, as finite floats."""
     out = {}
-    for key in SHOT_GROUPS:
+    for key in LOGGED_METRICS:
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             out[f"{prefix}{key}"] = float(value)

@@ -311,7 +311,7 @@ def finish(pipe: LTSoups) -> Path:
     from longtail.eval.report import write_comparison_report
     from longtail.io import write_json
     from longtail.methods.finetune import fit
-    from longtail.soups.soup_run import write_soup_run
+    from longtail.soups.soup_run import row, write_soup_run
 
     runs = [pipe.job_dir(i, k) for i, k in pipe.jobs()]
     soup_dir = pipe.folder / "soup"
@@ -327,9 +327,8 @@ def finish(pipe: LTSoups) -> Path:
         if not _finished(final_dir):
             fit(pipe.stage2_config(), out=final_dir, resume=(final_dir / "config.yaml").is_file())
         runs.append(final_dir)
-    keys = ("all", "class_mean", "many", "medium", "few", "head_tail_ratio")
-    table = [{"name": r.name if r.parent.name != "ingredients" else f"ingredient {r.name}",
-              **{k: read_json(r / "metrics.json").get(k) for k in keys}} for r in runs]
+    table = [row(r.name if r.parent.name != "ingredients" else f"ingredient {r.name}", read_json(r / "metrics.json"))
+             for r in runs]
     write_json(pipe.folder / "comparison.json", table)
     write_comparison_report(runs, pipe.folder / "comparison.html", title="LT-Soups: ingredients vs soup")
     return pipe.folder

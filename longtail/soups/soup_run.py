@@ -15,17 +15,17 @@ from typing import Any
 
 from longtail.config import coerce_field
 from longtail.errors import ConfigError
+from longtail.eval.metrics import COMPARISON_KEYS, SHOT_GROUPS
 from longtail.soups.merge import MERGE_METHODS, merge, save_state_dict, source_name, weights_file
 from longtail.soups.recipe import SoupRecipe
 
-ROW_KEYS = ("all", "class_mean", "many", "medium", "few", "head_tail_ratio")
 SOUP_METHODS = (*MERGE_METHODS.names(), "greedy")
 SIDE_FILES = ("classes.json", "data_stats.json")  # copied; model_config.json is written (save_weights_like)
 
 
 def row(name: str, metrics: dict[str, Any], stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """One line of a comparison table."""
-    out = {"name": name, **{k: metrics.get(k) for k in ROW_KEYS}}
+    out = {"name": name, **{k: metrics.get(k) for k in COMPARISON_KEYS}}
     if out["head_tail_ratio"] is None and stats:
         out["head_tail_ratio"] = stats.get("head_tail_ratio")
     return out
@@ -33,11 +33,11 @@ def row(name: str, metrics: dict[str, Any], stats: dict[str, Any] | None = None)
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Plain-text comparison (accuracies in %)."""
-    head = f"{'model':28s} {'all':>6s} {'bal':>6s} {'many':>6s} {'med':>6s} {'few':>6s}"
+    short = {"class_mean": "bal", "medium": "med"}
+    head = f"{'model':28s} " + " ".join(f"{short.get(k, k):>6s}" for k in SHOT_GROUPS)
     lines = [head]
     for r in rows:
-        cells = [f"{100 * r[k]:6.2f}" if isinstance(r.get(k), float) else f"{'-':>6s}"
-                 for k in ("all", "class_mean", "many", "medium", "few")]
+        cells = [f"{100 * r[k]:6.2f}" if isinstance(r.get(k), float) else f"{'-':>6s}" for k in SHOT_GROUPS]
         lines.append(f"{r['name'][:28]:28s} " + " ".join(cells))
     eta = next((r["head_tail_ratio"] for r in rows if r.get("head_tail_ratio") is not None), None)
     if eta is not None:
