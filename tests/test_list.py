@@ -49,3 +49,13 @@ def test_first_sentence_joins_lines_and_ignores_abbreviations_and_brackets():
     assert first_sentence(doc) == "Partial fine-tuning: the last blocks (include_top; the old name is kept)."
     assert first_sentence("cRT (Kang et al. 2020): re-trained. More.") == "cRT (Kang et al. 2020): re-trained."
     assert first_sentence("SMOTE (Chawla et al. 2002): x. Singleton classes repeat.") == "SMOTE (Chawla et al. 2002): x."
+
+
+def test_greedy_is_listed_once_from_where_it_is_declared(capsys):
+    from longtail.soups.merge import MERGE_METHODS
+    from longtail.soups.soup_run import SOUP_METHODS
+
+    assert cli.main(["list", "merges"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:] if line.strip()]
+    assert sorted(listed) == sorted(SOUP_METHODS) and listed.count("greedy") == 1
+    assert "greedy" not in MERGE_METHODS  # a procedure over evaluated ingredients, not merge coefficients

@@ -26,7 +26,7 @@ REGISTRIES: dict[str, str] = {
     "oversamplers": "latent oversampling probe methods",
     "fit-methods": "longtail fit -m NAME",
     "adapters": "fit adapter=NAME",
-    "merges": "longtail soup -m NAME (also greedy; LT-Soups: longtail lt-soups)",
+    "merges": "longtail soup -m NAME (LT-Soups: longtail lt-soups)",
     "datasets": "-d / --data / DATA NAME (or a folder, list file, CSV, zip, hf:ID)",
     "backbones": "-b / --backbone NAME (or a Hugging Face id or folder)",
     "run-kinds": "what longtail eval / report read",
@@ -123,12 +123,13 @@ def table(kind: str) -> Any:
 
 def extra_names(kind: str) -> dict[str, Any]:
     """Names a command accepts beyond its registry, with the object whose docstring describes
-    them: `longtail soup -m greedy` is a procedure (`soups.greedy`), not a merge coefficient."""
+    them, read where they are declared: `longtail soup -m greedy` is a procedure
+    (`soups.soup_run.PROCEDURES`), not a merge coefficient."""
     if kind != "merges":
         return {}
-    from longtail.soups import greedy
+    from longtail.soups.soup_run import PROCEDURES
 
-    return {"greedy": greedy}
+    return PROCEDURES
 
 
 def entries(kind: str) -> list[tuple[str, str]]:

@@ -16,10 +16,14 @@ from typing import Any
 from longtail.config import coerce_field
 from longtail.errors import ConfigError
 from longtail.eval.metrics import COMPARISON_KEYS, SHOT_GROUPS
+from longtail.soups import greedy
 from longtail.soups.merge import MERGE_METHODS, merge, save_state_dict, source_name, weights_file
 from longtail.soups.recipe import SoupRecipe
 
-SOUP_METHODS = (*MERGE_METHODS.names(), "greedy")
+# soup methods that are procedures over evaluated ingredients rather than merge coefficients
+# (`longtail list merges` lists them after MERGE_METHODS, described by their module's docstring)
+PROCEDURES = {"greedy": greedy}
+SOUP_METHODS = (*MERGE_METHODS.names(), *PROCEDURES)
 SIDE_FILES = ("classes.json", "data_stats.json")  # copied; model_config.json is written (save_weights_like)
 
 
