@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -15,6 +16,7 @@ from longtail.methods.finetune import build_config, fit, load_finetuned, predict
 from longtail.methods.finetune.checkpoint import WEIGHTS, WEIGHTS_CONFIG
 from longtail.methods.finetune.data import open_split
 from longtail.methods.finetune.presets import METHOD_PRESETS
+from longtail.methods.finetune.runner import config_from_run
 from tests.conftest import copy_runs
 
 SMALL = {"num_classes": 4, "n_max": 12, "imbalance_ratio": 4, "test_per_class": 4, "size": 16}
@@ -51,8 +53,10 @@ def test_resume_equals_uninterrupted(root, tmp_path):
     part = fit(cfg, out=tmp_path / "resumed", stop_after_steps=5, report=False)
     assert part.interrupted and not (tmp_path / "resumed" / "metrics.json").exists()
     t1 = time.perf_counter()
-    resumed = fit(cfg, out=tmp_path / "resumed", resume=True, report=False)
+    resumed = fit(dataclasses.replace(cfg, save_every=2), out=tmp_path / "resumed", resume=True, report=False)
     t2 = time.perf_counter()
+    # the run's one config records the resumed invocation's runtime keys (evaluation reads it)
+    assert config_from_run(tmp_path / "resumed") == dataclasses.replace(cfg, save_every=2)
     a = load_file(tmp_path / "full" / WEIGHTS)
     b = load_file(tmp_path / "resumed" / WEIGHTS)
     assert a.keys() == b.keys()

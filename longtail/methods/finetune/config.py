@@ -266,7 +266,7 @@ def migrate_saved(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(values: dict[str, Any], where: str = "config") -> FitConfig:
-    """A FitConfig from a saved dict (config.yaml / adapter_config.json); unknown keys are
+    """A FitConfig from a saved dict (a fit run's config.yaml, or model_config.json of a soup / export); unknown keys are
     errors, older vocabularies are migrated (`migrate_saved`)."""
     values = {k: v for k, v in migrate_saved(values).items() if k not in ("kind", "format_version")}
     unknown = sorted(set(values) - set(valid_keys()))
