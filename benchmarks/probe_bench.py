@@ -16,11 +16,12 @@ import numpy as np
 from longtail.data.splits import ValRule
 from longtail.eval.paired import paired_difference, verdict
 from longtail.methods.probe import ProbeConfig, fit_probe
+from longtail.methods.probe.registry import PROBE_METHODS
 
-# Probe methods whose fit draws random numbers (oversampling / sampling from fitted densities):
-# their rows are repeated over SEEDS (the config's seed + 0, 1, 2). The L-BFGS convex fits are
-# deterministic and fitted once.
-STOCHASTIC = frozenset({"smote", "gaussian-kde", "vmf-kde", "distribution-calibration"})
+# Probe methods whose fit draws random numbers (oversampling / sampling from fitted densities,
+# registered with stochastic=True): their rows are repeated over SEEDS (the config's seed + 0,
+# 1, 2). The L-BFGS convex fits are deterministic and fitted once.
+STOCHASTIC = frozenset(name for name in PROBE_METHODS.names() if PROBE_METHODS.get(name).stochastic)
 SEEDS = 3
 PRED = "_pred"  # a row's per-image test predictions while the run is in memory (not saved)
 

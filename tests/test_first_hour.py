@@ -54,7 +54,7 @@ def test_readme_quickstart_says_longtail_is_not_on_path():
 
 
 def _readme_demo_rows() -> dict[str, list[str]]:
-    """label -> [all, many, medium, few, ECE] of the README's demo table (and the Bayes row;
+    """label -> [all, many, medium, few, ECE, 3 seeds] of the README's demo table (and the Bayes row;
     the table's last two columns, the paired difference to the reference row and its verdict,
     need the reference row, which the cheap run here leaves out)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -62,8 +62,8 @@ def _readme_demo_rows() -> dict[str, list[str]]:
     rows = {}
     for line in section.splitlines():
         cells = [c.strip().strip("*") for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 9 and cells[0] not in ("method", "---"):
-            rows[cells[0]] = cells[1:6]
+        if line.startswith("|") and len(cells) == 10 and cells[0] not in ("method", "---"):
+            rows[cells[0]] = cells[1:6] + cells[7:8]
     return rows
 
 
@@ -71,8 +71,8 @@ def _printed_demo_rows(text: str) -> dict[str, list[str]]:
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if line.startswith("│") and len(cells) == 9:
-            rows[cells[0]] = cells[1:6]
+        if line.startswith("│") and len(cells) == 10:
+            rows[cells[0]] = cells[1:6] + cells[7:8]
     return rows
 
 
@@ -80,7 +80,7 @@ def test_readme_demo_table_is_what_the_demo_prints(tmp_path, capsys, monkeypatch
     """Issue 22 item 17: the README's demo table had drifted from `longtail demo` (LA's many /
     few, the temperature-scaled ECE, ...). Its rows are the demo's methods in order, and its
     numbers are what the demo prints: the cheap rows (about 1 s of fitting, no reports) run
-    here; LONGTAIL_DEMO_FULL=1 runs all fifteen (about 30 s). Two torch threads, as the README's
+    here, with one stochastic row and its three seeds; LONGTAIL_DEMO_FULL=1 runs all fifteen (about 40 s). Two torch threads, as the README's
     run on 2 CPU cores (SMOTE's 70.35 % rounds either way with the thread count)."""
     import torch
 
@@ -91,7 +91,7 @@ def test_readme_demo_table_is_what_the_demo_prints(tmp_path, capsys, monkeypatch
     assert list(readme) == [*labels, "Bayes limit (balanced)"]
     if not os.environ.get("LONGTAIL_DEMO_FULL"):
         cheap = {"linear CE", "linear CE + post-hoc LA (tau on val)", "linear LA", "linear balanced softmax",
-                 "zero-shot (prototypes)", "prototype init + LA + interpolation"}
+                 "zero-shot (prototypes)", "prototype init + LA + interpolation", "gaussian-kde + LR"}
         monkeypatch.setattr(demo, "DEMO_METHODS", tuple(row for row in demo.DEMO_METHODS if row[0] in cheap))
     monkeypatch.setenv("LONGTAIL_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()

@@ -124,7 +124,7 @@ def _register(name: str, summary: str) -> None:
 
     fit.__doc__ = summary
     fit.__name__ = f"fit_{name.replace('-', '_')}"
-    probe_method(name, check_options=check_options)(fit)
+    probe_method(name, check_options=check_options, stochastic=True)(fit)
 
 
 _register("vmf-kde", "Latent vMF-KDE oversampling to the largest class, then the linear probe (arXiv 2509.15859).")

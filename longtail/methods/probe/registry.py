@@ -29,6 +29,9 @@ class ProbeMethod:
     trains: False for methods without a trained head (zero-shot), which cannot interpolate.
     needs_validation: the options in `method_options` that choose something on a validation
       set, in words (e.g. ["method_options.tau='auto'"]); None: none do.
+    stochastic: True for methods whose fit draws random numbers beyond the seeded split
+      (oversampling, sampling from fitted densities): their results vary with `seed`, so
+      benchmarks repeat them over seeds; the convex fits of the others are deterministic.
     """
 
     fit: Callable[..., Any]
@@ -36,6 +39,7 @@ class ProbeMethod:
     trains: bool = True
     needs_validation: Callable[[dict[str, Any]], list[str]] | None = None
     check_config: Callable[[Any], None] | None = None
+    stochastic: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.fit.__doc__)  # `longtail list` shows the method's own doc
@@ -60,12 +64,12 @@ PROBE_METHODS: Registry[ProbeMethod] = Registry("probe method")
 def probe_method(
     name: str, *, check_options: Callable[[dict[str, Any]], None] | None = None, trains: bool = True,
     needs_validation: Callable[[dict[str, Any]], list[str]] | None = None,
-    check_config: Callable[[Any], None] | None = None,
+    check_config: Callable[[Any], None] | None = None, stochastic: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: register `fit` as probe method `name` (returns `fit` unchanged)."""
 
     def register(fit: Callable[..., Any]) -> Callable[..., Any]:
-        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains, needs_validation, check_config))
+        PROBE_METHODS.register(name, ProbeMethod(fit, check_options, trains, needs_validation, check_config, stochastic))
         return fit
 
     return register
