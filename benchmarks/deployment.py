@@ -71,9 +71,9 @@ from scipy.special import softmax
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from probe_bench import save_results  # noqa: E402  (what the probe benchmarks share)
 
-from longtail.data.controlled_cifar import validation_split
 from longtail.data.features import FeatureSet
 from longtail.data.profiles import exponential_profile, subsample_per_class
+from longtail.data.splits import first_per_class
 from longtail.eval.prior import bbse_prior, correct_logits, em_prior, prior_from_counts
 from longtail.eval.selective import confidence, fit_thresholds, selective_metrics
 from longtail.eval.tables import markdown_table
@@ -109,7 +109,7 @@ def take(fs: FeatureSet, idx: np.ndarray, name: str) -> FeatureSet:
 
 def split_test(test: FeatureSet, per_class: int, name: str) -> tuple[FeatureSet, FeatureSet]:
     """(validation, pool): the first `per_class` test images of each class (file order), the rest."""
-    val_idx, pool_idx = validation_split(test.labels, per_class)
+    val_idx, pool_idx = first_per_class(test.labels, per_class)
     return take(test, val_idx, f"{name}_val"), take(test, pool_idx, f"{name}_pool")
 
 

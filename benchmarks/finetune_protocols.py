@@ -16,10 +16,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from real_tiny100_lt import class_order, lt_split  # noqa: E402  (the Tiny protocol, one home)
 
-from longtail.data.controlled_cifar import validation_split  # noqa: E402
 from longtail.data.images import ImageDataset  # noqa: E402
 from longtail.data.open_images import open_images  # noqa: E402
 from longtail.data.profiles import exponential_profile, subsample_per_class  # noqa: E402
+from longtail.data.splits import first_per_class  # noqa: E402
 
 MAPPING = Path(__file__).resolve().parents[1] / "longtail" / "data" / "mappings" / "cifar10_imagenet.json"
 
@@ -47,7 +47,7 @@ class Protocol:
     def val_test_idx(self) -> tuple[np.ndarray, np.ndarray]:
         """(validation, test) indices into the test split (CIFAR: first val_per_class per class)."""
         if self.val_per_class:
-            return validation_split(self.base_test.labels, self.val_per_class)
+            return first_per_class(self.base_test.labels, self.val_per_class)
         return np.zeros(0, np.int64), np.arange(len(self.base_test))
 
     def val_images(self) -> ImageDataset:

@@ -40,11 +40,11 @@ from probe_bench import (  # noqa: E402  (what the probe benchmarks share)
 )
 
 from longtail.config import apply_overrides
-from longtail.data.controlled_cifar import validation_split
 from longtail.data.features import FeatureSet
 from longtail.data.open_images import open_images
 from longtail.data.presets import CIFAR10_CLASSES
 from longtail.data.profiles import exponential_profile, subsample_per_class
+from longtail.data.splits import first_per_class
 from longtail.eval.metrics import evaluate
 from longtail.eval.tables import markdown_table
 from longtail.methods.probe import ProbeConfig, fit_probe
@@ -119,7 +119,7 @@ def row_configs(device: str) -> list[ProbeConfig]:
 
 def split_val_test(test: FeatureSet, per_class: int = 10) -> tuple[FeatureSet, FeatureSet]:
     """First `per_class` samples of each class (file order) -> val; the rest -> test."""
-    val_idx, test_idx = validation_split(test.labels, per_class)
+    val_idx, test_idx = first_per_class(test.labels, per_class)
 
     def take(idx):
         return replace(test, features=test.features[idx], labels=test.labels[idx])

@@ -11,8 +11,8 @@ from longtail.data.controlled_cifar import (
     controlled_counts,
     controlled_indices,
     head_tail_ratio,
-    validation_split,
 )
+from longtail.data.splits import first_per_class
 from longtail.data.stats import class_stats
 from longtail.errors import ConfigError, DataError
 
@@ -45,7 +45,7 @@ def test_bad_parameters():
         controlled_counts(50, 1000)
 
 
-def test_indices_and_validation_split():
+def test_indices_and_first_per_class_validation():
     labels = np.repeat(np.arange(3), 20)
     np.random.default_rng(1).shuffle(labels)
     idx = controlled_indices(labels, np.array([20, 7, 2]), seed=3)
@@ -53,7 +53,7 @@ def test_indices_and_validation_split():
     np.testing.assert_array_equal(idx, controlled_indices(labels, np.array([20, 7, 2]), seed=3))
     with pytest.raises(DataError, match="class 1"):
         controlled_indices(labels, np.array([1, 21, 1]))
-    val, test = validation_split(labels, per_class=4)
+    val, test = first_per_class(labels, per_class=4)
     assert val.size == 12 and test.size == 48 and np.intersect1d(val, test).size == 0
     for c in range(3):  # the first 4 of each class in file order
         np.testing.assert_array_equal(val[labels[val] == c], np.flatnonzero(labels == c)[:4])

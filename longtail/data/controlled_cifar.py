@@ -63,11 +63,3 @@ def build_controlled(dataset, num_head: int, rho: float, seed: int = 0, selectio
     counts = controlled_counts(num_head, rho, n_max=n_max, num_classes=num_classes)
     return dataset.subset(controlled_indices(dataset.labels, counts, seed, selection))
 
-
-def validation_split(labels: np.ndarray, per_class: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """(val, test) indices: the first `per_class` test images of each class in file order (each
-    class keeps one test image): `data.splits.ValRule` with val_rule=first."""
-    from longtail.data.splits import ValRule
-
-    test_idx, val_idx, _ = ValRule(per_class=per_class, order="first").draw(labels)
-    return val_idx, test_idx

@@ -96,6 +96,13 @@ class ValRule:
                 "val_index_sha256": digest}
 
 
+def first_per_class(labels: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """(val, rest) indices: the first `per_class` samples of each class in file order (each class
+    keeps one in the rest): `val_rule=first`, as the CIFAR benchmarks hold out test images."""
+    rest, val, _ = ValRule(per_class=per_class, order="first").draw(labels)
+    return val, rest
+
+
 def stratified_folds(labels: np.ndarray, k: int, seed: int = 0, num_classes: int | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
     """k (train_idx, held_idx) pairs for cross-validation: stratified, seeded, and every class
