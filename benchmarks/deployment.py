@@ -74,6 +74,7 @@ from probe_bench import save_results  # noqa: E402  (what the probe benchmarks s
 from longtail.data.features import FeatureSet
 from longtail.data.profiles import exponential_profile, subsample_per_class
 from longtail.data.splits import first_per_class
+from longtail.eval.paired import goal_verdict
 from longtail.eval.prior import bbse_prior, correct_logits, em_prior, prior_from_counts
 from longtail.eval.selective import confidence, fit_thresholds, selective_metrics
 from longtail.eval.tables import markdown_table
@@ -209,8 +210,7 @@ def cluster_se(d: np.ndarray, clusters: np.ndarray) -> float:
 def verdict(d: np.ndarray, clusters: np.ndarray) -> dict:
     """The one met / missed rule: the goal is mean(d) >= 0 (d paired per image)."""
     mean, se = float(d.mean()), cluster_se(d, clusters)
-    status = "met" if mean - Z * se > 0 else "missed" if mean + Z * se < 0 else "equal within noise"
-    return {"status": status, "margin": mean, "se": se}
+    return {"status": goal_verdict(mean, se, 0.0, Z), "margin": mean, "se": se}
 
 
 def combine(verdicts: list[dict]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from longtail.data.splits import ValRule
-from longtail.eval.paired import paired_difference, verdict
+from longtail.eval.paired import goal_verdict, paired_difference, verdict
 from longtail.methods.probe import ProbeConfig, fit_probe
 from longtail.methods.probe.registry import PROBE_METHODS
 
@@ -77,15 +77,17 @@ def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_clas
     """Every row against the row labelled `reference` on the same test images: `vs_ref` (balanced
     accuracy of the row minus the reference's), `vs_ref_se` (paired SE over images within
     classes), `vs_ref_ci` (bootstrap 95 %) and `verdict` (`longtail.eval.paired.verdict`, 2 SE).
-    `claims`: further (A, B) or (A, B, metric) label tuples (rows whose labels start with A, B;
-    metric "class_mean" by default, or a shot group of `groups`, the classes' many / medium /
-    few) the text compares, each paired the same way; returned as dicts (and printed). The
+    `claims`: further (A, B), (A, B, metric) or (A, B, metric, goal) label tuples (rows whose
+    labels start with A, B; metric "class_mean" by default, or a shot group of `groups`, the
+    classes' many / medium / few; goal: a target for B - A, judged by
+    `longtail.eval.paired.goal_verdict`) the text compares, each paired the same way; returned
+    as dicts (and printed); a claim on a shot group without test images is left out. The
     per-image predictions are dropped from the rows afterwards."""
     def find(label: str) -> dict:
         return next(r for r in results if r["method"].startswith(label))
 
-    def pair(a: dict, b: dict, metric: str = "class_mean") -> dict:
-        return paired_difference(a[PRED], b[PRED], labels, groups, num_classes=num_classes)["metrics"][metric]
+    def pair(a: dict, b: dict, metric: str = "class_mean") -> dict | None:
+        return paired_difference(a[PRED], b[PRED], labels, groups, num_classes=num_classes)["metrics"].get(metric)
 
     ref = find(reference)
     for r in results:
@@ -95,13 +97,19 @@ def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_clas
         m = pair(ref, r)
         r.update(vs_ref=m["diff"], vs_ref_se=m["se"], vs_ref_ci=m["ci"], verdict=m["verdict"])
     out = []
-    for a, b, *metric in claims:
-        metric = metric[0] if metric else "class_mean"
+    for a, b, *rest in claims:
+        metric, goal = (list(rest) + ["class_mean", None][len(rest):])[:2]
         m = pair(find(a), find(b), metric)
+        if m is None:
+            continue
         out.append({"a": find(a)["method"], "b": find(b)["method"], "metric": metric, "diff": m["diff"],
                     "se": m["se"], "ci": m["ci"], "verdict": verdict(m["diff"], m["se"])})
+        said = ""
+        if goal is not None:
+            out[-1].update(goal=goal, goal_verdict=goal_verdict(m["diff"], m["se"], goal))
+            said = f"; goal B - A >= {100 * goal:+.2f}: {out[-1]['goal_verdict']}"
         print(f"  {out[-1]['b']} vs {out[-1]['a']} ({metric}): {100 * m['diff']:+.2f} ± {100 * m['se']:.2f} "
-              f"points (paired SE): {out[-1]['verdict']}", flush=True)
+              f"points (paired SE): {out[-1]['verdict']}{said}", flush=True)
     for r in results:
         r.pop(PRED, None)
     return out

@@ -113,6 +113,17 @@ def test_the_verdict_rule_on_its_boundaries():
     assert verdict(0.5, None) == EQUAL and verdict(0.5, float("nan")) == EQUAL and verdict(None, 0.1) == EQUAL
 
 
+def test_the_goal_rule_is_met_only_beyond_the_noise():
+    from longtail.eval.paired import MET, MISSED, NEAR, goal_verdict
+
+    # "B - A >= 3 points" with a paired SE of 0.5 point: met above 4, missed below 2, else noise
+    assert goal_verdict(0.0401, 0.005, goal=0.03) == MET and goal_verdict(0.0399, 0.005, goal=0.03) == NEAR
+    assert goal_verdict(0.034, 0.005, goal=0.03) == NEAR and goal_verdict(0.0199, 0.005, goal=0.03) == MISSED
+    # ">= the checkpoint" (goal 0): a +0.26 point gain with SE 0.3 is not met, only equal within noise
+    assert goal_verdict(0.0026, 0.003) == NEAR and goal_verdict(-0.0061, 0.003) == MISSED
+    assert goal_verdict(0.5, None) == NEAR and goal_verdict(None, 0.1) == NEAR
+
+
 def test_mismatched_inputs_are_refused():
     with pytest.raises(DataError, match="same 6 test images"):
         paired_difference(LABELS[:5], LABELS, LABELS)

@@ -36,3 +36,23 @@ def test_rows_are_paired_with_the_reference_and_judged_by_the_rule(probe_bench):
     assert by["broken"]["verdict"] == "worse"
     assert claims[0]["diff"] == pytest.approx(-0.75) and claims[0]["verdict"] == "worse"
     assert all(probe_bench.PRED not in r for r in rows)  # per-image predictions dropped after pairing
+
+
+def test_claims_on_a_shot_group_with_a_goal(probe_bench):
+    labels = np.repeat(np.arange(3), 4)  # class 2 is the only few-shot class
+    groups = ["many", "many", "few"]
+    a = labels.copy()
+    a[labels == 2] = 0  # A misses every few-shot image
+    b = labels.copy()
+    b[[8]] = 0  # B gets three of the four
+    rows = [{"method": "A", probe_bench.PRED: a}, {"method": "B", probe_bench.PRED: b}]
+    claims = probe_bench.add_paired(rows, labels, "A", 3, groups=groups,
+                                    claims=(("A", "B", "few", 0.5), ("A", "B", "medium"), ("A", "B", "class_mean", 0.3)))
+    few, mean = claims  # no medium-shot class: that claim is left out
+    # few: d = [1, 1, 1, 0] on class 2, diff 0.75, SE = sqrt(var / 4) = sqrt(0.25 / 4) = 0.25
+    assert few["metric"] == "few" and few["diff"] == pytest.approx(0.75) and few["se"] == pytest.approx(0.25)
+    assert few["goal_verdict"] == "equal within noise"  # 0.75 - 2 * 0.25 = 0.25 does not clear 0.5
+    assert mean["diff"] == pytest.approx(0.25) and mean["goal_verdict"] == "equal within noise"
+    assert "goal" not in probe_bench.add_paired(
+        [{"method": "A", probe_bench.PRED: a}, {"method": "B", probe_bench.PRED: b}], labels, "A", 3,
+        claims=(("A", "B"),))[0]

@@ -157,6 +157,19 @@ def paired_bootstrap(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray,
     return {"se": float(reps.std(ddof=1)), "low": float(low), "high": float(high)}
 
 
+MET, MISSED, NEAR = "met", "missed", "equal within noise"
+
+
+def goal_verdict(diff: float | None, se: float | None, goal: float = 0.0, z: float = Z) -> str:
+    """The one rule for a goal "B - A >= goal" (e.g. goal 0.03: three points better): "met" when
+    the whole 2-SE band of the difference clears it (diff - z * se > goal), "missed" when the
+    band lies below it (diff + z * se < goal), else "equal within noise" (of the goal): a goal is
+    met only when the data show it, never by a difference inside the noise. The same rule as
+    `verdict` applied to diff - goal."""
+    said = verdict(None if diff is None else diff - goal, se, 0.0, z)
+    return {BETTER: MET, WORSE: MISSED}.get(said, NEAR)
+
+
 def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, labels: np.ndarray,
                       groups: Sequence[str] | np.ndarray | None = None, *, num_classes: int | None = None,
                       n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL, z: float = Z,
