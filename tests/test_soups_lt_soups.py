@@ -109,8 +109,8 @@ def test_pipeline_through_the_command(tmp_path, capsys):
         for name in ("config.yaml", "env.json", "data_stats.json", "metrics.json", "per_class.csv", "report.html"):
             assert (folder / sub / name).is_file(), (sub, name)
         assert evaluate_run(folder / sub)["all"] == pytest.approx(run["metrics"]["all"])
-        # the page the pipeline wrote with write_report(folder) once the run was finished: the
-        # same call as `longtail report FOLDER`, on the same files (not written a second time here)
+        # the page the pipeline wrote with write_report(folder) once the run was finished (what
+        # `longtail report FOLDER` calls, less the gallery's pictures), not written a second time here
         page = (folder / sub / "report.html").read_text()
         for section in ("Test data", "Per-class results", "Configuration"):
             assert f"<h2>{section}</h2>" in page, (sub, section)
