@@ -22,8 +22,8 @@ from longtail import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"<!-- offline: runs in order(; my_images)? -->\s*```bash\n(.*?)```(?:\s*```python\n(.*?)```)?", re.S)
-TRAIN_COUNTS = (24, 12, 6, 3)  # a small long tail: 4 classes, imbalance ratio 8
-TEST_PER_CLASS = 4
+TRAIN_COUNTS = (16, 8, 4, 2)  # a small long tail: 4 classes, imbalance ratio 8
+TEST_PER_CLASS = 3
 
 
 def offline_blocks() -> list[tuple[str, bool, list[str], str | None]]:
