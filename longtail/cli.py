@@ -98,8 +98,31 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+def _process_group_up() -> bool:
+    """Whether this process is in a torch.distributed group (never imports torch itself)."""
+    if "torch" not in sys.modules:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _run(args: argparse.Namespace) -> int:
-    """Run the command; user mistakes become one line and exit status 2."""
+    """Run the command; user mistakes become one line and exit status 2. A process group the
+    command joined (torchrun: `fit`, `lt-soups` and `features` through accelerate) is left
+    before returning: gloo aborts at exit ("terminate called without an active exception")
+    when a group is never shut down."""
+    joined = not _process_group_up()
+    try:
+        return _run_command(args)
+    finally:
+        if joined and _process_group_up():
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except LongtailError as err:

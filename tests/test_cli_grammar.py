@@ -85,3 +85,25 @@ def test_list_prints_every_registry(capsys):
             assert f"\n  {name} " in section or section.rstrip().endswith(f"  {name}"), (kind, name)
     assert cli.main(["list", "losses"]) == 0
     assert "adapters" not in capsys.readouterr().out
+
+
+def test_a_process_group_a_command_joined_is_left_when_it_returns(tmp_path, monkeypatch, capsys):
+    """torchrun -m longtail fit: accelerate joins a gloo group in the command; the CLI leaves it
+    before returning (gloo aborts at exit otherwise), and leaves alone a group its caller had."""
+    import torch.distributed as dist
+
+    from longtail.cli import main
+    from longtail.commands import list as list_command
+
+    def joins(args):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        return 0
+
+    monkeypatch.setattr(list_command, "run", joins)
+    assert main(["list"]) == 0 and not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store2'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(list_command, "run", lambda args: 0)
+        assert main(["list"]) == 0 and dist.is_initialized()  # the caller's group stays
+    finally:
+        dist.destroy_process_group()
