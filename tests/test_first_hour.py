@@ -80,7 +80,7 @@ def test_readme_demo_table_is_what_the_demo_prints(tmp_path, capsys, monkeypatch
     """Issue 22 item 17: the README's demo table had drifted from `longtail demo` (LA's many /
     few, the temperature-scaled ECE, ...). Its rows are the demo's methods in order, and its
     numbers are what the demo prints: the cheap rows (about 1 s of fitting, no reports) run
-    here, with one stochastic row and its three seeds; LONGTAIL_DEMO_FULL=1 runs all fifteen (about 40 s). Two torch threads, as the README's
+    here, with one stochastic row and its three seeds; LONGTAIL_DEMO_FULL=1 runs all fifteen (about 25 s). Two torch threads, as the README's
     run on 2 CPU cores (SMOTE's 70.35 % rounds either way with the thread count)."""
     import torch
 

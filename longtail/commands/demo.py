@@ -10,7 +10,7 @@ Builds the built-in `synthetic_features` benchmark (classes are von Mises-Fisher
 the unit sphere, imbalance ratio 100, balanced test set; its Bayes-optimal balanced accuracy
 is computed from the generating densities), trains several long-tail probe methods on it,
 prints their overall / many / medium / few accuracy and ECE next to the Bayes limit, and
-writes one run folder per method plus a comparison report. No download; about 40 s on
+writes one run folder per method plus a comparison report. No download; about 25 s on
 2 CPU cores (README, "Measured results").
 
 Positional KEY=VALUE pairs change the benchmark (num_classes, dim, n_max, imbalance_ratio,
