@@ -98,7 +98,8 @@ def add_paired(results: list[dict], labels: np.ndarray, reference: str, num_clas
         r.update(vs_ref=m["diff"], vs_ref_se=m["se"], vs_ref_ci=m["ci"], verdict=m["verdict"])
     out = []
     for a, b, *rest in claims:
-        metric, goal = (list(rest) + ["class_mean", None][len(rest):])[:2]
+        metric = rest[0] if rest else "class_mean"
+        goal = rest[1] if len(rest) > 1 else None
         m = pair(find(a), find(b), metric)
         if m is None:
             continue

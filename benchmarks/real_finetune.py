@@ -167,12 +167,12 @@ def probe_rows(proto: Protocol, args) -> list[dict[str, Any]]:
 def with_predictions(r: dict[str, Any], args) -> dict[str, Any]:
     """The row with its run's per-image test predictions (`Predictor.test`: scored as its metrics
     were, from the frozen-prefix cache) and labels, for the paired columns."""
+    from longtail.eval.metrics import balanced_accuracy
     from longtail.methods.predictor import Predictor
 
     logits, labels = Predictor.from_run(r["run"], args.device, args.batch_size, args.workers).test()
     pred, labels = np.asarray(logits).argmax(axis=1), np.asarray(labels)
-    present = np.unique(labels)
-    recomputed = float(np.mean([np.mean(pred[labels == c] == c) for c in present]))
+    recomputed = balanced_accuracy(logits, labels)
     if abs(recomputed - r["class_mean"]) > 1e-6:  # the pairing must score what the table shows
         raise RuntimeError(f"{r['run']}: its predictions give balanced accuracy {recomputed:.6f}, "
                            f"its metrics {r['class_mean']:.6f}")
