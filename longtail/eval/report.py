@@ -63,8 +63,7 @@ table.pairs td:nth-child(1),table.pairs td:nth-child(4){text-align:left}th[data-
 
 def _png(fig: plt.Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    plots.save_png(fig, buf)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from longtail.errors import DataError  # noqa: E402
+from longtail.eval.plots import DPI, save_png  # noqa: E402
 from longtail.io import atomic_write  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def plot_latent_projection(
         raise DataError(f"no real samples of classes {classes} to project")
     n_comp = min(2, int(real_sel.sum()), real_X.shape[1])
     pca = PCA(n_components=n_comp).fit(real_X[real_sel] if real_sel.sum() > 1 else real_X)
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=DPI)
     colors = plt.get_cmap("tab10")
     for i, c in enumerate(classes):
         label = class_names[c] if class_names is not None else f"class {c}"
@@ -50,7 +51,7 @@ def plot_latent_projection(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    atomic_write(path, lambda p: save_png(fig, p, close=False))
     plt.close(fig)
     return path
 
