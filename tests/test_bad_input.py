@@ -305,9 +305,10 @@ def test_observation_6_replayed_on_fit_runs(tmp_path, capsys):
                     "--out", out], "different architectures", "adapter.down")
     assert not out.exists() and not list(tmp_path.glob(".mono*"))
     assert cli.main(["monosoup", "--w1", str(tmp_path / "lift1"), "--w0", "zero-shot", "--device", "cpu",
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--no-report"]) == 0
     log = json.loads((out / "monosoup_log.json").read_text())
     assert any(e["edited"] for e in log) and (out / "metrics.json").is_file()
+    assert not (out / "report.html").exists()  # --no-report
 
 
 @pytest.mark.parametrize("text", ["2001-13-01", "!!float abc", "!!timestamp x", "!!int x"])

@@ -53,7 +53,7 @@ def test_probe_json_contract_and_run_folder(files, tmp_path, capsys):
 
 
 def test_eval_reproduces_the_saved_metrics(files, tmp_path, capsys):
-    assert _probe(files, tmp_path, "--json") == 0
+    assert _probe(files, tmp_path, "--json", "--no-report") == 0
     saved = json.loads(capsys.readouterr().out)
     assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
@@ -62,7 +62,8 @@ def test_eval_reproduces_the_saved_metrics(files, tmp_path, capsys):
 
 
 def test_runs_are_never_overwritten(files, tmp_path, capsys):
-    assert _probe(files, tmp_path) == 0
+    assert _probe(files, tmp_path, "--no-report") == 0
+    assert not (tmp_path / "run" / "report.html").exists()
     before = (tmp_path / "run" / "metrics.json").read_text()
     assert _probe(files, tmp_path, "--loss", "la") == 2
     assert "already exists" in capsys.readouterr().err

@@ -27,6 +27,8 @@ def _write(tmp_path, n=3):
 def test_soup_uniform_weighted_and_never_overwrite(tmp_path, capsys):
     files = _write(tmp_path)
     assert main(["soup", *map(str, files), "--out", str(tmp_path / "u")]) == 0
+    assert main(["soup", *map(str, files), "--out", str(tmp_path / "quiet"), "--no-report"]) == 0
+    assert (tmp_path / "u" / "report.html").is_file() and not (tmp_path / "quiet" / "report.html").exists()
     states = [load_file(f) for f in files]
     out = load_file(tmp_path / "u" / "model.safetensors")
     torch.testing.assert_close(out["layer.bias"], sum(s["layer.bias"] for s in states) / 3)

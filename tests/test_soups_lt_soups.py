@@ -90,8 +90,9 @@ def test_pipeline_through_the_command(tmp_path, capsys):
     from longtail.runs import load_run
 
     folder = tmp_path / "lts"
-    assert main(_args(tmp_path / "data", folder, "--job", "1")) == 0  # one array job alone: e1_b0
+    assert main(_args(tmp_path / "data", folder, "--job", "1", "--no-report")) == 0  # one array job alone: e1_b0
     assert (folder / "ingredients" / "e1_b0" / WEIGHTS).exists()
+    assert not (folder / "ingredients" / "e1_b0" / "report.html").exists()  # --no-report
     assert not (folder / "ingredients" / "e1_b0" / "checkpoints").exists()  # dropped once finished
     assert not (folder / "ingredients" / "e0_b0").exists()
     assert main(_args(tmp_path / "data", folder)) == 0  # the rest, then soup, stage 2 and the comparison
@@ -156,13 +157,13 @@ def test_interrupted_ingredient_resumes_bit_identically(tmp_path):
     cfg = LTSoupsConfig(data_options=DATA, root=str(tmp_path / "data"), val_per_class=2, exponents=[0, 1],
                         branches=1, batch_size=8, epochs=1, min_steps=6, max_steps=6, n_evals=3, save_every=2,
                         keep_checkpoints=True, progress=False, device="cpu", num_workers=0, lr=1e-3)
-    ref_dir = LTSoups(cfg, tmp_path / "ref").run_job(1, 0)
+    ref_dir = LTSoups(cfg, tmp_path / "ref", report=False).run_job(1, 0)  # the pipeline test reads pages
 
     def stop_after_5(step):
         if step == 5:
             raise _Stop
 
-    pipe = LTSoups(cfg, tmp_path / "cut")
+    pipe = LTSoups(cfg, tmp_path / "cut", report=False)
     with pytest.raises(_Stop):
         pipe.run_job(1, 0, on_step=stop_after_5)
     job = pipe.job_dir(1, 0)
@@ -176,8 +177,9 @@ def test_interrupted_ingredient_resumes_bit_identically(tmp_path):
     with pytest.raises(DataError, match="not finished"):
         pipe.soup()
     seen = []
-    LTSoups(cfg, tmp_path / "cut").run_job(1, 0, on_step=seen.append)
+    LTSoups(cfg, tmp_path / "cut", report=False).run_job(1, 0, on_step=seen.append)
     assert seen == [5, 6]  # continued after the step-4 checkpoint, not from scratch
+    assert not (job / "report.html").exists() and (job / "metrics.json").is_file()
     ref, resumed = load_file(ref_dir / WEIGHTS), load_file(job / WEIGHTS)
     assert ref.keys() == resumed.keys()
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)  # bit-identical on CPU

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", type=int, help="run only ingredient job N (0-based; e.g. $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--stage", default="all", help="all (default), prepare, ingredients, finish")
     p.add_argument("--list", action="store_true", help="list the settings (KEY=VALUE keys) and exit")
+    p.add_argument("--no-report", action="store_true", help="skip every run's report.html and comparison.html")
 
 
 # CIFAR-100-LT as the authors' script draws it: `default_rng(0)` per class (data layer option
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"lt-soups needs {', '.join(missing)} (--out: the pipeline folder shared by every job)")
     cfg = build_config(args.data, args.backbone, parse_overrides(args.overrides))
     check_writable(args.out)
-    folder = run_lt_soups(cfg, args.out, job=args.job, stage=args.stage)
+    folder = run_lt_soups(cfg, args.out, job=args.job, stage=args.stage, report=not args.no_report)
     table = folder / "comparison.json"
     if args.job is None and table.exists():
         import json

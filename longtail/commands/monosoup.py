@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", action="store_true", help="also evaluate W1 and compare it with the edit")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--out", help="run folder to create (default runs/monosoup-TIMESTAMP)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
 
 
 def build_config(args: argparse.Namespace):
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from longtail.soups.monosoup import run_monosoup
     from longtail.soups.soup_run import format_table
 
-    result = run_monosoup(args.w1, args.w0, build_config(args), args.out, args.lora_scaling, args.eval)
+    result = run_monosoup(args.w1, args.w0, build_config(args), args.out, args.lora_scaling, args.eval,
+                          report=not args.no_report)
     if result.comparison:
         print(format_table(result.comparison))
     print(f"MonoSoup edited {result.edited} of {len(result.log)} tensors/groups; written to {result.folder}")

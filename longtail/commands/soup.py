@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-per-class", type=int, help="greedy: test images per class held out for selection")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     p.add_argument("--out", help="run folder to create (default runs/soup-TIMESTAMP); never overwritten")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("no ingredients: give checkpoint files/run folders or --recipe")
         recipe = SoupRecipe(method=args.method, ingredients=sources, weights=args.weights,
                             base=args.base, parameters=params)
-    folder = make_soup(recipe, args.out, evaluate=args.eval, val_per_class=args.val_per_class, device=args.device)
+    folder = make_soup(recipe, args.out, evaluate=args.eval, val_per_class=args.val_per_class, device=args.device,
+                       report=not args.no_report)
     table = folder / "comparison.json"
     if table.exists():
         import json

@@ -193,10 +193,10 @@ def fit_config(cfg: LTSoupsConfig, steps: int, seed: int, loss: str, **fields: A
 class LTSoups:
     """The pipeline of one folder: training counts, F, the jobs' fit configs; each step resumable."""
 
-    def __init__(self, cfg: LTSoupsConfig, folder: str | Path) -> None:
+    def __init__(self, cfg: LTSoupsConfig, folder: str | Path, report: bool = True) -> None:
         from longtail.data.open_images import open_images
 
-        self.cfg, self.folder = cfg, Path(folder)
+        self.cfg, self.folder, self.report = cfg, Path(folder), report
         train = open_images(cfg.dataset, "train", cfg.root, **cfg.data_options)
         self.counts = train.class_counts()
         self.exponents = list(cfg.exponents) if cfg.exponents is not None else default_exponents(self.counts)
@@ -255,7 +255,7 @@ class LTSoups:
         folder = self.job_dir(exponent, branch)
         if not _finished(folder):
             fit(self.ingredient_config(exponent, branch), out=folder,
-                resume=(folder / "config.yaml").is_file(), on_step=on_step)
+                resume=(folder / "config.yaml").is_file(), on_step=on_step, report=self.report)
         return folder
 
     def soup(self):
@@ -283,15 +283,17 @@ def _finished(folder: Path) -> bool:
     return status.is_file() and read_json(status).get("status") == "finished"
 
 
-def run_lt_soups(cfg: LTSoupsConfig, folder: str | Path, job: int | None = None, stage: str = "all") -> Path:
-    """Run LT-Soups in `folder`: one job (index into `jobs()`), or a stage, or everything.
+def run_lt_soups(cfg: LTSoupsConfig, folder: str | Path, job: int | None = None, stage: str = "all",
+                 report: bool = True) -> Path:
+    """Run LT-Soups in `folder`: one job (index into `jobs()`), or a stage, or everything
+    (report=False: no run's report.html and no comparison.html, as `--no-report`).
 
     Stages: prepare (plan.yaml), ingredients (every unfinished job), finish (soup, stage 2,
     evaluation and the comparison of ingredients vs soup); 'all' does the three in turn.
     """
     if stage not in STAGES:
         raise ConfigError(f"unknown LT-Soups stage '{stage}'; choose from: {', '.join(STAGES)}")
-    pipe = LTSoups(cfg, folder)
+    pipe = LTSoups(cfg, folder, report)
     jobs = pipe.jobs()
     if job is not None and not 0 <= job < len(jobs):
         raise ConfigError(f"job index {job} out of range: this plan has {len(jobs)} jobs (0..{len(jobs) - 1})")
@@ -320,15 +322,17 @@ def finish(pipe: LTSoups) -> Path:
         config = {"label": f"soup ({pipe.cfg.merge})", "method": pipe.cfg.merge, "lam": pipe.cfg.lam,
                   "ingredients": [str(r) for r in runs], "weights": list(coefs.ingredients),
                   "base": "zero-shot" if coefs.base else None, "base_weight": coefs.base}
-        write_soup_run(soup_dir, state, runs[0], config, device=pipe.cfg.device, train_counts=True)
+        write_soup_run(soup_dir, state, runs[0], config, device=pipe.cfg.device, train_counts=True,
+                       report=pipe.report)
     runs.append(soup_dir)
     if pipe.cfg.stage2:
         final_dir = pipe.folder / "final"
         if not _finished(final_dir):
-            fit(pipe.stage2_config(), out=final_dir, resume=(final_dir / "config.yaml").is_file())
+            fit(pipe.stage2_config(), out=final_dir, resume=(final_dir / "config.yaml").is_file(), report=pipe.report)
         runs.append(final_dir)
     table = [row(r.name if r.parent.name != "ingredients" else f"ingredient {r.name}", read_json(r / "metrics.json"))
              for r in runs]
     write_json(pipe.folder / "comparison.json", table)
-    write_comparison_report(runs, pipe.folder / "comparison.html", title="LT-Soups: ingredients vs soup")
+    if pipe.report:
+        write_comparison_report(runs, pipe.folder / "comparison.html", title="LT-Soups: ingredients vs soup")
     return pipe.folder

@@ -243,7 +243,7 @@ class MonoSoupRun:
 
 def run_monosoup(w1: str | Path, w0: str | Path = "zero-shot", cfg: MonoSoupConfig | None = None,
                  out: str | Path | None = None, lora_scaling: float | None = None,
-                 evaluate: bool = False) -> MonoSoupRun:
+                 evaluate: bool = False, report: bool = True) -> MonoSoupRun:
     """MonoSoup of one checkpoint into a new run folder (kind "monosoup"; `longtail monosoup`).
 
     w1: a fine-tuned .safetensors file or run folder; w0: the pretrained .safetensors file, or
@@ -251,7 +251,8 @@ def run_monosoup(w1: str | Path, w0: str | Path = "zero-shot", cfg: MonoSoupConf
     lora_scaling: W1 holds LoRA pairs, folded in as the dense update S * B A on W0. W0 and W1 are
     checked to be one architecture before any model or data loads. An edit of a fit run is in
     the fit layout and is evaluated into metrics.json / report.html; evaluate=True also scores W1
-    and returns both rows. Writes the edited weights, monosoup_log.json and comparison.json.
+    and returns both rows. Writes the edited weights, monosoup_log.json and comparison.json
+    (report=False: no report.html, as `--no-report`).
     """
     from longtail.io import check_writable
     from longtail.methods.finetune import RunModel, is_fit_layout
@@ -288,5 +289,5 @@ def run_monosoup(w1: str | Path, w0: str | Path = "zero-shot", cfg: MonoSoupConf
         rows = [row("W1 (fine-tuned)", model.metrics(state1), stats), row("MonoSoup", model.metrics(edited), stats)]
     files = {"monosoup_log.json": log, **({"comparison.json": rows} if rows else {})}
     folder = write_soup_run(out, edited, w1 if fit_layout else w1_file, config, cfg.device, kind="monosoup",
-                            extra={"comparison": rows} if rows else None, files=files)
+                            extra={"comparison": rows} if rows else None, files=files, report=report)
     return MonoSoupRun(Path(folder), log, rows)

@@ -69,8 +69,9 @@ def save_weights_like(state, out_dir: Path, source: str | Path, metadata: dict[s
 
 def write_soup_run(out: str | Path | None, state, first: str | Path, config: dict[str, Any], device: str = "auto",
                    kind: str = "soup", train_counts: bool = False, extra: dict[str, Any] | None = None,
-                   files: dict[str, Any] | None = None, sweep=()) -> Path:
-    """A finished soup-like run folder: weights in `first`'s layout, metrics, per_class.csv, report.
+                   files: dict[str, Any] | None = None, sweep=(), report: bool = True) -> Path:
+    """A finished soup-like run folder: weights in `first`'s layout, metrics, per_class.csv,
+    report.html (report=False: none, as `--no-report`).
 
     train_counts: data_stats.json from the full training counts (classes.json) rather than a
     copy of `first`'s (an LT-Soups ingredient's is its subset's). files: name -> JSON object
@@ -99,13 +100,15 @@ def write_soup_run(out: str | Path | None, state, first: str | Path, config: dic
                 run.write_json("data_stats.json", class_stats(model.counts, model.info["class_names"],
                                                               group_counts=model.groups).to_dict())
         folder = run.finish(metrics)
-    write_report(folder)
+    if report:
+        write_report(folder)
     return folder
 
 
 def make_soup(recipe: SoupRecipe, out: str | Path | None, evaluate: bool = False,
-              val_per_class: int | None = None, device: str = "auto") -> Path:
-    """Merge `recipe` into a new run folder (weights, soup_log.json, metrics, comparison)."""
+              val_per_class: int | None = None, device: str = "auto", report: bool = True) -> Path:
+    """Merge `recipe` into a new run folder (weights, soup_log.json, metrics, comparison;
+    report.html unless report=False)."""
     from longtail.methods.finetune import RunModel, is_fit_layout
     from longtail.soups.merge import load_state_dict
 
@@ -164,7 +167,7 @@ def make_soup(recipe: SoupRecipe, out: str | Path | None, evaluate: bool = False
         files["greedy.jsonl"] = "".join(json.dumps(e) + "\n" for e in soups[0][2]["log"])
     main = next((s for s in soups if s[0] == "soup"), soups[-1])
     return write_soup_run(out, main[1], first, config, device, extra={"comparison": rows} if rows else None,
-                          files=files, sweep=[(n, s) for n, s, _ in soups if n != "soup"])
+                          files=files, sweep=[(n, s) for n, s, _ in soups if n != "soup"], report=report)
 
 
 def read_data_stats(folder: str | Path) -> dict[str, Any] | None:
