@@ -15,7 +15,7 @@ from longtail.models.efficientnet import weights_path
 from longtail.models.imagenet import imagenet_names
 
 CIFAR_ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
-PER_CLASS = 20  # train and test images per class (400 images at 128 px: ~15 CPU-s)
+PER_CLASS = 20  # train and test images per class (400 images at 96 px: ~6 CPU-s)
 
 
 def _has(name: str) -> bool:
@@ -60,8 +60,8 @@ def cifar_features():
     from longtail.models.efficientnet import EfficientNetLiteBackbone
     from longtail.models.features import extract_features
 
-    # 32 px CIFAR images upsampled to 128 px (no crop margin: the objects fill the frame)
-    bb = EfficientNetLiteBackbone("efficientnet_lite0", image_size=128, crop_padding=0)
+    # 32 px CIFAR images upsampled to 96 px (no crop margin: the objects fill the frame)
+    bb = EfficientNetLiteBackbone("efficientnet_lite0", image_size=96, crop_padding=0)
     out = {}
     for split in ("train", "test"):
         ds = open_images(str(CIFAR_ZIP), split=split)
@@ -85,7 +85,7 @@ def test_linear_probe_on_frozen_features_beats_chance(cifar_features):
     with threadpool_limits(1):  # BLAS threads only add overhead on a 200 x 1280 problem
         probe = LogisticRegression(max_iter=1000).fit(train.features, train.labels)
     accuracy = probe.score(test.features, test.labels)
-    assert accuracy > 0.5, accuracy  # measured 0.635 (chance 0.10)
+    assert accuracy > 0.5, accuracy  # measured 0.555 at 96 px, 0.635 at 128 px (chance 0.10)
 
 
 @pytest.mark.slow
