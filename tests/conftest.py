@@ -1,7 +1,18 @@
 """Shared test settings."""
 
+import gc
+
 import pytest
 import torch
+
+# torch, and below the test modules, live to the end of the session: frozen out of the garbage
+# collector's full passes, which otherwise walk them every time (~0.2 s a pass, ~25 passes a
+# worker: 5 % of the suite). Objects the tests make are collected as before.
+gc.freeze()
+
+
+def pytest_collection_finish(session):
+    gc.freeze()  # everything collection imported (transformers, sklearn, the test modules)
 
 
 @pytest.fixture(autouse=True, scope="session")
