@@ -3,12 +3,18 @@
 import gc
 
 import pytest
-import torch
 
-# torch, and below the test modules, live to the end of the session: frozen out of the garbage
-# collector's full passes, which otherwise walk them every time (~0.2 s a pass, ~25 passes a
-# worker: 5 % of the suite). Objects the tests make are collected as before.
-gc.freeze()
+
+def pytest_sessionstart(session):
+    """torch, and after collection the test modules, live to the end of the session: frozen out
+    of the garbage collector's full passes, which otherwise walk them every time (~0.2 s a pass,
+    ~25 passes a worker: 5 % of the suite). Objects the tests make are collected as before.
+    pytest-xdist's controller runs no test: it starts the workers without importing torch."""
+    if not hasattr(session.config, "workerinput") and session.config.getoption("numprocesses", None):
+        return
+    import torch  # noqa: F401
+
+    gc.freeze()
 
 
 def pytest_collection_finish(session):
@@ -18,6 +24,8 @@ def pytest_collection_finish(session):
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """Tests use tiny tensors: extra intra-op threads only spin-wait on a small shared CPU."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
