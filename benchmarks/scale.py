@@ -126,7 +126,9 @@ def run_row(shape: str, row: str, max_iter: int, memory: str) -> dict:
             "balanced_accuracy": float(accuracy),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "chunk_rows": info.get("chunk_rows") if row != "sklearn" else None, "final_objective":
-            info.get("final_objective") if row != "sklearn" else None}
+            info.get("final_objective") if row != "sklearn" else None,
+            "auto": None if row != "auto" else {k: probe.info["auto"][k] for k in (
+                "chosen", "folds", "held_out_sizes", "search_seconds", "refit_seconds", "work_vs_plain_fit")}}
 
 
 def in_child(shape: str, row: str, max_iter: int, memory: str, code: Path) -> dict:
