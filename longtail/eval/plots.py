@@ -25,15 +25,20 @@ GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#d62728"}
 GROUPS = ("many", "medium", "few")
 
 
-def save_png(fig: plt.Figure, target, dpi: float | str = "figure", close: bool = True) -> None:
-    """Write `fig` as PNG to `target` (a path or a binary file), then close it. Every figure
-    here is laid out by tight_layout when built, so its layout engine (a placeholder that
-    tight_layout leaves) is dropped first: with one set, matplotlib draws the whole figure
-    an extra time before saving (a fifth of a report's time); the pixels are the same."""
+def save_png(fig: plt.Figure, target) -> None:
+    """Write `fig` as PNG at its own dpi to `target`: a binary file, or a path (written
+    atomically, its folder made). Every figure here is laid out by tight_layout when built, so
+    its layout engine (a placeholder that tight_layout leaves) is dropped first: with one set,
+    matplotlib draws the whole figure an extra time before saving (a fifth of a report's
+    time); the pixels are the same. The caller closes the figure."""
     fig.set_layout_engine(None)
-    fig.savefig(target, format="png", dpi=dpi)
-    if close:
-        plt.close(fig)
+    if not isinstance(target, (str, Path)):
+        fig.savefig(target, format="png", dpi="figure")
+        return
+    from longtail.io import atomic_write
+
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi="figure"))
 
 
 def plain_log_ticks(axis, values: np.ndarray) -> None:
@@ -178,8 +183,6 @@ def class_counts(counts: Sequence[int], groups: Sequence[str] | None = None, tit
 def save_count_plot(stats: ClassStats, path: Path, title: str, split: str = "train") -> Path:
     """`longtail stats`'s plot, saved as PNG at `path`: the class counts of a `ClassStats` sorted
     large -> small (log y), coloured by shot group, many / few thresholds as lines."""
-    from longtail.io import atomic_write
-
     fig, ax = plt.subplots(figsize=(7, 3.5), dpi=120)
     _count_staircases(ax, np.asarray(stats.counts), np.asarray(stats.groups))
     ax.axhline(stats.many_threshold + 0.5, color="k", ls="--", lw=0.8,
@@ -192,7 +195,7 @@ def save_count_plot(stats: ClassStats, path: Path, title: str, split: str = "tra
     ax.set_title(f"{title}: IR {stats.imbalance_ratio:.1f}, head-tail ratio {stats.head_tail_ratio:.2f}")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: save_png(fig, tmp, close=False))
+    save_png(fig, path)
     plt.close(fig)
     return path
 
@@ -329,10 +332,5 @@ def risk_coverage_curves(curves: dict[str, dict[str, Any]], path: str | None = N
     ax.grid(alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        from pathlib import Path
-
-        from longtail.io import atomic_write
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda p: save_png(fig, p, close=False))
+        save_png(fig, path)
     return fig

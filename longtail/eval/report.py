@@ -64,6 +64,7 @@ table.pairs td:nth-child(1),table.pairs td:nth-child(4){text-align:left}th[data-
 def _png(fig: plt.Figure) -> str:
     buf = io.BytesIO()
     plots.save_png(fig, buf)
+    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

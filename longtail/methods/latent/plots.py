@@ -14,7 +14,6 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 from longtail.errors import DataError  # noqa: E402
 from longtail.eval.plots import DPI, save_png  # noqa: E402
-from longtail.io import atomic_write  # noqa: E402
 
 
 def plot_latent_projection(
@@ -50,8 +49,7 @@ def plot_latent_projection(
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda p: save_png(fig, p, close=False))
+    save_png(fig, path)
     plt.close(fig)
     return path
 
