@@ -15,6 +15,11 @@ import yaml
 
 from longtail.errors import ConfigError, DataError
 
+# libyaml's parser and emitter (bundled in PyYAML's wheels) with PyYAML's safe constructor and
+# representer: the same values as yaml.safe_load / safe_dump, about ten times faster
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -91,7 +96,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, yaml.safe_dump(to_jsonable(obj), sort_keys=False))
+    return write_text(path, yaml.dump(to_jsonable(obj), Dumper=_SAFE_DUMPER, sort_keys=False))
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -110,7 +115,7 @@ def safe_load_yaml(text: str) -> Any:
     ValueError / TypeError / AttributeError for malformed tagged or date-like values
     ('2001-13-01', '!!float abc', '!!timestamp x'); those become a YAMLError too."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 (a safe loader)
     except (ValueError, TypeError, AttributeError) as err:
         raise yaml.YAMLError(f"{type(err).__name__}: {err}") from err
     if _cyclic(value, set()):
