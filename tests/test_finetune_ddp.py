@@ -1,48 +1,56 @@
 """Two-process DDP on CPU (gloo, torchrun's environment) gives the same weights as one process, same global
 batch, including an uneven last batch (36 images, batch 8: the second process gets only padding).
-The one-process reference runs the same code in the test's own process (one torch thread, as
-OMP_NUM_THREADS=1 gives the torchrun workers): a third interpreter start-up would check nothing more."""
+
+The one-process reference runs in the test's own process (one torch thread, as OMP_NUM_THREADS=1 gives
+torchrun's workers). The two workers are forked from it, as accelerate's `notebook_launcher` starts CPU
+processes: each gets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* exactly as torchrun sets them, and a fresh
+accelerate state, then joins a real gloo process group over TCP. A new interpreter per worker would add
+~10 s of imports (torch, transformers, scikit-learn) and check nothing longtail does."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
-import subprocess
 import sys
-import textwrap
+import warnings
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-SCRIPT = textwrap.dedent("""
-    import sys
-    import torch
+from longtail.methods.finetune import build_config, train
+
+
+def fit_and_save(root: str, out: str) -> None:
+    """What each process runs: a 2-epoch Sage fit on a 4-class long tail; rank 0 saves the weights."""
     from safetensors.torch import save_file
-    from longtail.methods.finetune import build_config, train
+
+    cfg = build_config("synthetic_images", "tiny_clip", "sage", {
+        "data_options": {"num_classes": 4, "n_max": 16, "imbalance_ratio": 4, "test_per_class": 2, "size": 16},
+        "root": root, "batch_size": 8, "epochs": 2, "augment": "none", "progress": False,
+        "backbone_options": {"image_size": 16, "patch_size": 8}, "device": "cpu"})
+    result = train(cfg)
+    rank = 0
+    if torch.distributed.is_initialized():
+        assert torch.distributed.get_world_size() == 2
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        state = {k: v.contiguous() for k, v in result.model.trainable_state_dict().items()}
+        save_file(state, out, metadata={"processes": str(result.metrics["throughput"]["num_processes"])})
 
 
-    def fit_and_save(root, out):
-        cfg = build_config("synthetic_images", "tiny_clip", "sage", {
-            "data_options": {"num_classes": 4, "n_max": 16, "imbalance_ratio": 4, "test_per_class": 2, "size": 16},
-            "root": root, "batch_size": 8, "epochs": 2, "augment": "none", "progress": False,
-            "backbone_options": {"image_size": 16, "patch_size": 8}, "device": "cpu"})
-        result = train(cfg)
-        rank = 0
-        if torch.distributed.is_initialized():
-            assert torch.distributed.get_world_size() == 2
-            rank = torch.distributed.get_rank()
-            # gloo's worker threads left running at interpreter exit abort the process now and
-            # then ("terminate called without an active exception", exit code -6: pytorch#190489)
-            torch.distributed.destroy_process_group()
-        if rank == 0:
-            state = {k: v.contiguous() for k, v in result.model.trainable_state_dict().items()}
-            save_file(state, out, metadata={"processes": str(result.metrics["throughput"]["num_processes"])})
+def _worker(rank: int, env: dict[str, str], root: str, out: str, log: str) -> None:
+    """A forked torchrun worker: its own log file, torchrun's variables, no accelerate state from the parent."""
+    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the process ends with it)
+    os.dup2(sys.stderr.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
+    warnings.simplefilter("ignore")
+    os.environ.update({**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    from accelerate.state import AcceleratorState
 
-
-    if __name__ == "__main__":
-        fit_and_save(sys.argv[1], sys.argv[2])
-""")
+    AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own tests do between runs
+    fit_and_save(root, out)
 
 
 def _free_port() -> int:
@@ -53,22 +61,22 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
-    script = tmp_path / "ddp_fit.py"
-    script.write_text(SCRIPT)
     root = str(tmp_path / "data")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    script_code = {"__name__": "ddp_fit"}
-    exec(compile(SCRIPT, str(script), "exec"), script_code)  # the same function the workers run
     assert not torch.distributed.is_initialized() and torch.get_num_threads() == 1
-    script_code["fit_and_save"](root, str(tmp_path / "one.safetensors"))  # writes the data the workers read
-    # the two workers with the environment torchrun gives them (its launcher process adds nothing
-    # longtail reads, and an interpreter start-up)
-    env.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
-    workers = [subprocess.Popen([sys.executable, str(script), root, str(tmp_path / "two.safetensors")],
-                                env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for r in range(2)]
-    logs = [w.communicate(timeout=300) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], "\n".join(err[-3000:] for _, err in logs)
+    fit_and_save(root, str(tmp_path / "one.safetensors"))  # also writes the data the workers read
+    env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    fork = multiprocessing.get_context("fork")
+    logs = [tmp_path / f"rank{r}.log" for r in range(2)]
+    workers = [fork.Process(target=_worker, args=(r, env, root, str(tmp_path / "two.safetensors"), str(logs[r])))
+               for r in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+        if w.exitcode is None:
+            w.kill()
+    assert [w.exitcode for w in workers] == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
+    assert "WORLD_SIZE" not in os.environ  # the workers' variables stayed in the workers
     from safetensors import safe_open
 
     for name, processes in (("one", "1"), ("two", "2")):
