@@ -141,3 +141,55 @@ def copy_runs(tiny_runs, dest, *names):
     for name in names:
         shutil.copytree(tiny_runs["root"] / name, dest / name)
     return [dest / name for name in names]
+
+
+# ------------------------------------------------------------------ torchrun-style workers
+
+
+def _torchrun_worker(rank: int, env: dict[str, str], log: str, target, args: tuple) -> None:
+    """One forked worker: its own log file (stdout and stderr), torchrun's variables for `rank`,
+    warnings ignored, and no accelerate state inherited from the test's process."""
+    import os
+    import sys
+    import warnings
+
+    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the process ends with it)
+    os.dup2(sys.stderr.fileno(), 1)
+    os.dup2(sys.stderr.fileno(), 2)
+    warnings.simplefilter("ignore")
+    os.environ.update({**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own tests do between runs
+    target(*args)
+
+
+def run_torchrun_workers(target, args: tuple, logs: list, timeout: float = 300) -> list[str]:
+    """Run `target(*args)` in len(logs) processes that see the environment torchrun gives its
+    workers (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR / MASTER_PORT) and form
+    a real gloo group over TCP; returns each worker's log. They are forked from the test's
+    process, as accelerate's `notebook_launcher` starts CPU processes: a new interpreter each
+    would spend ~10 s importing torch, transformers and scikit-learn again and check nothing
+    longtail does. Fails with the logs' tails when a worker fails or hangs."""
+    import multiprocessing
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    world = str(len(logs))
+    env = {"WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    fork = multiprocessing.get_context("fork")
+    workers = [fork.Process(target=_torchrun_worker, args=(r, env, str(log), target, args)) for r, log in enumerate(logs)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=timeout)
+        if w.exitcode is None:
+            w.kill()
+            w.join()
+    texts = [log.read_text() for log in logs]
+    assert [w.exitcode for w in workers] == [0] * len(logs), "\n".join(text[-3000:] for text in texts)
+    assert "WORLD_SIZE" not in os.environ  # the workers' variables stayed in the workers
+    return texts

@@ -1,15 +1,13 @@
-"""Sharded extraction: two gloo processes on CPU (started as torchrun starts them: RANK,
-WORLD_SIZE, MASTER_* in the environment) write the same feature-cache and prefix-cache entries
-as one process (same names, so the same keys, and byte-identical arrays), one of them resuming
-from a shard that an interrupted one-process run left."""
+"""Sharded extraction: two gloo processes on CPU (with the environment torchrun gives its workers:
+RANK, WORLD_SIZE, MASTER_*; conftest.run_torchrun_workers) write the same feature-cache and
+prefix-cache entries as one process (same names, so the same keys, and byte-identical arrays),
+one of them resuming from a shard that an interrupted one-process run left."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +84,7 @@ def open_prefix(data, cache_dir):
 def rank_main(images: str, work: str, port: int) -> None:
     """One process of the group: `longtail features` (its process group joined by the command),
     then a prefix-cache build in a fresh group; the array each rank opens goes to rank<r>.npy."""
+    TinyConvNet.seen.clear()  # the rows this worker runs, not those of the process it was forked from
     import torch.distributed as dist
 
     from longtail.cli import main
@@ -120,9 +119,9 @@ def test_ranks_split_whole_batches_of_the_missing_rows():
     assert rank_ranges(done, 3, 4, 5) == [] and rank_ranges(np.ones(4, dtype=bool), 3, 0, 1) == []
 
 
-@pytest.mark.slow  # two subprocesses: scheduled first (conftest)
+@pytest.mark.slow  # two worker processes: scheduled first (conftest)
 def test_two_gloo_processes_write_what_one_process_writes(tmp_path):
-    from conftest import write_random_images
+    from conftest import run_torchrun_workers, write_random_images
 
     from longtail.data.features import load_features
     from longtail.data.open_images import open_images
@@ -141,16 +140,9 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path):
     entry.with_suffix(".shards").mkdir(parents=True)
     save_npy(entry.with_suffix(".shards") / "000000000-000000008.npy", one_prefix[:8])
 
-    ports = (_free_port(), _free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "WORLD_SIZE": "2",
-           "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(ports[0]),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, __file__, str(images), str(tmp_path), str(ports[1])],
-                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    logs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs[0][1][-2000:] + logs[1][1][-2000:]
-    assert "reusing 8 images from 1 shards" in logs[0][1]
+    logs = run_torchrun_workers(rank_main, (str(images), str(tmp_path), _free_port()),
+                                [tmp_path / f"rank{r}.log" for r in range(2)])
+    assert "reusing 8 images from 1 shards" in logs[0]
     # The work was split in whole batches of 4: features 20 images = 3 + 2 batches; the prefix,
     # 12 missing images x 2 views = 2 + 1 batches (+ 1 image each to learn the state's shape).
     seen = [json.loads((tmp_path / f"seen{r}.json").read_text()) for r in range(2)]
@@ -170,7 +162,3 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path):
         assert arr.dtype == one_prefix.dtype and arr.tobytes() == one_prefix.tobytes()
     assert (tmp_path / "prefix2" / (entry.name + ".json")).read_text() == \
         (tmp_path / "prefix1" / (entry.name + ".json")).read_text()
-
-
-if __name__ == "__main__":
-    rank_main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

@@ -2,21 +2,14 @@
 batch, including an uneven last batch (36 images, batch 8: the second process gets only padding).
 
 The one-process reference runs in the test's own process (one torch thread, as OMP_NUM_THREADS=1 gives
-torchrun's workers). The two workers are forked from it, as accelerate's `notebook_launcher` starts CPU
-processes: each gets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* exactly as torchrun sets them, and a fresh
-accelerate state, then joins a real gloo process group over TCP. A new interpreter per worker would add
-~10 s of imports (torch, transformers, scikit-learn) and check nothing longtail does."""
+torchrun's workers). The two workers are forked from it with torchrun's environment and a fresh accelerate
+state (conftest.run_torchrun_workers) and join a real gloo process group over TCP."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-import socket
-import sys
-import warnings
-
 import pytest
 import torch
+from conftest import run_torchrun_workers
 from safetensors.torch import load_file
 
 from longtail.methods.finetune import build_config, train
@@ -41,42 +34,13 @@ def fit_and_save(root: str, out: str) -> None:
         save_file(state, out, metadata={"processes": str(result.metrics["throughput"]["num_processes"])})
 
 
-def _worker(rank: int, env: dict[str, str], root: str, out: str, log: str) -> None:
-    """A forked torchrun worker: its own log file, torchrun's variables, no accelerate state from the parent."""
-    sys.stdout = sys.stderr = open(log, "w", buffering=1)  # noqa: SIM115 (the process ends with it)
-    os.dup2(sys.stderr.fileno(), 1), os.dup2(sys.stderr.fileno(), 2)
-    warnings.simplefilter("ignore")
-    os.environ.update({**env, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)  # as accelerate's own tests do between runs
-    fit_and_save(root, out)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_ddp_matches_single_process(tmp_path):
     root = str(tmp_path / "data")
     assert not torch.distributed.is_initialized() and torch.get_num_threads() == 1
     fit_and_save(root, str(tmp_path / "one.safetensors"))  # also writes the data the workers read
-    env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
-    fork = multiprocessing.get_context("fork")
-    logs = [tmp_path / f"rank{r}.log" for r in range(2)]
-    workers = [fork.Process(target=_worker, args=(r, env, root, str(tmp_path / "two.safetensors"), str(logs[r])))
-               for r in range(2)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(timeout=300)
-        if w.exitcode is None:
-            w.kill()
-    assert [w.exitcode for w in workers] == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
-    assert "WORLD_SIZE" not in os.environ  # the workers' variables stayed in the workers
+    run_torchrun_workers(fit_and_save, (root, str(tmp_path / "two.safetensors")),
+                         [tmp_path / f"rank{r}.log" for r in range(2)])
     from safetensors import safe_open
 
     for name, processes in (("one", "1"), ("two", "2")):
