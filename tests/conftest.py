@@ -1,6 +1,7 @@
 """Shared test settings."""
 
 import gc
+from pathlib import Path
 
 import pytest
 
@@ -108,29 +109,36 @@ def _build_tiny_runs(root):
     (root / "info.json").write_text(json.dumps(info))
 
 
+def build_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """The folder `name` filled by `build(folder)` once per test session, for fixtures whose
+    runs the tests only read: under pytest-xdist the first worker to ask builds it in the
+    session's shared temp folder and the others wait for it (a module-scoped fixture would be
+    built again each time work-stealing splits its module across the workers)."""
+    import shutil
+
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / name
+    with FileLock(str(root) + ".lock"):
+        if not (root / ".built").is_file():
+            if root.exists():  # a build that failed half-way in another worker
+                shutil.rmtree(root)
+            root.mkdir()
+            build(root)
+            (root / ".built").touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory, worker_id):
     """Finished tiny runs shared by the whole session, read-only (a test that changes one copies
     it first, e.g. with `copy_runs`): {"root": folder, "ft0"/"ft1": {"args": the fit command,
     "summary": what --json printed}}; folders root/ft0, root/ft1 (fit), root/soup (greedy
-    soup), root/mono (MonoSoup). Under pytest-xdist the first worker to ask builds them in the
-    session's shared temp folder and the other waits for it (one build per session)."""
+    soup), root/mono (MonoSoup). Built once per session (`build_once`)."""
     import json
 
-    from filelock import FileLock
-
-    if worker_id == "master":
-        root = tmp_path_factory.mktemp("tiny_runs")
-    else:
-        root = tmp_path_factory.getbasetemp().parent / "tiny_runs"
-    with FileLock(str(root) + ".lock"):
-        if not (root / "info.json").is_file():
-            if root.exists():  # a build that failed half-way in another worker
-                import shutil
-
-                shutil.rmtree(root)
-            root.mkdir()
-            _build_tiny_runs(root)
+    root = build_once(tmp_path_factory, worker_id, "tiny_runs", _build_tiny_runs)
     return {"root": root, **json.loads((root / "info.json").read_text())}
 
 

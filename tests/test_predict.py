@@ -13,16 +13,14 @@ import pytest
 from longtail.cli import main
 from longtail.data.open_images import open_matched
 from longtail.methods.predictor import Predictor
-from tests.conftest import write_random_images
+from tests.conftest import build_once, write_random_images
 
 TRAIN = {"ant": 8, "bee": 6, "cat": 4, "dog": 3}
 TEST = {"ant": 3, "bee": 3, "cat": 3, "dog": 3}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _build_runs(root):
     """A labelled folder and one run of each kind on it (tiny CLIP, one epoch)."""
-    root = tmp_path_factory.mktemp("predict")
     mp = pytest.MonkeyPatch()
     mp.setenv("LONGTAIL_CACHE", str(root / "cache"))
     for split, counts, seed in (("train", TRAIN, 0), ("test", TEST, 1)):
@@ -38,8 +36,13 @@ def runs(tmp_path_factory):
                  "epochs=1", "batch_size=8", "val_per_class=1"]) == 0
     assert main(["monosoup", "--w1", str(root / "fit"), "--w0", "zero-shot", "--out", str(root / "mono")]) == 0
     assert main(["soup", str(root / "fit"), str(root / "mono"), "--out", str(root / "soup")]) == 0
-    yield root
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, worker_id):
+    """The runs of `_build_runs`, built once per session; tests write their outputs elsewhere."""
+    return build_once(tmp_path_factory, worker_id, "predict_runs", _build_runs)
 
 
 def _table(path):
@@ -48,9 +51,9 @@ def _table(path):
 
 
 @pytest.mark.parametrize("kind", ["probe", "fit", "mono", "soup"])
-def test_predict_logits_on_the_test_images_equal_evals(runs, kind, monkeypatch):
+def test_predict_logits_on_the_test_images_equal_evals(runs, kind, tmp_path, monkeypatch):
     monkeypatch.setenv("LONGTAIL_CACHE", str(runs / "cache"))
-    out, logits = runs / f"{kind}.csv", runs / f"{kind}.npz"
+    out, logits = tmp_path / f"{kind}.csv", tmp_path / f"{kind}.npz"
     assert main(["predict", str(runs / kind), "--data", str(runs / "data" / "test"), "--out", str(out),
                  "--logits", str(logits), "--no-progress"]) == 0
     saved = np.load(logits)
