@@ -154,6 +154,15 @@ def copy_runs(tiny_runs, dest, *names):
 # ------------------------------------------------------------------ torchrun-style workers
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _torchrun_worker(rank: int, env: dict[str, str], log: str, target, args: tuple) -> None:
     """One forked worker: its own log file (stdout and stderr), torchrun's variables for `rank`,
     warnings ignored, and no accelerate state inherited from the test's process."""
@@ -180,14 +189,9 @@ def run_torchrun_workers(target, args: tuple, logs: list, timeout: float = 300) 
     would spend ~10 s importing torch, transformers and scikit-learn again and check nothing
     longtail does. Fails with the logs' tails when a worker fails or hangs."""
     import multiprocessing
-    import os
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     world = str(len(logs))
-    env = {"WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {"WORLD_SIZE": world, "LOCAL_WORLD_SIZE": world, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     fork = multiprocessing.get_context("fork")
     workers = [fork.Process(target=_torchrun_worker, args=(r, env, str(log), target, args)) for r, log in enumerate(logs)]
     for w in workers:
@@ -199,5 +203,4 @@ def run_torchrun_workers(target, args: tuple, logs: list, timeout: float = 300) 
             w.join()
     texts = [log.read_text() for log in logs]
     assert [w.exitcode for w in workers] == [0] * len(logs), "\n".join(text[-3000:] for text in texts)
-    assert "WORLD_SIZE" not in os.environ  # the workers' variables stayed in the workers
     return texts

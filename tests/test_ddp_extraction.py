@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -103,12 +102,6 @@ def rank_main(images: str, work: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ranks_split_whole_batches_of_the_missing_rows():
     from longtail.models.cache_store import rank_ranges
 
@@ -121,7 +114,7 @@ def test_ranks_split_whole_batches_of_the_missing_rows():
 
 @pytest.mark.slow  # two worker processes: scheduled first (conftest)
 def test_two_gloo_processes_write_what_one_process_writes(tmp_path):
-    from conftest import run_torchrun_workers, write_random_images
+    from conftest import free_port, run_torchrun_workers, write_random_images
 
     from longtail.data.features import load_features
     from longtail.data.open_images import open_images
@@ -140,7 +133,7 @@ def test_two_gloo_processes_write_what_one_process_writes(tmp_path):
     entry.with_suffix(".shards").mkdir(parents=True)
     save_npy(entry.with_suffix(".shards") / "000000000-000000008.npy", one_prefix[:8])
 
-    logs = run_torchrun_workers(rank_main, (str(images), str(tmp_path), _free_port()),
+    logs = run_torchrun_workers(rank_main, (str(images), str(tmp_path), free_port()),
                                 [tmp_path / f"rank{r}.log" for r in range(2)])
     assert "reusing 8 images from 1 shards" in logs[0]
     # The work was split in whole batches of 4: features 20 images = 3 + 2 batches; the prefix,
