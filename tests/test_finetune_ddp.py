@@ -28,6 +28,8 @@ def fit_and_save(root: str, out: str) -> None:
     if torch.distributed.is_initialized():
         assert torch.distributed.get_world_size() == 2
         rank = torch.distributed.get_rank()
+        # leave no group (and no gloo threads) behind: a worker that exits with one running can
+        # abort ("terminate called without an active exception": pytorch#190489)
         torch.distributed.destroy_process_group()
     if rank == 0:
         state = {k: v.contiguous() for k, v in result.model.trainable_state_dict().items()}

@@ -4,6 +4,7 @@ reliability diagram, the confusion matrix of small label sets, and multi-run com
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,12 +33,11 @@ def save_png(fig: plt.Figure, target) -> None:
     matplotlib draws the whole figure an extra time before saving (a fifth of a report's
     time); the pixels are the same. The caller closes the figure."""
     fig.set_layout_engine(None)
-    if not isinstance(target, (str, Path)):
+    if not isinstance(target, (str, os.PathLike)):
         fig.savefig(target, format="png", dpi="figure")
         return
-    from longtail.io import atomic_write
+    from longtail.io import atomic_write  # makes the folder too
 
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda tmp: fig.savefig(tmp, format="png", dpi="figure"))
 
 
